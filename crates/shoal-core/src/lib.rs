@@ -1,0 +1,25 @@
+//! Shoal's pure domain: the values and decisions every other crate shares.
+//!
+//! Everything here is plain data and pure functions: digests, repository names and references,
+//! distribution API paths, byte ranges, piece layout, piece bitmaps, sizes and rates, the OCI error
+//! vocabulary and cache eviction plans. Nothing in this crate does I/O, spawns tasks or reads a
+//! clock; time, where needed, is passed in. That keeps it unit- and property-testable.
+#![warn(missing_docs)]
+
+pub mod bitmap;
+pub mod digest;
+pub mod error_code;
+pub mod evict;
+pub mod name;
+pub mod piece;
+pub mod range;
+pub mod route;
+pub mod size;
+
+pub use bitmap::Bitmap;
+pub use digest::Digest;
+pub use error_code::ErrorCode;
+pub use name::{Reference, RepoName};
+pub use piece::PieceLayout;
+pub use range::ByteRange;
+pub use route::{Route, RouteError};
