@@ -1,0 +1,166 @@
+//! Wiring: opens the store, recovers it, builds the shared parts and serves the mirror and admin
+//! listeners until shutdown. No request logic lives here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+use http::header::CONTENT_TYPE;
+use tokio::net::TcpListener;
+
+use crate::config::Settings;
+use crate::meta::MetaStore;
+use crate::meta_redb::RedbMeta;
+use crate::metrics::Metrics;
+use crate::mirror::{self, Authz, Mirror};
+use crate::origin::Origins;
+use crate::paths::Paths;
+use crate::task::{Pins, Tasks};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory could not be created.
+    #[error("data_dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The metadata store could not be opened or recovered.
+    #[error("metadata store in data_dir: {0}")]
+    Meta(#[from] crate::meta::MetaError),
+    /// A listener could not bind.
+    #[error("cannot listen on {key} {addr}: {source}")]
+    Bind {
+        /// The config key.
+        key: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The HTTP client for origins could not be built.
+    #[error("origin HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// A started daemon.
+pub struct Running {
+    /// Where the mirror listens.
+    pub mirror_addr: SocketAddr,
+    /// Where the admin listener listens.
+    pub admin_addr: SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Waits until a listener stops (which only happens on an I/O failure).
+    pub async fn wait(mut self) {
+        let tasks = std::mem::take(&mut self.tasks);
+        let _ = futures::future::select_all(tasks).await;
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(|t| t.abort());
+    }
+}
+
+/// Starts the daemon in the current tokio runtime.
+pub async fn start(settings: &Settings) -> Result<Running, StartError> {
+    let paths = Paths::new(&settings.data_dir);
+    paths.create().map_err(|source| StartError::DataDir {
+        path: settings.data_dir.display().to_string(),
+        source,
+    })?;
+    let meta: Arc<dyn MetaStore> = Arc::new(RedbMeta::open(&paths.meta_db())?);
+    let cached = crate::gc::recover(&paths, meta.as_ref())?;
+    let metrics = Arc::new(Metrics::default());
+    metrics.cache_bytes.set(cached as i64);
+    let pins = Pins::default();
+    let tasks = Arc::new(Tasks::new(
+        paths.clone(),
+        meta.clone(),
+        metrics.clone(),
+        pins.clone(),
+    ));
+    let origins = Origins::new(&settings.registries)?;
+    let mirror = Arc::new(Mirror {
+        origins,
+        tasks,
+        meta: meta.clone(),
+        metrics: metrics.clone(),
+        authz: Authz::default(),
+    });
+
+    let bind = |key, addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { key, addr, source })
+    };
+    let mirror_listener = bind("mirror_listen", settings.mirror_listen).await?;
+    let admin_listener = bind("admin_listen", settings.admin_listen).await?;
+    let mirror_addr = mirror_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            key: "mirror_listen",
+            addr: settings.mirror_listen,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            key: "admin_listen",
+            addr: settings.admin_listen,
+            source,
+        })?;
+
+    let serve = |listener: TcpListener, router: Router| {
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "listener failed");
+            }
+        })
+    };
+    let handles = vec![
+        serve(mirror_listener, mirror::router(mirror)),
+        serve(admin_listener, admin_router(metrics.clone())),
+        tokio::spawn(crate::gc::run(
+            paths,
+            meta,
+            pins,
+            settings.cache_size,
+            metrics,
+        )),
+    ];
+    tracing::info!(%mirror_addr, %admin_addr, data_dir = %settings.data_dir.display(), "shoal daemon started");
+    Ok(Running {
+        mirror_addr,
+        admin_addr,
+        tasks: handles,
+    })
+}
+
+fn admin_router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.encode(),
+                    )
+                }
+            }),
+        )
+}

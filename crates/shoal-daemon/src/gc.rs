@@ -1,0 +1,185 @@
+//! The cache on disk: recovery after a crash, and eviction under the size quota.
+//!
+//! Recovery makes metadata and files agree (nothing the metadata calls complete without its
+//! file; no file without a record). Eviction removes least recently used complete blobs, never a
+//! pinned one (served or downloading), record first so no new reader can open it.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_core::evict::{plan, Candidate};
+use shoal_core::Digest;
+
+use crate::meta::{MetaError, MetaStore};
+use crate::metrics::Metrics;
+use crate::paths::Paths;
+use crate::task::Pins;
+
+/// How often the quota is enforced.
+pub const GC_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Makes files and records agree after a restart. Returns the bytes of complete blobs.
+pub fn recover(paths: &Paths, meta: &dyn MetaStore) -> Result<u64, MetaError> {
+    let mut complete = HashSet::new();
+    let mut partial = HashSet::new();
+    let mut bytes = 0;
+    for (digest, record) in meta.blobs()? {
+        let path = if record.is_complete() {
+            paths.blob(&digest)
+        } else {
+            paths.partial(&digest)
+        };
+        let ok = std::fs::metadata(&path).is_ok_and(|m| m.len() == record.layout.size);
+        if !ok {
+            tracing::warn!(%digest, "blob record without its file; forgetting it");
+            meta.remove_blob(&digest)?;
+            let _ = std::fs::remove_file(&path);
+        } else if record.is_complete() {
+            bytes += record.layout.size;
+            complete.insert(digest.hex());
+        } else {
+            partial.insert(digest.hex());
+        }
+    }
+    remove_unknown(&paths.partial_dir(), &partial);
+    if let Ok(dirs) = std::fs::read_dir(paths.blobs_dir()) {
+        for dir in dirs.flatten() {
+            remove_unknown(&dir.path(), &complete);
+        }
+    }
+    Ok(bytes)
+}
+
+/// Deletes files in `dir` whose name is not in `known` (left by a crash before their record).
+fn remove_unknown(dir: &Path, known: &HashSet<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !known.contains(&name) {
+            tracing::info!(file = %e.path().display(), "removing file without a record");
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Evicts until complete blobs fit in `quota` bytes. Returns (bytes kept, blobs evicted).
+pub fn enforce_quota(
+    paths: &Paths,
+    meta: &dyn MetaStore,
+    pins: &Pins,
+    quota: u64,
+) -> Result<(u64, usize), MetaError> {
+    pins.with_locked(|pinned| {
+        let blobs: Vec<(Digest, u64, u64)> = meta
+            .blobs()?
+            .into_iter()
+            .filter(|(_, r)| r.is_complete())
+            .map(|(d, r)| (d, r.layout.size, r.last_access))
+            .collect();
+        let total: u64 = blobs.iter().map(|b| b.1).sum();
+        let candidates = blobs
+            .iter()
+            .map(|&(key, size, last_access)| Candidate {
+                key,
+                size,
+                last_access,
+                in_use: pinned.contains_key(&key),
+            })
+            .collect();
+        let evict = plan(candidates, quota);
+        let mut freed = 0;
+        for digest in &evict {
+            meta.remove_blob(digest)?;
+            let _ = std::fs::remove_file(paths.blob(digest));
+            freed += blobs.iter().find(|b| b.0 == *digest).map_or(0, |b| b.1);
+            tracing::info!(%digest, "evicted to stay under the cache quota");
+        }
+        Ok((total - freed, evict.len()))
+    })
+}
+
+/// Enforces the quota forever, every [`GC_INTERVAL`].
+pub async fn run(
+    paths: Paths,
+    meta: Arc<dyn MetaStore>,
+    pins: Pins,
+    quota: u64,
+    metrics: Arc<Metrics>,
+) {
+    loop {
+        tokio::time::sleep(GC_INTERVAL).await;
+        let (paths, meta, pins) = (paths.clone(), meta.clone(), pins.clone());
+        match tokio::task::spawn_blocking(move || {
+            enforce_quota(&paths, meta.as_ref(), &pins, quota)
+        })
+        .await
+        {
+            Ok(Ok((kept, evicted))) => {
+                metrics.cache_bytes.set(kept as i64);
+                metrics.evictions.inc_by(evicted as u64);
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cache eviction failed"),
+            Err(e) => tracing::warn!(error = %e, "cache eviction panicked"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::{BlobRecord, BlobState, Durability, MemMeta};
+    use shoal_core::PieceLayout;
+
+    fn put_complete(paths: &Paths, meta: &MemMeta, data: &[u8], access: u64) -> Digest {
+        let d = Digest::of(data);
+        let path = paths.blob(&d);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, data).unwrap();
+        let mut r = BlobRecord::new(PieceLayout::for_size(data.len() as u64), access);
+        r.state = BlobState::Complete;
+        meta.put_blob(&d, &r, Durability::Sync).unwrap();
+        d
+    }
+
+    #[test]
+    fn recovery_drops_orphans_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path());
+        paths.create().unwrap();
+        let meta = MemMeta::default();
+        let kept = put_complete(&paths, &meta, b"kept", 1);
+        let lost = put_complete(&paths, &meta, b"lost", 1);
+        std::fs::remove_file(paths.blob(&lost)).unwrap();
+        let stray = Digest::of(b"stray");
+        std::fs::write(paths.partial(&stray), b"x").unwrap();
+        assert_eq!(recover(&paths, &meta).unwrap(), 4);
+        assert!(meta.blob(&kept).unwrap().is_some());
+        assert!(meta.blob(&lost).unwrap().is_none());
+        assert!(!paths.partial(&stray).exists());
+    }
+
+    #[test]
+    fn evicts_lru_but_never_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path());
+        paths.create().unwrap();
+        let meta = MemMeta::default();
+        let old = put_complete(&paths, &meta, &[1; 100], 1);
+        let pinned = put_complete(&paths, &meta, &[2; 100], 2);
+        let new = put_complete(&paths, &meta, &[3; 100], 3);
+        let pins = Pins::default();
+        let _pin = pins.pin(pinned);
+        assert_eq!(
+            enforce_quota(&paths, &meta, &pins, 200).unwrap(),
+            (100 + 100, 1)
+        );
+        assert!(!paths.blob(&old).exists() && meta.blob(&old).unwrap().is_none());
+        assert!(paths.blob(&pinned).exists() && paths.blob(&new).exists());
+        assert_eq!(enforce_quota(&paths, &meta, &pins, 0).unwrap(), (100, 1));
+        assert!(paths.blob(&pinned).exists());
+    }
+}

@@ -1,0 +1,21 @@
+//! The Shoal node daemon: a registry mirror in front of origin registries, with a
+//! content-addressed blob cache whose downloads are tasks made of pieces.
+//!
+//! Module map: `config` (keys and validation), `paths` (every on-disk path), `meta` and
+//! `meta_redb` (metadata), `writer` (piece assembly into a partial file), `task` (one download per
+//! blob, shared by every reader), `origin` (upstream registries and their auth), `mirror` (the
+//! OCI distribution HTTP API), `metrics` and `admin`, `gc` (cache quota), `daemon` (wiring).
+#![warn(missing_docs)]
+
+pub mod body;
+pub mod config;
+pub mod daemon;
+pub mod gc;
+pub mod meta;
+pub mod meta_redb;
+pub mod metrics;
+pub mod mirror;
+pub mod origin;
+pub mod paths;
+pub mod task;
+pub mod writer;

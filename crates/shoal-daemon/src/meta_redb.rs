@@ -1,0 +1,194 @@
+//! The redb implementation of [`MetaStore`]: one file, versioned table names, JSON records.
+//!
+//! Writes that make a blob complete are committed with full durability; progress updates use
+//! redb's non-durable commits (lost in a crash, redone on resume) so per-piece bookkeeping
+//! does not cost an fsync per piece.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use shoal_core::Digest;
+
+use crate::meta::{BlobRecord, Durability, ManifestRecord, MetaError, MetaStore, TagRecord};
+
+const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs_v1");
+const MANIFESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("manifests_v1");
+const TAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("tags_v1");
+
+/// Metadata in a redb database file.
+pub struct RedbMeta {
+    db: Database,
+}
+
+fn db_err(e: impl Into<redb::Error>) -> MetaError {
+    MetaError::Db(e.into().to_string())
+}
+
+impl RedbMeta {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, MetaError> {
+        let db = Database::create(path).map_err(db_err)?;
+        let txn = db.begin_write().map_err(db_err)?;
+        for table in [BLOBS, MANIFESTS, TAGS] {
+            txn.open_table(table).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(Self { db })
+    }
+
+    fn get(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, MetaError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(table).map_err(db_err)?;
+        Ok(t.get(key).map_err(db_err)?.map(|v| v.value().to_vec()))
+    }
+
+    fn put(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &[u8],
+        durability: Durability,
+    ) -> Result<(), MetaError> {
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        if durability == Durability::Lazy {
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| MetaError::Db(e.to_string()))?;
+        }
+        txn.open_table(table)
+            .map_err(db_err)?
+            .insert(key, value)
+            .map_err(db_err)?;
+        txn.commit().map_err(db_err)
+    }
+}
+
+fn decode_blob(key: &str, bytes: &[u8]) -> Result<BlobRecord, MetaError> {
+    serde_json::from_slice(bytes).map_err(|e| MetaError::Corrupt {
+        key: key.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+impl MetaStore for RedbMeta {
+    fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetaError> {
+        let key = digest.to_string();
+        self.get(BLOBS, &key)?
+            .map(|b| decode_blob(&key, &b))
+            .transpose()
+    }
+
+    fn put_blob(
+        &self,
+        digest: &Digest,
+        record: &BlobRecord,
+        durability: Durability,
+    ) -> Result<(), MetaError> {
+        let bytes = serde_json::to_vec(record).map_err(|e| MetaError::Db(e.to_string()))?;
+        self.put(BLOBS, &digest.to_string(), &bytes, durability)
+    }
+
+    fn remove_blob(&self, digest: &Digest) -> Result<(), MetaError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        txn.open_table(BLOBS)
+            .map_err(db_err)?
+            .remove(digest.to_string().as_str())
+            .map_err(db_err)?;
+        txn.commit().map_err(db_err)
+    }
+
+    fn blobs(&self) -> Result<Vec<(Digest, BlobRecord)>, MetaError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(BLOBS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            let key = k.value();
+            let digest =
+                key.parse()
+                    .map_err(|e: shoal_core::digest::DigestError| MetaError::Corrupt {
+                        key: key.to_owned(),
+                        message: e.to_string(),
+                    })?;
+            out.push((digest, decode_blob(key, v.value())?));
+        }
+        Ok(out)
+    }
+
+    fn manifest(&self, digest: &Digest) -> Result<Option<ManifestRecord>, MetaError> {
+        let key = digest.to_string();
+        let Some(bytes) = self.get(MANIFESTS, &key)? else {
+            return Ok(None);
+        };
+        let nul = bytes
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or_else(|| MetaError::Corrupt {
+                key: key.clone(),
+                message: "no media type".into(),
+            })?;
+        let media_type = String::from_utf8_lossy(&bytes[..nul]).into_owned();
+        Ok(Some(ManifestRecord {
+            media_type,
+            body: bytes[nul + 1..].to_vec(),
+        }))
+    }
+
+    fn put_manifest(&self, digest: &Digest, record: &ManifestRecord) -> Result<(), MetaError> {
+        let mut bytes = Vec::with_capacity(record.media_type.len() + 1 + record.body.len());
+        bytes.extend_from_slice(record.media_type.replace('\0', "").as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(&record.body);
+        self.put(MANIFESTS, &digest.to_string(), &bytes, Durability::Sync)
+    }
+
+    fn tag(&self, key: &str) -> Result<Option<TagRecord>, MetaError> {
+        let Some(bytes) = self.get(TAGS, key)? else {
+            return Ok(None);
+        };
+        let corrupt = |m: &str| MetaError::Corrupt {
+            key: key.to_owned(),
+            message: m.to_owned(),
+        };
+        let text = std::str::from_utf8(&bytes).map_err(|_| corrupt("not utf-8"))?;
+        let (digest, media_type) = text
+            .split_once(' ')
+            .ok_or_else(|| corrupt("no media type"))?;
+        Ok(Some(TagRecord {
+            digest: digest.parse().map_err(|_| corrupt("bad digest"))?,
+            media_type: media_type.to_owned(),
+        }))
+    }
+
+    fn put_tag(&self, key: &str, record: &TagRecord) -> Result<(), MetaError> {
+        let value = format!("{} {}", record.digest, record.media_type);
+        self.put(TAGS, key, value.as_bytes(), Durability::Sync)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redb_meta_conforms() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::meta::conformance::run(&RedbMeta::open(&dir.path().join("m.redb")).unwrap());
+    }
+
+    #[test]
+    fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.redb");
+        let d = Digest::of(b"x");
+        {
+            let m = RedbMeta::open(&path).unwrap();
+            let rec = BlobRecord::new(shoal_core::PieceLayout::for_size(10), 1);
+            m.put_blob(&d, &rec, Durability::Sync).unwrap();
+        }
+        assert!(RedbMeta::open(&path).unwrap().blob(&d).unwrap().is_some());
+    }
+}

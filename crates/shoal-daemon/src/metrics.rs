@@ -1,0 +1,179 @@
+//! The daemon's Prometheus metrics: one [`Metrics`] value, created at start-up and passed to
+//! whoever records into it (no globals), encoded by the admin listener.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of a mirror request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `base`, `manifest`, `blob`, `upload`, `other`.
+    pub route: &'static str,
+    /// HTTP method.
+    pub method: String,
+    /// HTTP status code.
+    pub status: u16,
+}
+
+/// A `kind` label: `blob` or `manifest`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// What was served.
+    pub kind: &'static str,
+}
+
+/// A `source` label: where fetched bytes came from (`origin`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// The source.
+    pub source: &'static str,
+}
+
+/// Cache lookups by kind and result.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// `blob` or `manifest`.
+    pub kind: &'static str,
+    /// `hit` or `miss`.
+    pub result: &'static str,
+}
+
+/// Download outcomes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `complete` or `failed`.
+    pub result: &'static str,
+}
+
+/// Every metric the daemon exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Mirror requests by route, method and status.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Bytes sent to clients, by kind.
+    pub served_bytes: Family<KindLabels, Counter>,
+    /// Bytes fetched, by source.
+    pub fetched_bytes: Family<SourceLabels, Counter>,
+    /// Cache hits and misses.
+    pub cache: Family<CacheLabels, Counter>,
+    /// Blob download durations, by outcome.
+    pub download_seconds: Family<ResultLabels, Histogram>,
+    /// Blob downloads in progress.
+    pub downloads_running: Gauge,
+    /// Bytes of complete blobs in the cache.
+    pub cache_bytes: Gauge,
+    /// Blobs evicted to stay under the quota.
+    pub evictions: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("shoal");
+        let requests = Family::default();
+        let served_bytes = Family::default();
+        let fetched_bytes = Family::default();
+        let cache = Family::default();
+        let download_seconds = Family::<ResultLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.01, 2.0, 16))
+        });
+        let downloads_running = Gauge::default();
+        let cache_bytes = Gauge::default();
+        let evictions = Counter::default();
+        registry.register(
+            "mirror_requests",
+            "Mirror requests by route, method and status",
+            requests.clone(),
+        );
+        registry.register(
+            "served_bytes",
+            "Bytes sent to clients",
+            served_bytes.clone(),
+        );
+        registry.register(
+            "fetched_bytes",
+            "Bytes fetched, by source",
+            fetched_bytes.clone(),
+        );
+        registry.register(
+            "cache_lookups",
+            "Cache lookups by kind and result",
+            cache.clone(),
+        );
+        registry.register(
+            "blob_download_seconds",
+            "Blob download durations",
+            download_seconds.clone(),
+        );
+        registry.register(
+            "downloads_running",
+            "Blob downloads in progress",
+            downloads_running.clone(),
+        );
+        registry.register(
+            "cache_bytes",
+            "Bytes of complete blobs in the cache",
+            cache_bytes.clone(),
+        );
+        registry.register(
+            "cache_evictions",
+            "Blobs evicted to stay under the cache quota",
+            evictions.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            served_bytes,
+            fetched_bytes,
+            cache,
+            download_seconds,
+            downloads_running,
+            cache_bytes,
+            evictions,
+        }
+    }
+}
+
+impl Metrics {
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts a cache lookup.
+    pub fn cache_lookup(&self, kind: &'static str, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.cache
+            .get_or_create(&CacheLabels { kind, result })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_recorded_values() {
+        let m = Metrics::default();
+        m.cache_lookup("blob", true);
+        m.fetched_bytes
+            .get_or_create(&SourceLabels { source: "origin" })
+            .inc_by(42);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"shoal_cache_lookups_total{kind="blob",result="hit"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"shoal_fetched_bytes_total{source="origin"} 42"#),
+            "{text}"
+        );
+    }
+}

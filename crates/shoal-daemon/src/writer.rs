@@ -1,0 +1,504 @@
+//! Piece assembly: writes a blob's bytes into its partial file, piece by piece, and makes the
+//! blob complete only after the whole file hashes to its digest.
+//!
+//! The writer runs on a blocking thread of its own (file writes and sha256 must not stall the
+//! async workers) and is fed byte chunks at offsets by any number of sources. It keeps the piece
+//! bitmap and per-piece sha256 in the metadata store, so a crash resumes instead of restarting,
+//! and publishes [`Progress`] to every reader of the blob. It never decides where bytes come from.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest as _, Sha256};
+use shoal_core::{Bitmap, Digest, PieceLayout};
+use tokio::sync::watch;
+
+use crate::meta::{BlobRecord, BlobState, Durability, MetaError, MetaStore};
+use crate::paths::Paths;
+
+/// How often piece progress is made durable (between, progress commits are lazy).
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// Why writing a blob failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Reading or writing the partial file failed.
+    #[error("blob file I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The metadata store failed.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    /// A source sent bytes outside the blob or not where its piece continues.
+    #[error("chunk at offset {offset} does not continue piece {piece}")]
+    OutOfOrder {
+        /// Offset of the chunk.
+        offset: u64,
+        /// The piece it fell into.
+        piece: u32,
+    },
+    /// Every piece arrived but the blob does not hash to its digest: nothing is kept.
+    #[error("blob content hashes to {actual}, not {expected}")]
+    DigestMismatch {
+        /// What was asked for.
+        expected: Digest,
+        /// What the bytes hash to.
+        actual: Digest,
+    },
+    /// Finish was asked for before every piece arrived.
+    #[error("blob incomplete: {have} of {total} pieces")]
+    Incomplete {
+        /// Pieces present.
+        have: u32,
+        /// Pieces in the blob.
+        total: u32,
+    },
+}
+
+/// Where a blob download stands, as its readers see it.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// Bytes present from offset 0 without a gap (not yet verified as a whole).
+    pub available: u64,
+    /// Pieces present and hashed.
+    pub have: Bitmap,
+    /// Running, complete or failed.
+    pub state: State,
+}
+
+/// The end state of a download, if it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Still receiving pieces.
+    Running,
+    /// Verified and at its final path.
+    Complete,
+    /// Given up; the message says why.
+    Failed(Arc<str>),
+}
+
+/// Assembles one blob. Created by [`PieceWriter::open`]; consumed by [`PieceWriter::finish`].
+pub struct PieceWriter {
+    digest: Digest,
+    layout: PieceLayout,
+    paths: Paths,
+    meta: Arc<dyn MetaStore>,
+    file: File,
+    record: BlobRecord,
+    have: Bitmap,
+    inflight: HashMap<u32, (Sha256, u64)>,
+    whole: Sha256,
+    whole_pos: u64,
+    last_sync: Instant,
+    progress: watch::Sender<Progress>,
+}
+
+impl PieceWriter {
+    /// Opens the partial file of `digest`, resuming from its recorded pieces when the record and
+    /// file agree (pieces whose bytes no longer hash to their recorded digest are dropped).
+    pub fn open(
+        paths: &Paths,
+        meta: Arc<dyn MetaStore>,
+        digest: Digest,
+        layout: PieceLayout,
+        now: u64,
+    ) -> Result<Self, WriteError> {
+        let path = paths.partial(&digest);
+        let previous = meta
+            .blob(&digest)?
+            .filter(|r| r.layout == layout && !r.is_complete());
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        let resumable = previous.is_some() && file.metadata()?.len() == layout.size;
+        let mut record = match previous {
+            Some(r) if resumable => r,
+            _ => {
+                file.set_len(0)?;
+                file.set_len(layout.size)?;
+                BlobRecord::new(layout, now)
+            }
+        };
+        let have = verify_pieces(&file, &mut record)?;
+        meta.put_blob(&digest, &record, Durability::Sync)?;
+        let (progress, _) = watch::channel(Progress {
+            available: 0,
+            have: have.clone(),
+            state: State::Running,
+        });
+        let w = Self {
+            digest,
+            layout,
+            paths: paths.clone(),
+            meta,
+            file,
+            record,
+            have,
+            inflight: HashMap::new(),
+            whole: Sha256::new(),
+            whole_pos: 0,
+            last_sync: Instant::now(),
+            progress,
+        };
+        w.publish();
+        Ok(w)
+    }
+
+    /// A receiver of this blob's progress.
+    pub fn subscribe(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    /// The sender side, so the owner can publish a final failure after dropping the writer.
+    pub fn progress(&self) -> watch::Sender<Progress> {
+        self.progress.clone()
+    }
+
+    /// The blob being written.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// Its piece layout.
+    pub fn layout(&self) -> PieceLayout {
+        self.layout
+    }
+
+    /// Pieces present.
+    pub fn have(&self) -> &Bitmap {
+        &self.have
+    }
+
+    /// Writes `data` at `offset`. Bytes of pieces already present are ignored; within a piece,
+    /// bytes must arrive in order from the piece's start.
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), WriteError> {
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= self.layout.size);
+        let Some(end) = end else {
+            return Err(WriteError::OutOfOrder {
+                offset,
+                piece: self.layout.piece_of(offset),
+            });
+        };
+        let mut pos = offset;
+        while pos < end {
+            let index = self.layout.piece_of(pos);
+            let piece = self.layout.piece(index);
+            let stop = piece.end.min(end);
+            let slice = &data[(pos - offset) as usize..(stop - offset) as usize];
+            self.write_in_piece(index, pos, slice)?;
+            pos = stop;
+        }
+        self.advance_whole(offset, data)?;
+        self.publish();
+        Ok(())
+    }
+
+    fn write_in_piece(&mut self, index: u32, pos: u64, slice: &[u8]) -> Result<(), WriteError> {
+        if self.have.get(index) {
+            return Ok(());
+        }
+        let piece = self.layout.piece(index);
+        let entry = self
+            .inflight
+            .entry(index)
+            .or_insert_with(|| (Sha256::new(), 0));
+        if pos == piece.start && entry.1 != 0 {
+            *entry = (Sha256::new(), 0);
+        }
+        if pos != piece.start + entry.1 {
+            return Err(WriteError::OutOfOrder {
+                offset: pos,
+                piece: index,
+            });
+        }
+        self.file.write_all_at(slice, pos)?;
+        entry.0.update(slice);
+        entry.1 += slice.len() as u64;
+        if entry.1 == piece.len() {
+            let (hasher, _) = self
+                .inflight
+                .remove(&index)
+                .unwrap_or_else(|| (Sha256::new(), 0));
+            self.complete_piece(index, Digest::from_bytes(hasher.finalize().into()))?;
+        }
+        Ok(())
+    }
+
+    fn complete_piece(&mut self, index: u32, digest: Digest) -> Result<(), WriteError> {
+        self.have.set(index);
+        self.record.piece_digests[index as usize] = digest.hex();
+        self.record.state = BlobState::Partial {
+            bitmap: self.have.as_bytes().to_vec(),
+        };
+        let durability = if self.last_sync.elapsed() >= SYNC_EVERY {
+            self.last_sync = Instant::now();
+            Durability::Sync
+        } else {
+            Durability::Lazy
+        };
+        self.meta.put_blob(&self.digest, &self.record, durability)?;
+        Ok(())
+    }
+
+    /// Bytes present from offset 0 without a gap.
+    fn available(&self) -> u64 {
+        let prefix = self.have.prefix();
+        let base = self.layout.piece(prefix).start;
+        let partial = self.inflight.get(&prefix).map_or(0, |(_, n)| *n);
+        if prefix >= self.layout.count() {
+            self.layout.size
+        } else {
+            base + partial
+        }
+    }
+
+    /// Feeds the whole-blob hash up to the available prefix: from memory when the chunk just
+    /// written continues it, else by reading back the file (resumed or out-of-order pieces).
+    fn advance_whole(&mut self, offset: u64, data: &[u8]) -> Result<(), WriteError> {
+        if offset <= self.whole_pos && self.whole_pos < offset + data.len() as u64 {
+            self.whole
+                .update(&data[(self.whole_pos - offset) as usize..]);
+            self.whole_pos = offset + data.len() as u64;
+        }
+        let available = self.available();
+        let mut buf = vec![0u8; 1 << 20];
+        while self.whole_pos < available {
+            let n = ((available - self.whole_pos) as usize).min(buf.len());
+            self.file.read_exact_at(&mut buf[..n], self.whole_pos)?;
+            self.whole.update(&buf[..n]);
+            self.whole_pos += n as u64;
+        }
+        Ok(())
+    }
+
+    fn publish(&self) {
+        let available = self.available();
+        self.progress.send_if_modified(|p| {
+            let changed = p.available != available || p.have.count() != self.have.count();
+            p.available = available;
+            p.have.clone_from(&self.have);
+            changed
+        });
+    }
+
+    /// Verifies the whole blob, syncs it and moves it to its final path, then records it
+    /// complete. On a digest mismatch the partial file and record are removed.
+    pub fn finish(mut self) -> Result<(), WriteError> {
+        if !self.have.is_full() {
+            return Err(WriteError::Incomplete {
+                have: self.have.count(),
+                total: self.have.len(),
+            });
+        }
+        self.advance_whole(self.layout.size, &[])?;
+        let actual = Digest::from_bytes(self.whole.clone().finalize().into());
+        if actual != self.digest {
+            self.discard();
+            return Err(WriteError::DigestMismatch {
+                expected: self.digest,
+                actual,
+            });
+        }
+        self.file.sync_all()?;
+        let dest = self.paths.blob(&self.digest);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::rename(self.paths.partial(&self.digest), &dest)?;
+        if let Some(parent) = dest.parent() {
+            File::open(parent)?.sync_all()?;
+        }
+        self.record.state = BlobState::Complete;
+        self.meta
+            .put_blob(&self.digest, &self.record, Durability::Sync)?;
+        self.progress.send_modify(|p| p.state = State::Complete);
+        Ok(())
+    }
+
+    /// Removes the partial file and its record.
+    pub fn discard(&self) {
+        let _ = std::fs::remove_file(self.paths.partial(&self.digest));
+        let _ = self.meta.remove_blob(&self.digest);
+    }
+}
+
+/// Re-hashes every piece the record says is present; drops those that no longer match.
+fn verify_pieces(file: &File, record: &mut BlobRecord) -> Result<Bitmap, WriteError> {
+    let layout = record.layout;
+    let mut have = record.bitmap();
+    let mut checked = Bitmap::new(layout.count());
+    let mut buf = Vec::new();
+    for i in 0..layout.count() {
+        if !have.get(i) {
+            continue;
+        }
+        let range = layout.piece(i);
+        buf.resize(range.len() as usize, 0);
+        let ok = file.read_exact_at(&mut buf, range.start).is_ok()
+            && Digest::of(&buf).hex() == record.piece_digests[i as usize];
+        if ok {
+            checked.set(i);
+        } else {
+            record.piece_digests[i as usize].clear();
+        }
+    }
+    have.clone_from(&checked);
+    record.state = BlobState::Partial {
+        bitmap: have.as_bytes().to_vec(),
+    };
+    Ok(have)
+}
+
+/// Reads a whole local file into its digest (used to re-verify complete blobs on demand).
+pub fn digest_file(path: &std::path::Path) -> std::io::Result<Digest> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(Digest::from_bytes(h.finalize().into()));
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::MemMeta;
+
+    const MIB: usize = 1 << 20;
+
+    fn blob(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    fn setup(
+        data: &[u8],
+    ) -> (
+        tempfile::TempDir,
+        Paths,
+        Arc<dyn MetaStore>,
+        Digest,
+        PieceLayout,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path());
+        paths.create().unwrap();
+        (
+            dir,
+            paths,
+            Arc::new(MemMeta::default()),
+            Digest::of(data),
+            PieceLayout::for_size(data.len() as u64),
+        )
+    }
+
+    #[test]
+    fn assembles_in_order_chunks_and_completes() {
+        let data = blob(3 * MIB + 123);
+        let (_d, paths, meta, digest, layout) = setup(&data);
+        let mut w = PieceWriter::open(&paths, meta.clone(), digest, layout, 0).unwrap();
+        let rx = w.subscribe();
+        for (i, chunk) in data.chunks(10_000).enumerate() {
+            w.write((i * 10_000) as u64, chunk).unwrap();
+            assert_eq!(
+                rx.borrow().available,
+                ((i + 1) * 10_000).min(data.len()) as u64
+            );
+        }
+        w.finish().unwrap();
+        assert_eq!(rx.borrow().state, State::Complete);
+        assert_eq!(std::fs::read(paths.blob(&digest)).unwrap(), data);
+        assert!(meta.blob(&digest).unwrap().unwrap().is_complete());
+        assert!(!paths.partial(&digest).exists());
+    }
+
+    #[test]
+    fn accepts_pieces_out_of_order() {
+        let data = blob(4 * MIB);
+        let (_d, paths, meta, digest, layout) = setup(&data);
+        let mut w = PieceWriter::open(&paths, meta, digest, layout, 0).unwrap();
+        for i in [3usize, 1, 0, 2] {
+            w.write((i * MIB) as u64, &data[i * MIB..(i + 1) * MIB])
+                .unwrap();
+            assert_eq!(w.have().get(i as u32), true);
+        }
+        assert_eq!(w.subscribe().borrow().available, data.len() as u64);
+        w.finish().unwrap();
+    }
+
+    #[test]
+    fn resumes_after_a_crash_and_drops_corrupted_pieces() {
+        let data = blob(4 * MIB);
+        let (_d, paths, meta, digest, layout) = setup(&data);
+        let mut w = PieceWriter::open(&paths, meta.clone(), digest, layout, 0).unwrap();
+        w.write(0, &data[..2 * MIB + 5]).unwrap();
+        drop(w);
+        // Corrupt piece 1 on disk, as a torn write would.
+        let f = OpenOptions::new()
+            .write(true)
+            .open(paths.partial(&digest))
+            .unwrap();
+        f.write_all_at(b"garbage", MIB as u64 + 10).unwrap();
+        let mut w = PieceWriter::open(&paths, meta.clone(), digest, layout, 0).unwrap();
+        assert_eq!(w.have().missing().collect::<Vec<_>>(), vec![1, 2, 3]);
+        w.write(MIB as u64, &data[MIB..]).unwrap();
+        w.finish().unwrap();
+        assert_eq!(digest_file(&paths.blob(&digest)).unwrap(), digest);
+    }
+
+    #[test]
+    fn rejects_a_wrong_blob_and_keeps_nothing() {
+        let data = blob(2 * MIB);
+        let (_d, paths, meta, _, layout) = setup(&data);
+        let wrong = Digest::of(b"something else");
+        let mut w = PieceWriter::open(&paths, meta.clone(), wrong, layout, 0).unwrap();
+        let rx = w.subscribe();
+        w.write(0, &data).unwrap();
+        assert!(matches!(w.finish(), Err(WriteError::DigestMismatch { .. })));
+        assert_ne!(rx.borrow().state, State::Complete);
+        assert!(!paths.partial(&wrong).exists() && !paths.blob(&wrong).exists());
+        assert!(meta.blob(&wrong).unwrap().is_none());
+    }
+
+    #[test]
+    fn refuses_gaps_and_overruns() {
+        let data = blob(2 * MIB);
+        let (_d, paths, meta, digest, layout) = setup(&data);
+        let mut w = PieceWriter::open(&paths, meta, digest, layout, 0).unwrap();
+        assert!(matches!(
+            w.write(10, &data[10..20]),
+            Err(WriteError::OutOfOrder { .. })
+        ));
+        assert!(matches!(
+            w.write(2 * MIB as u64 - 1, b"xy"),
+            Err(WriteError::OutOfOrder { .. })
+        ));
+        assert!(matches!(
+            w.write(u64::MAX, b"x"),
+            Err(WriteError::OutOfOrder { .. })
+        ));
+        assert!(matches!(
+            w.finish(),
+            Err(WriteError::Incomplete { have: 0, total: 2 })
+        ));
+    }
+
+    #[test]
+    fn empty_blob_completes() {
+        let (_d, paths, meta, digest, layout) = setup(b"");
+        let w = PieceWriter::open(&paths, meta, digest, layout, 0).unwrap();
+        w.finish().unwrap();
+        assert_eq!(std::fs::read(paths.blob(&digest)).unwrap(), b"");
+    }
+}

@@ -1,0 +1,178 @@
+//! `shoal daemon` and `shoal up`: flags that override the config file's keys of the same name,
+//! then validation and start-up.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use shoal_daemon::config::{Config, Settings};
+
+/// Flags of `shoal daemon`; each overrides the TOML key of the same name.
+#[derive(Args, Debug, Default)]
+pub struct DaemonArgs {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where blobs and metadata live (`data_dir`).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Mirror HTTP listener (`mirror_listen`, default 127.0.0.1:65001).
+    #[arg(long, value_name = "ADDR")]
+    pub mirror_listen: Option<String>,
+    /// Admin listener for /healthz and /metrics (`admin_listen`, default 127.0.0.1:65003).
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+    /// Upstream registry NAME=URL, repeatable; the first is the default (`[[registry]]`).
+    #[arg(long, value_name = "NAME=URL")]
+    pub registry: Vec<String>,
+    /// Cache quota such as 20GiB (`cache_size`).
+    #[arg(long, value_name = "SIZE")]
+    pub cache_size: Option<String>,
+}
+
+/// Flags of `shoal up`: the daemon's, with data in ./shoal-data by default.
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+impl DaemonArgs {
+    /// File (if any) → flags → validated settings.
+    pub fn settings(&self, base: Config) -> Result<Settings> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => base,
+        };
+        if let Some(v) = &self.data_dir {
+            config.data_dir.clone_from(v);
+        }
+        if let Some(v) = &self.mirror_listen {
+            config.mirror_listen.clone_from(v);
+        }
+        if let Some(v) = &self.admin_listen {
+            config.admin_listen.clone_from(v);
+        }
+        if let Some(v) = &self.cache_size {
+            config.cache_size.clone_from(v);
+        }
+        if !self.registry.is_empty() {
+            config.registry = self
+                .registry
+                .iter()
+                .map(|r| Config::parse_registry_flag(r))
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(config.validate()?)
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
+/// `shoal daemon`.
+pub fn run_daemon(args: DaemonArgs) -> Result<()> {
+    let settings = args.settings(Config::default())?;
+    runtime()?.block_on(async {
+        let running = shoal_daemon::daemon::start(&settings).await?;
+        serve_until_signal(running).await
+    })
+}
+
+/// `shoal up`.
+pub fn run_up(args: UpArgs) -> Result<()> {
+    let base = Config {
+        data_dir: PathBuf::from("shoal-data"),
+        ..Config::default()
+    };
+    let settings = args.daemon.settings(base)?;
+    runtime()?.block_on(async {
+        let running = shoal_daemon::daemon::start(&settings).await?;
+        println!(
+            "{}",
+            banner(&settings, running.mirror_addr, running.admin_addr)
+        );
+        serve_until_signal(running).await
+    })
+}
+
+async fn serve_until_signal(running: shoal_daemon::daemon::Running) -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        () = running.wait() => anyhow::bail!("a listener stopped"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+        _ = term.recv() => tracing::info!("terminated; stopping"),
+    }
+    Ok(())
+}
+
+fn banner(s: &Settings, mirror: std::net::SocketAddr, admin: std::net::SocketAddr) -> String {
+    let registries: Vec<String> = s
+        .registries
+        .iter()
+        .map(|r| format!("{} ({})", r.name, r.url))
+        .collect();
+    format!(
+        "Shoal is up.\n  mirror:     http://{mirror}  (registries: {})\n  admin:      http://{admin}/metrics  http://{admin}/healthz\n  data:       {}\n\n\
+         Point your clients at it:\n  containerd: shoal config containerd --mirror {mirror} --write   (then restart containerd)\n  \
+         dockerd:    shoal config docker --mirror {mirror} --write       (then restart dockerd)\n  \
+         podman:     shoal config podman --mirror {mirror} --write\n  \
+         or try it:  curl -s http://{mirror}/v2/library/alpine/manifests/latest -H 'Accept: application/vnd.oci.image.index.v1+json'\n\n\
+         Ctrl-C stops it.",
+        registries.join(", "),
+        s.data_dir.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shoal.toml");
+        std::fs::write(&file, "cache_size = \"1GiB\"\nmirror_listen = \"127.0.0.1:1\"\n[[registry]]\nname = \"a.io\"\nurl = \"https://a.io\"\n").unwrap();
+        let args = DaemonArgs {
+            config: Some(file.clone()),
+            mirror_listen: Some("127.0.0.1:2".into()),
+            ..DaemonArgs::default()
+        };
+        let s = args.settings(Config::default()).unwrap();
+        assert_eq!(s.cache_size, 1 << 30);
+        assert_eq!(s.mirror_listen.port(), 2);
+        assert_eq!(s.registries[0].name, "a.io");
+        let args = DaemonArgs {
+            registry: vec![
+                "b.io=http://127.0.0.1:5000".into(),
+                "c.io=https://c.io".into(),
+            ],
+            ..DaemonArgs::default()
+        };
+        let s = args.settings(Config::default()).unwrap();
+        assert_eq!(s.registries.len(), 2);
+        assert_eq!(s.registries[0].name, "b.io");
+        let bad = DaemonArgs {
+            cache_size: Some("big".into()),
+            ..DaemonArgs::default()
+        };
+        assert!(bad
+            .settings(Config::default())
+            .unwrap_err()
+            .to_string()
+            .contains("cache_size"));
+        let bad = DaemonArgs {
+            registry: vec!["nourl".into()],
+            ..DaemonArgs::default()
+        };
+        assert!(bad
+            .settings(Config::default())
+            .unwrap_err()
+            .to_string()
+            .contains("registry"));
+    }
+}
