@@ -431,7 +431,7 @@ mod tests {
         for i in [3usize, 1, 0, 2] {
             w.write((i * MIB) as u64, &data[i * MIB..(i + 1) * MIB])
                 .unwrap();
-            assert_eq!(w.have().get(i as u32), true);
+            assert!(w.have().get(i as u32));
         }
         assert_eq!(w.subscribe().borrow().available, data.len() as u64);
         w.finish().unwrap();

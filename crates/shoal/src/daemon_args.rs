@@ -133,6 +133,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_config_validates() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/shoal.toml");
+        let args = DaemonArgs {
+            config: Some(path),
+            ..DaemonArgs::default()
+        };
+        let s = args.settings(Config::default()).unwrap();
+        assert_eq!(s.registries.len(), 2);
+        assert_eq!(s.cache_size, 20 << 30);
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("shoal.toml");

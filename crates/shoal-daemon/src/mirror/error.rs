@@ -2,7 +2,7 @@
 
 use axum::response::{IntoResponse, Response};
 use http::header::{ALLOW, CONTENT_RANGE, CONTENT_TYPE};
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 use shoal_core::range::RangeError;
 use shoal_core::route::RouteError;
 use shoal_core::ErrorCode;
@@ -14,7 +14,7 @@ use crate::origin::{OriginError, UnknownRegistry};
 pub struct ApiError {
     code: ErrorCode,
     message: String,
-    headers: HeaderMap,
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -23,7 +23,7 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
-            headers: HeaderMap::new(),
+            headers: Vec::new(),
         }
     }
 
@@ -34,7 +34,7 @@ impl ApiError {
             format!("{method} is not supported: this is a read-only registry mirror"),
         );
         e.headers
-            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            .push((ALLOW, HeaderValue::from_static("GET, HEAD")));
         e
     }
 }
@@ -44,7 +44,8 @@ impl IntoResponse for ApiError {
         let status =
             StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut resp = (status, self.code.body(&self.message)).into_response();
-        resp.headers_mut().extend(self.headers);
+        resp.headers_mut()
+            .extend(self.headers.into_iter().map(|(k, v)| (Some(k), v)));
         resp.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         resp
@@ -73,7 +74,7 @@ impl From<RangeError> for ApiError {
             RangeError::Unsatisfiable { size } => {
                 let mut err = Self::new(ErrorCode::RangeUnsatisfiable, e.to_string());
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
-                    err.headers.insert(CONTENT_RANGE, v);
+                    err.headers.push((CONTENT_RANGE, v));
                 }
                 err
             }
