@@ -51,6 +51,20 @@ impl Bitmap {
         true
     }
 
+    /// Marks piece `i` absent; out-of-range indices are ignored.
+    pub fn unset(&mut self, i: u32) {
+        if i < self.len {
+            self.bytes[(i / 8) as usize] &= !(1 << (i % 8));
+        }
+    }
+
+    /// The pieces present in both.
+    pub fn and(&self, other: &Bitmap) -> Bitmap {
+        let bytes =
+            self.bytes.iter().zip(other.bytes.iter().chain(std::iter::repeat(&0))).map(|(a, b)| a & b).collect();
+        Self { bytes, len: self.len }
+    }
+
     /// Number of pieces present.
     pub fn count(&self) -> u32 {
         self.bytes.iter().map(|b| b.count_ones()).sum()
@@ -117,6 +131,13 @@ mod tests {
         assert!(Bitmap::from_bytes(10, &[0, 0b0000_0100]).is_err());
         assert!(Bitmap::from_bytes(10, &[0]).is_err());
         assert!(Bitmap::new(0).is_full());
+        b.unset(9);
+        b.unset(99);
+        assert!(!b.get(9) && b.get(0));
+        let mut c = Bitmap::new(10);
+        c.set(0);
+        c.set(5);
+        assert_eq!(b.and(&c).count(), 1);
     }
 
     proptest! {

@@ -11,9 +11,11 @@ pub mod digest;
 pub mod error_code;
 pub mod evict;
 pub mod name;
+pub mod picker;
 pub mod piece;
 pub mod range;
 pub mod route;
+pub mod sched;
 pub mod size;
 
 pub use bitmap::Bitmap;

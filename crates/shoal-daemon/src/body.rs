@@ -29,13 +29,7 @@ pub fn local(blob: LocalBlob, range: ByteRange, served: Counter) -> Body {
 
 /// The body of a blob still downloading, for `range`.
 pub fn downloading(task: &Task, pin: Pin, range: ByteRange, served: Counter) -> Body {
-    stream(
-        task.file.clone(),
-        range,
-        served,
-        pin,
-        Some((task.progress(), task.layout.size)),
-    )
+    stream(task.file.clone(), range, served, pin, Some((task.progress(), task.layout.size)))
 }
 
 struct Reader {
@@ -54,14 +48,7 @@ fn stream(
     pin: Pin,
     progress: Option<(watch::Receiver<Progress>, u64)>,
 ) -> Body {
-    let reader = Reader {
-        file,
-        pos: range.start,
-        end: range.end,
-        served,
-        progress,
-        _pin: pin,
-    };
+    let reader = Reader { file, pos: range.start, end: range.end, served, progress, _pin: pin };
     Body::from_stream(futures::stream::unfold(Some(reader), |state| async move {
         let mut r = state?;
         match r.next().await {
@@ -101,9 +88,7 @@ impl Reader {
                 let p = rx.borrow_and_update();
                 match &p.state {
                     State::Complete => *size,
-                    State::Failed(why) => {
-                        return Err(io::Error::other(format!("blob download failed: {why}")))
-                    }
+                    State::Failed(why) => return Err(io::Error::other(format!("blob download failed: {why}"))),
                     State::Running => p.available.min(size.saturating_sub(1)),
                 }
             };
@@ -113,9 +98,7 @@ impl Reader {
             if rx.changed().await.is_err() {
                 let p = rx.borrow();
                 if p.state != State::Complete {
-                    return Err(io::Error::other(
-                        "blob download ended before the blob was complete",
-                    ));
+                    return Err(io::Error::other("blob download ended before the blob was complete"));
                 }
             }
         }

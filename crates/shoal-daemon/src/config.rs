@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
-use shoal_core::size::parse_size;
+use shoal_core::size::{parse_rate, parse_size};
 use url::Url;
 
 /// Why a configuration cannot be used; each message names the offending key.
@@ -40,10 +40,7 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        message: message.into(),
-    }
+    ConfigError::Invalid { key: key.into(), message: message.into() }
 }
 
 /// One upstream registry the mirror may fetch from.
@@ -77,6 +74,30 @@ pub struct Config {
     pub registry: Vec<RegistryConfig>,
     /// Cache size quota, e.g. `20GiB`; least recently used blobs are evicted beyond it.
     pub cache_size: String,
+    /// Scheduler URLs (`http://host:65000`); tasks are spread over them by rendezvous hashing.
+    /// Empty: no scheduler (pulls go to the origin).
+    pub scheduler: Vec<String>,
+    /// The peer (QUIC, UDP) listener other daemons fetch pieces from.
+    pub peer_listen: String,
+    /// The IP other daemons dial; default: the IP of `peer_listen`, or when that is unspecified
+    /// the local address of the route to the first scheduler.
+    pub advertise_addr: Option<String>,
+    /// This node's site (rack, zone, edge location): parents are chosen in the same site first,
+    /// and each site fetches a blob from the origin once.
+    pub site: String,
+    /// The secret every daemon of the cluster shares; peers without it are refused. Required
+    /// with `scheduler`.
+    pub cluster_token: Option<String>,
+    /// A file holding the cluster token (first line), instead of `cluster_token`.
+    pub cluster_token_file: Option<PathBuf>,
+    /// Upload to peers, e.g. `100MiB/s`; `0` is unlimited.
+    pub upload_limit: String,
+    /// Download from peers; `0` is unlimited.
+    pub download_limit: String,
+    /// Fetch from origin registries; `0` is unlimited.
+    pub origin_limit: String,
+    /// This node's id among peers; default: hostname and peer port.
+    pub host_id: Option<String>,
 }
 
 impl Default for Config {
@@ -92,6 +113,16 @@ impl Default for Config {
                 password: None,
             }],
             cache_size: "20GiB".into(),
+            scheduler: Vec::new(),
+            peer_listen: "0.0.0.0:65002".into(),
+            advertise_addr: None,
+            site: "default".into(),
+            cluster_token: None,
+            cluster_token_file: None,
+            upload_limit: "0".into(),
+            download_limit: "0".into(),
+            origin_limit: "0".into(),
+            host_id: None,
         }
     }
 }
@@ -109,6 +140,38 @@ pub struct Settings {
     pub registries: Vec<Registry>,
     /// See [`Config::cache_size`], in bytes.
     pub cache_size: u64,
+    /// The swarm settings; `None` without a scheduler.
+    pub swarm: Option<Swarm>,
+    /// Byte rates; 0 is unlimited.
+    pub limits: Limits,
+}
+
+/// Bandwidth limits per traffic class, bytes per second (0 = unlimited).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Upload to peers.
+    pub upload: u64,
+    /// Download from peers.
+    pub download: u64,
+    /// Fetch from origins.
+    pub origin: u64,
+}
+
+/// Validated peer-to-peer settings.
+#[derive(Debug, Clone)]
+pub struct Swarm {
+    /// Scheduler URLs.
+    pub schedulers: Vec<Url>,
+    /// QUIC listener.
+    pub peer_listen: SocketAddr,
+    /// IP peers dial.
+    pub advertise_ip: std::net::IpAddr,
+    /// Site label.
+    pub site: String,
+    /// Cluster token bytes.
+    pub token: Vec<u8>,
+    /// Host id.
+    pub host_id: String,
 }
 
 /// A validated upstream registry.
@@ -136,50 +199,28 @@ impl Registry {
 impl Config {
     /// Reads a TOML file; unknown keys are errors.
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            message: e.to_string(),
-        })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
     }
 
     /// Parses a registry flag `NAME=URL`.
     pub fn parse_registry_flag(flag: &str) -> Result<RegistryConfig, ConfigError> {
-        let (name, url) = flag
-            .split_once('=')
-            .ok_or_else(|| invalid("registry", format!("{flag:?} is not NAME=URL")))?;
-        Ok(RegistryConfig {
-            name: name.into(),
-            url: url.into(),
-            username: None,
-            password: None,
-        })
+        let (name, url) =
+            flag.split_once('=').ok_or_else(|| invalid("registry", format!("{flag:?} is not NAME=URL")))?;
+        Ok(RegistryConfig { name: name.into(), url: url.into(), username: None, password: None })
     }
 
     /// Checks every key and parses values.
     pub fn validate(&self) -> Result<Settings, ConfigError> {
-        let addr = |key: &str, v: &str| {
-            v.parse::<SocketAddr>()
-                .map_err(|e| invalid(key, format!("{v:?}: {e}")))
-        };
+        let addr = |key: &str, v: &str| v.parse::<SocketAddr>().map_err(|e| invalid(key, format!("{v:?}: {e}")));
         if self.registry.is_empty() {
             return Err(invalid("registry", "at least one registry is required"));
         }
-        let registries = self
-            .registry
-            .iter()
-            .enumerate()
-            .map(|(i, r)| validate_registry(i, r))
-            .collect::<Result<Vec<_>, _>>()?;
+        let registries =
+            self.registry.iter().enumerate().map(|(i, r)| validate_registry(i, r)).collect::<Result<Vec<_>, _>>()?;
         for (i, r) in registries.iter().enumerate() {
             if registries[..i].iter().any(|o| o.name == r.name) {
-                return Err(invalid(
-                    format!("registry[{i}].name"),
-                    format!("{:?} is configured twice", r.name),
-                ));
+                return Err(invalid(format!("registry[{i}].name"), format!("{:?} is configured twice", r.name)));
             }
         }
         if self.data_dir.as_os_str().is_empty() {
@@ -190,54 +231,112 @@ impl Config {
             mirror_listen: addr("mirror_listen", &self.mirror_listen)?,
             admin_listen: addr("admin_listen", &self.admin_listen)?,
             registries,
-            cache_size: parse_size(&self.cache_size)
-                .map_err(|e| invalid("cache_size", e.to_string()))?,
+            cache_size: parse_size(&self.cache_size).map_err(|e| invalid("cache_size", e.to_string()))?,
+            swarm: self.validate_swarm()?,
+            limits: Limits {
+                upload: rate("upload_limit", &self.upload_limit)?,
+                download: rate("download_limit", &self.download_limit)?,
+                origin: rate("origin_limit", &self.origin_limit)?,
+            },
         })
     }
+
+    fn validate_swarm(&self) -> Result<Option<Swarm>, ConfigError> {
+        let peer_listen: SocketAddr =
+            self.peer_listen.parse().map_err(|e| invalid("peer_listen", format!("{:?}: {e}", self.peer_listen)))?;
+        let mut schedulers = Vec::new();
+        for (i, s) in self.scheduler.iter().enumerate() {
+            let url = Url::parse(s).map_err(|e| invalid(format!("scheduler[{i}]"), format!("{s:?}: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err(invalid(format!("scheduler[{i}]"), format!("{s:?} must be an http:// URL with a host")));
+            }
+            schedulers.push(url);
+        }
+        let token = self.token()?;
+        let Some(first) = schedulers.first() else { return Ok(None) };
+        let token = token.ok_or_else(|| {
+            invalid("cluster_token", "required when a scheduler is configured (or set cluster_token_file)")
+        })?;
+        let advertise_ip = match &self.advertise_addr {
+            Some(a) => a.parse().map_err(|e| invalid("advertise_addr", format!("{a:?}: {e}")))?,
+            None if !peer_listen.ip().is_unspecified() => peer_listen.ip(),
+            None => route_ip(first)
+                .ok_or_else(|| invalid("advertise_addr", "cannot be derived; set the IP other daemons should dial"))?,
+        };
+        if self.site.is_empty() {
+            return Err(invalid("site", "must not be empty"));
+        }
+        let host_id = self.host_id.clone().unwrap_or_else(|| format!("{}-{}", hostname(), peer_listen.port()));
+        Ok(Some(Swarm { schedulers, peer_listen, advertise_ip, site: self.site.clone(), token, host_id }))
+    }
+
+    fn token(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        let token = match (&self.cluster_token, &self.cluster_token_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("cluster_token_file", "set cluster_token or cluster_token_file, not both"))
+            }
+            (Some(t), None) => t.trim().to_owned(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| invalid("cluster_token_file", format!("{}: {e}", path.display())))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+            (None, None) => return Ok(None),
+        };
+        if token.len() < 16 {
+            return Err(invalid("cluster_token", "must be at least 16 characters"));
+        }
+        Ok(Some(token.into_bytes()))
+    }
+}
+
+fn rate(key: &str, v: &str) -> Result<u64, ConfigError> {
+    if v.trim() == "0" {
+        return Ok(0);
+    }
+    parse_rate(v).map_err(|e| invalid(key, e.to_string()))
+}
+
+/// The local IP of the route to `url`'s host (a UDP connect sends nothing).
+fn route_ip(url: &Url) -> Option<std::net::IpAddr> {
+    let host = url.host_str()?;
+    let port = url.port_or_known_default().unwrap_or(65000);
+    let target = std::net::ToSocketAddrs::to_socket_addrs(&(host, port)).ok()?.next()?;
+    let bind: SocketAddr =
+        if target.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    let sock = std::net::UdpSocket::bind(bind).ok()?;
+    sock.connect(target).ok()?;
+    Some(sock.local_addr().ok()?.ip())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "shoal".into())
 }
 
 fn validate_registry(i: usize, r: &RegistryConfig) -> Result<Registry, ConfigError> {
     let key = |k: &str| format!("registry[{i}].{k}");
-    shoal_core::route::parse_ns(&r.name).map_err(|_| {
-        invalid(
-            key("name"),
-            format!("{:?} is not a registry host[:port]", r.name),
-        )
-    })?;
+    shoal_core::route::parse_ns(&r.name)
+        .map_err(|_| invalid(key("name"), format!("{:?} is not a registry host[:port]", r.name)))?;
     let url = Url::parse(&r.url).map_err(|e| invalid(key("url"), format!("{:?}: {e}", r.url)))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(invalid(
-            key("url"),
-            format!("{:?} must be an http:// or https:// URL with a host", r.url),
-        ));
+        return Err(invalid(key("url"), format!("{:?} must be an http:// or https:// URL with a host", r.url)));
     }
     if url.path() != "/" || url.query().is_some() {
-        return Err(invalid(
-            key("url"),
-            format!("{:?} must not have a path or query", r.url),
-        ));
+        return Err(invalid(key("url"), format!("{:?} must not have a path or query", r.url)));
     }
     let credentials = match (&r.username, &r.password) {
         (Some(u), Some(p)) => Some((u.clone(), p.clone())),
         (None, None) => None,
-        (Some(_), None) => {
-            return Err(invalid(
-                key("password"),
-                "username is set but password is not",
-            ))
-        }
-        (None, Some(_)) => {
-            return Err(invalid(
-                key("username"),
-                "password is set but username is not",
-            ))
-        }
+        (Some(_), None) => return Err(invalid(key("password"), "username is set but password is not")),
+        (None, Some(_)) => return Err(invalid(key("username"), "password is set but username is not")),
     };
-    Ok(Registry {
-        name: r.name.clone(),
-        url,
-        credentials,
-    })
+    Ok(Registry { name: r.name.clone(), url, credentials })
 }
 
 #[cfg(test)]
@@ -266,36 +365,44 @@ mod tests {
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains(key), "{e}");
         };
-        bad(
-            Config {
-                cache_size: "lots".into(),
-                ..Config::default()
-            },
-            "cache_size",
-        );
-        bad(
-            Config {
-                mirror_listen: "nope".into(),
-                ..Config::default()
-            },
-            "mirror_listen",
-        );
-        bad(
-            Config {
-                registry: vec![],
-                ..Config::default()
-            },
-            "registry",
-        );
+        bad(Config { cache_size: "lots".into(), ..Config::default() }, "cache_size");
+        bad(Config { mirror_listen: "nope".into(), ..Config::default() }, "mirror_listen");
+        bad(Config { registry: vec![], ..Config::default() }, "registry");
         let mut c = Config::default();
         c.registry[0].url = "ftp://x".into();
         bad(c, "registry[0].url");
         let mut c = Config::default();
         c.registry.push(c.registry[0].clone());
         bad(c, "registry[1].name");
-        assert!(toml::from_str::<Config>("mirror_lisen = \"x\"")
-            .unwrap_err()
-            .to_string()
-            .contains("mirror_lisen"));
+        assert!(toml::from_str::<Config>("mirror_lisen = \"x\"").unwrap_err().to_string().contains("mirror_lisen"));
+    }
+
+    #[test]
+    fn validates_swarm_keys() {
+        assert!(Config::default().validate().unwrap().swarm.is_none());
+        let with = |f: fn(&mut Config)| {
+            let mut c = Config {
+                scheduler: vec!["http://127.0.0.1:65000".into()],
+                cluster_token: Some("0123456789abcdef".into()),
+                ..Config::default()
+            };
+            f(&mut c);
+            c.validate()
+        };
+        let s = with(|_| {}).unwrap().swarm.unwrap();
+        assert_eq!(s.advertise_ip.to_string(), "127.0.0.1");
+        assert_eq!(s.site, "default");
+        let bad = |f: fn(&mut Config), key: &str| {
+            let e = with(f).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        };
+        bad(|c| c.cluster_token = None, "cluster_token");
+        bad(|c| c.cluster_token = Some("short".into()), "cluster_token");
+        bad(|c| c.scheduler = vec!["nope".into()], "scheduler[0]");
+        bad(|c| c.upload_limit = "fast".into(), "upload_limit");
+        bad(|c| c.advertise_addr = Some("x".into()), "advertise_addr");
+        bad(|c| c.peer_listen = "x".into(), "peer_listen");
+        let l = with(|c| c.origin_limit = "10MiB/s".into()).unwrap().limits;
+        assert_eq!(l.origin, 10 << 20);
     }
 }

@@ -9,14 +9,25 @@ use axum::Router;
 use http::header::CONTENT_TYPE;
 use tokio::net::TcpListener;
 
+use shoal_core::picker::PickerConfig;
+
 use crate::config::Settings;
+use crate::limits::Limiter;
 use crate::meta::MetaStore;
 use crate::meta_redb::RedbMeta;
 use crate::metrics::Metrics;
 use crate::mirror::{self, Authz, Mirror};
 use crate::origin::Origins;
 use crate::paths::Paths;
+use crate::peer::client::PeerClient;
+use crate::peer::server::ServerCtx;
+use crate::sched_client::Schedulers;
+use crate::swarm::Swarm;
 use crate::task::{Pins, Tasks};
+
+/// Environment switch of a test-only fault: serve corrupted pieces to peers (`=1`), so tests can
+/// prove children detect and avoid such a parent. Never set it in production.
+pub const FAULT_CORRUPT_UPLOADS: &str = "SHOAL_FAULT_CORRUPT_UPLOADS";
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +53,9 @@ pub enum StartError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The peer listener or scheduler clients could not be set up.
+    #[error("peer_listen: {0}")]
+    Peer(String),
     /// The HTTP client for origins could not be built.
     #[error("origin HTTP client: {0}")]
     Http(#[from] reqwest::Error),
@@ -53,6 +67,8 @@ pub struct Running {
     pub mirror_addr: SocketAddr,
     /// Where the admin listener listens.
     pub admin_addr: SocketAddr,
+    /// Where the peer (QUIC) listener listens, with a scheduler configured.
+    pub peer_addr: Option<SocketAddr>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -73,51 +89,65 @@ impl Drop for Running {
 /// Starts the daemon in the current tokio runtime.
 pub async fn start(settings: &Settings) -> Result<Running, StartError> {
     let paths = Paths::new(&settings.data_dir);
-    paths.create().map_err(|source| StartError::DataDir {
-        path: settings.data_dir.display().to_string(),
-        source,
-    })?;
+    paths.create().map_err(|source| StartError::DataDir { path: settings.data_dir.display().to_string(), source })?;
     let meta: Arc<dyn MetaStore> = Arc::new(RedbMeta::open(&paths.meta_db())?);
     let cached = crate::gc::recover(&paths, meta.as_ref())?;
     let metrics = Arc::new(Metrics::default());
     metrics.cache_bytes.set(cached as i64);
     let pins = Pins::default();
-    let tasks = Arc::new(Tasks::new(
-        paths.clone(),
-        meta.clone(),
-        metrics.clone(),
-        pins.clone(),
-    ));
+    let mut tasks = Tasks::new(paths.clone(), meta.clone(), metrics.clone(), pins.clone())
+        .with_origin_limit(Limiter::new(settings.limits.origin));
+    let mut handles = Vec::new();
+    let mut peer_addr = None;
+    let mut endpoint = None;
+    if let Some(swarm) = &settings.swarm {
+        let ep = crate::peer::client::endpoint(swarm.peer_listen).map_err(StartError::Peer)?;
+        let addr =
+            ep.local_addr().map_err(|source| StartError::Bind { key: "peer_listen", addr: swarm.peer_listen, source })?;
+        let schedulers = Schedulers::new(swarm, addr, settings.limits.upload).map_err(|e| StartError::Peer(e.to_string()))?;
+        let schedulers = Arc::new(schedulers);
+        handles.push(tokio::spawn(schedulers.clone().announce_forever()));
+        let download = Arc::new(Limiter::new(settings.limits.download));
+        let peers = Arc::new(PeerClient::new(ep.clone(), swarm.host_id.clone(), swarm.token.clone(), download));
+        tasks = tasks.with_swarm(Arc::new(Swarm { schedulers, peers, picker: PickerConfig::default() }));
+        peer_addr = Some(addr);
+        endpoint = Some(ep);
+    }
+    let tasks = Arc::new(tasks);
+    let tasks_for_status = tasks.clone();
+    if let (Some(swarm), Some(ep)) = (&settings.swarm, endpoint) {
+        let ctx = ServerCtx {
+            host_id: swarm.host_id.clone(),
+            token: swarm.token.clone(),
+            store: tasks.clone(),
+            upload: Arc::new(Limiter::new(settings.limits.upload)),
+            uploaded: metrics.uploaded_bytes.clone(),
+            corrupt: std::env::var_os(FAULT_CORRUPT_UPLOADS).is_some_and(|v| v == "1"),
+        };
+        if ctx.corrupt {
+            tracing::warn!("{FAULT_CORRUPT_UPLOADS}=1: serving CORRUPTED pieces to peers (test-only fault)");
+        }
+        handles.push(tokio::spawn(crate::peer::server::serve(ep, Arc::new(ctx))));
+    }
     let origins = Origins::new(&settings.registries)?;
-    let mirror = Arc::new(Mirror {
-        origins,
-        tasks,
-        meta: meta.clone(),
-        metrics: metrics.clone(),
-        authz: Authz::default(),
-    });
+    let mirror =
+        Arc::new(Mirror { origins, tasks, meta: meta.clone(), metrics: metrics.clone(), authz: Authz::default() });
 
     let bind = |key, addr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { key, addr, source })
+        TcpListener::bind(addr).await.map_err(|source| StartError::Bind { key, addr, source })
     };
     let mirror_listener = bind("mirror_listen", settings.mirror_listen).await?;
     let admin_listener = bind("admin_listen", settings.admin_listen).await?;
-    let mirror_addr = mirror_listener
-        .local_addr()
-        .map_err(|source| StartError::Bind {
-            key: "mirror_listen",
-            addr: settings.mirror_listen,
-            source,
-        })?;
-    let admin_addr = admin_listener
-        .local_addr()
-        .map_err(|source| StartError::Bind {
-            key: "admin_listen",
-            addr: settings.admin_listen,
-            source,
-        })?;
+    let mirror_addr = mirror_listener.local_addr().map_err(|source| StartError::Bind {
+        key: "mirror_listen",
+        addr: settings.mirror_listen,
+        source,
+    })?;
+    let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind {
+        key: "admin_listen",
+        addr: settings.admin_listen,
+        source,
+    })?;
 
     let serve = |listener: TcpListener, router: Router| {
         tokio::spawn(async move {
@@ -126,28 +156,20 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
             }
         })
     };
-    let handles = vec![
-        serve(mirror_listener, mirror::router(mirror)),
-        serve(admin_listener, admin_router(metrics.clone())),
-        tokio::spawn(crate::gc::run(
-            paths,
-            meta,
-            pins,
-            settings.cache_size,
-            metrics,
-        )),
-    ];
-    tracing::info!(%mirror_addr, %admin_addr, data_dir = %settings.data_dir.display(), "shoal daemon started");
-    Ok(Running {
-        mirror_addr,
-        admin_addr,
-        tasks: handles,
-    })
+    handles.push(serve(mirror_listener, mirror::router(mirror)));
+    handles.push(serve(admin_listener, admin_router(metrics.clone(), tasks_for_status)));
+    handles.push(tokio::spawn(crate::gc::run(paths, meta, pins, settings.cache_size, metrics)));
+    tracing::info!(%mirror_addr, %admin_addr, ?peer_addr, data_dir = %settings.data_dir.display(), "shoal daemon started");
+    Ok(Running { mirror_addr, admin_addr, peer_addr, tasks: handles })
 }
 
-fn admin_router(metrics: Arc<Metrics>) -> Router {
+fn admin_router(metrics: Arc<Metrics>, tasks: Arc<Tasks>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/status", get(move || {
+            let tasks = tasks.clone();
+            async move { axum::Json(tasks.status()) }
+        }))
         .route(
             "/metrics",
             get(move || {

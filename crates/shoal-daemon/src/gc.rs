@@ -26,11 +26,7 @@ pub fn recover(paths: &Paths, meta: &dyn MetaStore) -> Result<u64, MetaError> {
     let mut partial = HashSet::new();
     let mut bytes = 0;
     for (digest, record) in meta.blobs()? {
-        let path = if record.is_complete() {
-            paths.blob(&digest)
-        } else {
-            paths.partial(&digest)
-        };
+        let path = if record.is_complete() { paths.blob(&digest) } else { paths.partial(&digest) };
         let ok = std::fs::metadata(&path).is_ok_and(|m| m.len() == record.layout.size);
         if !ok {
             tracing::warn!(%digest, "blob record without its file; forgetting it");
@@ -67,12 +63,7 @@ fn remove_unknown(dir: &Path, known: &HashSet<String>) {
 }
 
 /// Evicts until complete blobs fit in `quota` bytes. Returns (bytes kept, blobs evicted).
-pub fn enforce_quota(
-    paths: &Paths,
-    meta: &dyn MetaStore,
-    pins: &Pins,
-    quota: u64,
-) -> Result<(u64, usize), MetaError> {
+pub fn enforce_quota(paths: &Paths, meta: &dyn MetaStore, pins: &Pins, quota: u64) -> Result<(u64, usize), MetaError> {
     pins.with_locked(|pinned| {
         let blobs: Vec<(Digest, u64, u64)> = meta
             .blobs()?
@@ -83,12 +74,7 @@ pub fn enforce_quota(
         let total: u64 = blobs.iter().map(|b| b.1).sum();
         let candidates = blobs
             .iter()
-            .map(|&(key, size, last_access)| Candidate {
-                key,
-                size,
-                last_access,
-                in_use: pinned.contains_key(&key),
-            })
+            .map(|&(key, size, last_access)| Candidate { key, size, last_access, in_use: pinned.contains_key(&key) })
             .collect();
         let evict = plan(candidates, quota);
         let mut freed = 0;
@@ -103,21 +89,11 @@ pub fn enforce_quota(
 }
 
 /// Enforces the quota forever, every [`GC_INTERVAL`].
-pub async fn run(
-    paths: Paths,
-    meta: Arc<dyn MetaStore>,
-    pins: Pins,
-    quota: u64,
-    metrics: Arc<Metrics>,
-) {
+pub async fn run(paths: Paths, meta: Arc<dyn MetaStore>, pins: Pins, quota: u64, metrics: Arc<Metrics>) {
     loop {
         tokio::time::sleep(GC_INTERVAL).await;
         let (paths, meta, pins) = (paths.clone(), meta.clone(), pins.clone());
-        match tokio::task::spawn_blocking(move || {
-            enforce_quota(&paths, meta.as_ref(), &pins, quota)
-        })
-        .await
-        {
+        match tokio::task::spawn_blocking(move || enforce_quota(&paths, meta.as_ref(), &pins, quota)).await {
             Ok(Ok((kept, evicted))) => {
                 metrics.cache_bytes.set(kept as i64);
                 metrics.evictions.inc_by(evicted as u64);
@@ -173,10 +149,7 @@ mod tests {
         let new = put_complete(&paths, &meta, &[3; 100], 3);
         let pins = Pins::default();
         let _pin = pins.pin(pinned);
-        assert_eq!(
-            enforce_quota(&paths, &meta, &pins, 200).unwrap(),
-            (100 + 100, 1)
-        );
+        assert_eq!(enforce_quota(&paths, &meta, &pins, 200).unwrap(), (100 + 100, 1));
         assert!(!paths.blob(&old).exists() && meta.blob(&old).unwrap().is_none());
         assert!(paths.blob(&pinned).exists() && paths.blob(&new).exists());
         assert_eq!(enforce_quota(&paths, &meta, &pins, 0).unwrap(), (100, 1));

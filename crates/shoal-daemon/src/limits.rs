@@ -19,26 +19,18 @@ pub struct Limiter {
 impl Limiter {
     /// A limit of `bytes_per_sec`; 0 means unlimited.
     pub fn new(bytes_per_sec: u64) -> Self {
-        let cells = (bytes_per_sec / CELL)
-            .clamp(if bytes_per_sec == 0 { 0 } else { 1 }, u64::from(u32::MAX));
+        let cells = (bytes_per_sec / CELL).clamp(if bytes_per_sec == 0 { 0 } else { 1 }, u64::from(u32::MAX));
         let Some(per_sec) = NonZeroU32::new(cells as u32) else {
             return Self::unlimited();
         };
-        let burst =
-            NonZeroU32::new((per_sec.get() / 10).max(64).min(per_sec.get())).unwrap_or(per_sec);
+        let burst = NonZeroU32::new((per_sec.get() / 10).max(64).min(per_sec.get())).unwrap_or(per_sec);
         let limiter = RateLimiter::direct(Quota::per_second(per_sec).allow_burst(burst));
-        Self {
-            inner: Some((limiter, burst.get())),
-            rate: bytes_per_sec,
-        }
+        Self { inner: Some((limiter, burst.get())), rate: bytes_per_sec }
     }
 
     /// No limit.
     pub fn unlimited() -> Self {
-        Self {
-            inner: None,
-            rate: 0,
-        }
+        Self { inner: None, rate: 0 }
     }
 
     /// The configured rate in bytes per second (0 = unlimited).
@@ -82,10 +74,7 @@ mod tests {
         let burst = (rate / CELL / 10) * CELL;
         let expected = (total - burst) as f64 / rate as f64;
         let took = start.elapsed().as_secs_f64();
-        assert!(
-            (took - expected).abs() / expected < 0.10,
-            "took {took:.3}s, expected {expected:.3}s"
-        );
+        assert!((took - expected).abs() / expected < 0.10, "took {took:.3}s, expected {expected:.3}s");
     }
 
     #[tokio::test]

@@ -55,9 +55,7 @@ impl BlobRecord {
         let n = layout.count();
         Self {
             layout,
-            state: BlobState::Partial {
-                bitmap: Bitmap::new(n).as_bytes().to_vec(),
-            },
+            state: BlobState::Partial { bitmap: Bitmap::new(n).as_bytes().to_vec() },
             piece_digests: vec![String::new(); n as usize],
             last_access: now,
         }
@@ -74,9 +72,7 @@ impl BlobRecord {
                 });
                 b
             }
-            BlobState::Partial { bitmap } => {
-                Bitmap::from_bytes(n, bitmap).unwrap_or_else(|_| Bitmap::new(n))
-            }
+            BlobState::Partial { bitmap } => Bitmap::from_bytes(n, bitmap).unwrap_or_else(|_| Bitmap::new(n)),
         }
     }
 
@@ -118,12 +114,7 @@ pub trait MetaStore: Send + Sync + 'static {
     /// The record of a blob.
     fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetaError>;
     /// Writes a blob record.
-    fn put_blob(
-        &self,
-        digest: &Digest,
-        record: &BlobRecord,
-        durability: Durability,
-    ) -> Result<(), MetaError>;
+    fn put_blob(&self, digest: &Digest, record: &BlobRecord, durability: Durability) -> Result<(), MetaError>;
     /// Removes a blob record (no error if absent).
     fn remove_blob(&self, digest: &Digest) -> Result<(), MetaError>;
     /// All blob records.
@@ -159,12 +150,7 @@ impl MetaStore for MemMeta {
     fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetaError> {
         Ok(locked(&self.blobs).get(digest).cloned())
     }
-    fn put_blob(
-        &self,
-        digest: &Digest,
-        record: &BlobRecord,
-        _: Durability,
-    ) -> Result<(), MetaError> {
+    fn put_blob(&self, digest: &Digest, record: &BlobRecord, _: Durability) -> Result<(), MetaError> {
         locked(&self.blobs).insert(*digest, record.clone());
         Ok(())
     }
@@ -173,10 +159,7 @@ impl MetaStore for MemMeta {
         Ok(())
     }
     fn blobs(&self) -> Result<Vec<(Digest, BlobRecord)>, MetaError> {
-        Ok(locked(&self.blobs)
-            .iter()
-            .map(|(d, r)| (*d, r.clone()))
-            .collect())
+        Ok(locked(&self.blobs).iter().map(|(d, r)| (*d, r.clone())).collect())
     }
     fn manifest(&self, digest: &Digest) -> Result<Option<ManifestRecord>, MetaError> {
         Ok(locked(&self.manifests).get(digest).cloned())
@@ -210,9 +193,7 @@ pub(crate) mod conformance {
 
         let mut bm = rec.bitmap();
         bm.set(1);
-        rec.state = BlobState::Partial {
-            bitmap: bm.as_bytes().to_vec(),
-        };
+        rec.state = BlobState::Partial { bitmap: bm.as_bytes().to_vec() };
         rec.piece_digests[1] = Digest::of(b"p").hex();
         store.put_blob(&d, &rec, Durability::Lazy).unwrap();
         let got = store.blob(&d).unwrap().unwrap();
@@ -224,9 +205,7 @@ pub(crate) mod conformance {
         assert!(store.blob(&d).unwrap().unwrap().is_complete());
         assert!(store.blob(&d).unwrap().unwrap().bitmap().is_full());
         let other = Digest::of(b"other");
-        store
-            .put_blob(&other, &BlobRecord::new(layout, 1), Durability::Sync)
-            .unwrap();
+        store.put_blob(&other, &BlobRecord::new(layout, 1), Durability::Sync).unwrap();
         let mut all: Vec<_> = store.blobs().unwrap().into_iter().map(|(d, _)| d).collect();
         all.sort();
         let mut want = vec![d, other];
@@ -236,10 +215,8 @@ pub(crate) mod conformance {
         store.remove_blob(&d).unwrap();
         assert_eq!(store.blob(&d).unwrap(), None);
 
-        let m = ManifestRecord {
-            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-            body: b"{}".to_vec(),
-        };
+        let m =
+            ManifestRecord { media_type: "application/vnd.oci.image.manifest.v1+json".into(), body: b"{}".to_vec() };
         let md = Digest::of(b"{}");
         assert_eq!(store.manifest(&md).unwrap(), None);
         store.put_manifest(&md, &m).unwrap();
@@ -247,16 +224,10 @@ pub(crate) mod conformance {
 
         let key = tag_key("docker.io", "library/alpine", "3");
         assert_eq!(store.tag(&key).unwrap(), None);
-        let t = TagRecord {
-            digest: md,
-            media_type: m.media_type.clone(),
-        };
+        let t = TagRecord { digest: md, media_type: m.media_type.clone() };
         store.put_tag(&key, &t).unwrap();
         assert_eq!(store.tag(&key).unwrap(), Some(t));
-        let t2 = TagRecord {
-            digest: d,
-            media_type: "x".into(),
-        };
+        let t2 = TagRecord { digest: d, media_type: "x".into() };
         store.put_tag(&key, &t2).unwrap();
         assert_eq!(store.tag(&key).unwrap(), Some(t2));
     }

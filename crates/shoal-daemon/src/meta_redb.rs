@@ -36,11 +36,7 @@ impl RedbMeta {
         Ok(Self { db })
     }
 
-    fn get(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        key: &str,
-    ) -> Result<Option<Vec<u8>>, MetaError> {
+    fn get(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<Option<Vec<u8>>, MetaError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let t = txn.open_table(table).map_err(db_err)?;
         Ok(t.get(key).map_err(db_err)?.map(|v| v.value().to_vec()))
@@ -55,48 +51,31 @@ impl RedbMeta {
     ) -> Result<(), MetaError> {
         let mut txn = self.db.begin_write().map_err(db_err)?;
         if durability == Durability::Lazy {
-            txn.set_durability(redb::Durability::None)
-                .map_err(|e| MetaError::Db(e.to_string()))?;
+            txn.set_durability(redb::Durability::None).map_err(|e| MetaError::Db(e.to_string()))?;
         }
-        txn.open_table(table)
-            .map_err(db_err)?
-            .insert(key, value)
-            .map_err(db_err)?;
+        txn.open_table(table).map_err(db_err)?.insert(key, value).map_err(db_err)?;
         txn.commit().map_err(db_err)
     }
 }
 
 fn decode_blob(key: &str, bytes: &[u8]) -> Result<BlobRecord, MetaError> {
-    serde_json::from_slice(bytes).map_err(|e| MetaError::Corrupt {
-        key: key.to_owned(),
-        message: e.to_string(),
-    })
+    serde_json::from_slice(bytes).map_err(|e| MetaError::Corrupt { key: key.to_owned(), message: e.to_string() })
 }
 
 impl MetaStore for RedbMeta {
     fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetaError> {
         let key = digest.to_string();
-        self.get(BLOBS, &key)?
-            .map(|b| decode_blob(&key, &b))
-            .transpose()
+        self.get(BLOBS, &key)?.map(|b| decode_blob(&key, &b)).transpose()
     }
 
-    fn put_blob(
-        &self,
-        digest: &Digest,
-        record: &BlobRecord,
-        durability: Durability,
-    ) -> Result<(), MetaError> {
+    fn put_blob(&self, digest: &Digest, record: &BlobRecord, durability: Durability) -> Result<(), MetaError> {
         let bytes = serde_json::to_vec(record).map_err(|e| MetaError::Db(e.to_string()))?;
         self.put(BLOBS, &digest.to_string(), &bytes, durability)
     }
 
     fn remove_blob(&self, digest: &Digest) -> Result<(), MetaError> {
         let txn = self.db.begin_write().map_err(db_err)?;
-        txn.open_table(BLOBS)
-            .map_err(db_err)?
-            .remove(digest.to_string().as_str())
-            .map_err(db_err)?;
+        txn.open_table(BLOBS).map_err(db_err)?.remove(digest.to_string().as_str()).map_err(db_err)?;
         txn.commit().map_err(db_err)
     }
 
@@ -107,12 +86,10 @@ impl MetaStore for RedbMeta {
         for row in t.iter().map_err(db_err)? {
             let (k, v) = row.map_err(db_err)?;
             let key = k.value();
-            let digest =
-                key.parse()
-                    .map_err(|e: shoal_core::digest::DigestError| MetaError::Corrupt {
-                        key: key.to_owned(),
-                        message: e.to_string(),
-                    })?;
+            let digest = key.parse().map_err(|e: shoal_core::digest::DigestError| MetaError::Corrupt {
+                key: key.to_owned(),
+                message: e.to_string(),
+            })?;
             out.push((digest, decode_blob(key, v.value())?));
         }
         Ok(out)
@@ -126,15 +103,9 @@ impl MetaStore for RedbMeta {
         let nul = bytes
             .iter()
             .position(|&b| b == 0)
-            .ok_or_else(|| MetaError::Corrupt {
-                key: key.clone(),
-                message: "no media type".into(),
-            })?;
+            .ok_or_else(|| MetaError::Corrupt { key: key.clone(), message: "no media type".into() })?;
         let media_type = String::from_utf8_lossy(&bytes[..nul]).into_owned();
-        Ok(Some(ManifestRecord {
-            media_type,
-            body: bytes[nul + 1..].to_vec(),
-        }))
+        Ok(Some(ManifestRecord { media_type, body: bytes[nul + 1..].to_vec() }))
     }
 
     fn put_manifest(&self, digest: &Digest, record: &ManifestRecord) -> Result<(), MetaError> {
@@ -149,14 +120,9 @@ impl MetaStore for RedbMeta {
         let Some(bytes) = self.get(TAGS, key)? else {
             return Ok(None);
         };
-        let corrupt = |m: &str| MetaError::Corrupt {
-            key: key.to_owned(),
-            message: m.to_owned(),
-        };
+        let corrupt = |m: &str| MetaError::Corrupt { key: key.to_owned(), message: m.to_owned() };
         let text = std::str::from_utf8(&bytes).map_err(|_| corrupt("not utf-8"))?;
-        let (digest, media_type) = text
-            .split_once(' ')
-            .ok_or_else(|| corrupt("no media type"))?;
+        let (digest, media_type) = text.split_once(' ').ok_or_else(|| corrupt("no media type"))?;
         Ok(Some(TagRecord {
             digest: digest.parse().map_err(|_| corrupt("bad digest"))?,
             media_type: media_type.to_owned(),

@@ -42,6 +42,13 @@ pub struct CacheLabels {
     pub result: &'static str,
 }
 
+/// A failure reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `digest_mismatch`, `timeout`, `refused`, `io`.
+    pub reason: &'static str,
+}
+
 /// Download outcomes.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -68,6 +75,14 @@ pub struct Metrics {
     pub cache_bytes: Gauge,
     /// Blobs evicted to stay under the quota.
     pub evictions: Counter,
+    /// Bytes uploaded to peers.
+    pub uploaded_bytes: Counter,
+    /// Pieces from parents that failed, by reason.
+    pub piece_failures: Family<ReasonLabels, Counter>,
+    /// Back-to-source grants received from the scheduler.
+    pub back_to_source: Counter,
+    /// Parents used per task.
+    pub task_parents: Histogram,
 }
 
 impl Default for Metrics {
@@ -83,46 +98,22 @@ impl Default for Metrics {
         let downloads_running = Gauge::default();
         let cache_bytes = Gauge::default();
         let evictions = Counter::default();
-        registry.register(
-            "mirror_requests",
-            "Mirror requests by route, method and status",
-            requests.clone(),
-        );
-        registry.register(
-            "served_bytes",
-            "Bytes sent to clients",
-            served_bytes.clone(),
-        );
-        registry.register(
-            "fetched_bytes",
-            "Bytes fetched, by source",
-            fetched_bytes.clone(),
-        );
-        registry.register(
-            "cache_lookups",
-            "Cache lookups by kind and result",
-            cache.clone(),
-        );
-        registry.register(
-            "blob_download_seconds",
-            "Blob download durations",
-            download_seconds.clone(),
-        );
-        registry.register(
-            "downloads_running",
-            "Blob downloads in progress",
-            downloads_running.clone(),
-        );
-        registry.register(
-            "cache_bytes",
-            "Bytes of complete blobs in the cache",
-            cache_bytes.clone(),
-        );
-        registry.register(
-            "cache_evictions",
-            "Blobs evicted to stay under the cache quota",
-            evictions.clone(),
-        );
+        let uploaded_bytes = Counter::default();
+        let piece_failures = Family::default();
+        let back_to_source = Counter::default();
+        let task_parents = Histogram::new([0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0]);
+        registry.register("uploaded_bytes", "Bytes uploaded to peers", uploaded_bytes.clone());
+        registry.register("piece_failures", "Pieces from parents that failed, by reason", piece_failures.clone());
+        registry.register("back_to_source", "Back-to-source grants from the scheduler", back_to_source.clone());
+        registry.register("task_parents", "Parents used per task", task_parents.clone());
+        registry.register("mirror_requests", "Mirror requests by route, method and status", requests.clone());
+        registry.register("served_bytes", "Bytes sent to clients", served_bytes.clone());
+        registry.register("fetched_bytes", "Bytes fetched, by source", fetched_bytes.clone());
+        registry.register("cache_lookups", "Cache lookups by kind and result", cache.clone());
+        registry.register("blob_download_seconds", "Blob download durations", download_seconds.clone());
+        registry.register("downloads_running", "Blob downloads in progress", downloads_running.clone());
+        registry.register("cache_bytes", "Bytes of complete blobs in the cache", cache_bytes.clone());
+        registry.register("cache_evictions", "Blobs evicted to stay under the cache quota", evictions.clone());
         Self {
             registry,
             requests,
@@ -133,6 +124,10 @@ impl Default for Metrics {
             downloads_running,
             cache_bytes,
             evictions,
+            uploaded_bytes,
+            piece_failures,
+            back_to_source,
+            task_parents,
         }
     }
 }
@@ -149,9 +144,7 @@ impl Metrics {
     /// Counts a cache lookup.
     pub fn cache_lookup(&self, kind: &'static str, hit: bool) {
         let result = if hit { "hit" } else { "miss" };
-        self.cache
-            .get_or_create(&CacheLabels { kind, result })
-            .inc();
+        self.cache.get_or_create(&CacheLabels { kind, result }).inc();
     }
 }
 
@@ -163,17 +156,9 @@ mod tests {
     fn encodes_recorded_values() {
         let m = Metrics::default();
         m.cache_lookup("blob", true);
-        m.fetched_bytes
-            .get_or_create(&SourceLabels { source: "origin" })
-            .inc_by(42);
+        m.fetched_bytes.get_or_create(&SourceLabels { source: "origin" }).inc_by(42);
         let text = m.encode();
-        assert!(
-            text.contains(r#"shoal_cache_lookups_total{kind="blob",result="hit"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"shoal_fetched_bytes_total{source="origin"} 42"#),
-            "{text}"
-        );
+        assert!(text.contains(r#"shoal_cache_lookups_total{kind="blob",result="hit"} 1"#), "{text}");
+        assert!(text.contains(r#"shoal_fetched_bytes_total{source="origin"} 42"#), "{text}");
     }
 }

@@ -109,10 +109,7 @@ impl Origins {
             .pool_max_idle_per_host(32)
             .user_agent(concat!("shoal/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let upstreams = registries
-            .iter()
-            .map(|r| Arc::new(Upstream::new(r.clone(), http.clone())))
-            .collect();
+        let upstreams = registries.iter().map(|r| Arc::new(Upstream::new(r.clone(), http.clone()))).collect();
         Ok(Self { upstreams })
     }
 
@@ -120,11 +117,7 @@ impl Origins {
     /// (first) registry when there is no `ns`.
     pub fn select(&self, ns: Option<&str>) -> Result<Arc<Upstream>, UnknownRegistry> {
         let Some(ns) = ns else {
-            return self
-                .upstreams
-                .first()
-                .cloned()
-                .ok_or_else(|| UnknownRegistry(String::new()));
+            return self.upstreams.first().cloned().ok_or_else(|| UnknownRegistry(String::new()));
         };
         self.upstreams
             .iter()
@@ -157,23 +150,14 @@ pub struct Upstream {
 
 impl Upstream {
     fn new(registry: Registry, http: reqwest::Client) -> Self {
-        let protocol = if registry.url.scheme() == "http" {
-            ClientProtocol::Http
-        } else {
-            ClientProtocol::Https
-        };
+        let protocol = if registry.url.scheme() == "http" { ClientProtocol::Http } else { ClientProtocol::Https };
         let oci = oci_client::Client::new(ClientConfig {
             protocol,
             connect_timeout: Some(CONNECT_TIMEOUT),
             read_timeout: Some(READ_TIMEOUT),
             ..ClientConfig::default()
         });
-        Self {
-            registry,
-            http,
-            oci,
-            tokens: Mutex::new(HashMap::new()),
-        }
+        Self { registry, http, oci, tokens: Mutex::new(HashMap::new()) }
     }
 
     /// True when the daemon holds credentials for this registry.
@@ -199,11 +183,7 @@ impl Upstream {
         timeout: Option<Duration>,
     ) -> Result<reqwest::Response, OriginError> {
         let client_auth = client.get(AUTHORIZATION).cloned();
-        let creds = self
-            .registry
-            .credentials
-            .clone()
-            .filter(|_| client_auth.is_none());
+        let creds = self.registry.credentials.clone().filter(|_| client_auth.is_none());
         let scope = scope.filter(|_| creds.is_some());
         let mut auth = scope.and_then(|name| self.cached_auth(name));
         let mut refreshed = false;
@@ -217,19 +197,12 @@ impl Upstream {
             } else if let Some(a) = &auth {
                 headers.insert(AUTHORIZATION, header_for(a));
             }
-            let url = format!(
-                "{}{}",
-                self.registry.url.as_str().trim_end_matches('/'),
-                path
-            );
+            let url = format!("{}{}", self.registry.url.as_str().trim_end_matches('/'), path);
             let mut req = self.http.request(method.clone(), url).headers(headers);
             if let Some(t) = timeout {
                 req = req.timeout(t);
             }
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| OriginError::from_reqwest(&self.registry.name, &e))?;
+            let resp = req.send().await.map_err(|e| OriginError::from_reqwest(&self.registry.name, &e))?;
             match (&creds, scope, resp.status()) {
                 (Some((user, pass)), Some(name), StatusCode::UNAUTHORIZED) if !refreshed => {
                     refreshed = true;
@@ -242,32 +215,18 @@ impl Upstream {
 
     fn cached_auth(&self, name: &RepoName) -> Option<Auth> {
         let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        tokens
-            .get(name.as_str())
-            .filter(|(_, at)| at.elapsed() < TOKEN_TTL)
-            .map(|(a, _)| a.clone())
+        tokens.get(name.as_str()).filter(|(_, at)| at.elapsed() < TOKEN_TTL).map(|(a, _)| a.clone())
     }
 
-    async fn fetch_auth(
-        &self,
-        name: &RepoName,
-        user: &str,
-        pass: &str,
-    ) -> Result<Auth, OriginError> {
-        let reference = oci_client::Reference::with_tag(
-            self.registry.authority(),
-            name.as_str().to_owned(),
-            "latest".into(),
-        );
+    async fn fetch_auth(&self, name: &RepoName, user: &str, pass: &str) -> Result<Auth, OriginError> {
+        let reference =
+            oci_client::Reference::with_tag(self.registry.authority(), name.as_str().to_owned(), "latest".into());
         let basic = RegistryAuth::Basic(user.to_owned(), pass.to_owned());
         let token = self
             .oci
             .auth(&reference, &basic, oci_client::RegistryOperation::Pull)
             .await
-            .map_err(|e| OriginError::Auth {
-                registry: self.registry.name.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| OriginError::Auth { registry: self.registry.name.clone(), message: e.to_string() })?;
         let auth = match token {
             Some(t) => Auth::Bearer(t),
             None => Auth::Basic(user.to_owned(), pass.to_owned()),
@@ -292,28 +251,19 @@ mod tests {
     use super::*;
 
     fn reg(name: &str, url: &str) -> Registry {
-        Registry {
-            name: name.into(),
-            url: url.parse().unwrap(),
-            credentials: None,
-        }
+        Registry { name: name.into(), url: url.parse().unwrap(), credentials: None }
     }
 
     #[test]
     fn selects_by_ns() {
-        let o = Origins::new(&[
-            reg("docker.io", "https://registry-1.docker.io"),
-            reg("local", "http://127.0.0.1:5000"),
-        ])
-        .unwrap();
+        let o =
+            Origins::new(&[reg("docker.io", "https://registry-1.docker.io"), reg("local", "http://127.0.0.1:5000")])
+                .unwrap();
         assert_eq!(o.select(None).unwrap().name(), "docker.io");
         assert_eq!(o.select(Some("docker.io")).unwrap().name(), "docker.io");
         assert_eq!(o.select(Some("local")).unwrap().name(), "local");
         assert_eq!(o.select(Some("127.0.0.1:5000")).unwrap().name(), "local");
-        assert_eq!(
-            o.select(Some("evil.example.com")).err(),
-            Some(UnknownRegistry("evil.example.com".into()))
-        );
+        assert_eq!(o.select(Some("evil.example.com")).err(), Some(UnknownRegistry("evil.example.com".into())));
     }
 
     #[test]

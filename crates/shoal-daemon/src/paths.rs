@@ -65,13 +65,7 @@ mod tests {
     fn blob_paths_stay_inside_the_root() {
         let p = Paths::new("/data");
         let d = Digest::of(b"x");
-        assert_eq!(
-            p.blob(&d),
-            PathBuf::from(format!("/data/blobs/sha256/{}/{}", &d.hex()[..2], d.hex()))
-        );
-        assert_eq!(
-            p.partial(&d),
-            PathBuf::from(format!("/data/partial/{}", d.hex()))
-        );
+        assert_eq!(p.blob(&d), PathBuf::from(format!("/data/blobs/sha256/{}/{}", &d.hex()[..2], d.hex())));
+        assert_eq!(p.partial(&d), PathBuf::from(format!("/data/partial/{}", d.hex())));
     }
 }

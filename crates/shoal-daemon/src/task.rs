@@ -1,39 +1,36 @@
 //! Blob tasks: one download per blob digest, shared by every request for that blob.
 //!
-//! A task owns a [`PieceWriter`] on a blocking thread and fetches the missing pieces from a
-//! source (today the origin, with HTTP Range requests per run of missing pieces, retried a bounded
-//! number of times). Readers join a task at any moment and stream from its file as pieces land.
+//! A task owns a [`PieceWriter`] on a blocking thread and gets the missing pieces from the swarm
+//! (parents chosen by the scheduler, see `swarm`) or straight from the origin when there is no
+//! scheduler or the blob is a single piece. Readers join a task at any moment and stream from
+//! its file as pieces land.
 //! [`Pins`] mark blobs in use so eviction never removes one being served or downloaded.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::ops::Range;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use futures::StreamExt;
-use http::header::{CONTENT_RANGE, RANGE};
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http::HeaderMap;
 use shoal_core::{Digest, PieceLayout, RepoName};
 use tokio::sync::{mpsc, watch};
 
+use crate::limits::Limiter;
 use crate::meta::{Durability, MetaStore};
 use crate::metrics::{Metrics, ResultLabels, SourceLabels};
-use crate::origin::{error_chain, Upstream};
+use crate::origin::Upstream;
+use crate::origin_fetch::{runs_of, Chunk, OriginSource};
 use crate::paths::Paths;
+use crate::swarm::Swarm;
 use crate::writer::{PieceWriter, Progress, State, WriteError};
 
-/// Attempts at fetching the missing pieces before a download gives up.
-const MAX_ATTEMPTS: u32 = 4;
 /// Chunks queued between the network and the writer thread.
 const WRITER_QUEUE: usize = 64;
 
 /// Unix time in milliseconds.
 pub fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Blobs in use (served or downloading), which eviction must leave alone.
@@ -52,10 +49,7 @@ impl Pins {
     /// Pins `digest`.
     pub fn pin(&self, digest: Digest) -> Pin {
         *self.lock().entry(digest).or_insert(0) += 1;
-        Pin {
-            pins: self.clone(),
-            digest,
-        }
+        Pin { pins: self.clone(), digest }
     }
 
     /// Runs `f` with the set of pinned digests locked, so no pin can start meanwhile.
@@ -97,6 +91,44 @@ pub struct Task {
     /// The partial file (stays readable after it is renamed into place).
     pub file: Arc<File>,
     progress: watch::Receiver<Progress>,
+    /// When the download started.
+    pub started: Instant,
+    /// Bytes by source and parents used, for `shoal status`.
+    pub counters: Arc<TaskCounters>,
+}
+
+/// Per-task tallies.
+#[derive(Debug, Default)]
+pub struct TaskCounters {
+    /// Bytes fetched from the origin.
+    pub origin_bytes: AtomicU64,
+    /// Verified bytes fetched from parents.
+    pub peer_bytes: AtomicU64,
+    /// Parents offered by the scheduler.
+    pub parents: AtomicU32,
+}
+
+/// One running download, as `GET /status` on the admin listener shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TaskStatus {
+    /// Blob digest.
+    pub digest: String,
+    /// Blob size.
+    pub size: u64,
+    /// Pieces in the blob.
+    pub pieces: u32,
+    /// Pieces held.
+    pub have: u32,
+    /// Seconds since the download started.
+    pub elapsed_secs: f64,
+    /// Bytes from the origin.
+    pub origin_bytes: u64,
+    /// Bytes from parents.
+    pub peer_bytes: u64,
+    /// Parents used.
+    pub parents: u32,
+    /// Average download rate, bytes per second.
+    pub rate: f64,
 }
 
 impl Task {
@@ -134,6 +166,8 @@ pub struct Tasks {
     metrics: Arc<Metrics>,
     pins: Pins,
     running: Mutex<HashMap<Digest, Arc<Task>>>,
+    origin_limit: Limiter,
+    swarm: Option<Arc<Swarm>>,
 }
 
 impl Tasks {
@@ -145,18 +179,27 @@ impl Tasks {
             metrics,
             pins,
             running: Mutex::new(HashMap::new()),
+            origin_limit: Limiter::unlimited(),
+            swarm: None,
         }
+    }
+
+    /// Paces origin fetches.
+    pub fn with_origin_limit(mut self, limiter: Limiter) -> Self {
+        self.origin_limit = limiter;
+        self
+    }
+
+    /// Gets pieces from the swarm (parents chosen by the scheduler) before the origin.
+    pub fn with_swarm(mut self, swarm: Arc<Swarm>) -> Self {
+        self.swarm = Some(swarm);
+        self
     }
 
     /// The blob, if it is complete on disk; records the access.
     pub fn local(&self, digest: &Digest) -> Option<LocalBlob> {
         let pin = self.pins.pin(*digest);
-        let mut record = self
-            .meta
-            .blob(digest)
-            .ok()
-            .flatten()
-            .filter(|r| r.is_complete())?;
+        let mut record = self.meta.blob(digest).ok().flatten().filter(|r| r.is_complete())?;
         let file = File::open(self.paths.blob(digest)).ok()?;
         let size = file.metadata().ok()?.len();
         if size != record.layout.size {
@@ -165,6 +208,41 @@ impl Tasks {
         record.last_access = now_millis();
         let _ = self.meta.put_blob(digest, &record, Durability::Lazy);
         Some(LocalBlob { file, size, pin })
+    }
+
+    /// The running download of `digest`, if any.
+    pub fn running(&self, digest: &Digest) -> Option<Arc<Task>> {
+        self.lock().get(digest).cloned()
+    }
+
+    /// The file and layout of a complete blob, without recording an access.
+    pub fn complete_file(&self, digest: &Digest) -> Option<(File, PieceLayout)> {
+        let record = self.meta.blob(digest).ok().flatten().filter(|r| r.is_complete())?;
+        Some((File::open(self.paths.blob(digest)).ok()?, record.layout))
+    }
+
+    /// Every running download.
+    pub fn status(&self) -> Vec<TaskStatus> {
+        let running: Vec<Arc<Task>> = self.lock().values().cloned().collect();
+        running
+            .iter()
+            .map(|t| {
+                let have = t.progress.borrow().have.count();
+                let elapsed = t.started.elapsed().as_secs_f64();
+                let (origin, peer) = (t.counters.origin_bytes.load(Ordering::Relaxed), t.counters.peer_bytes.load(Ordering::Relaxed));
+                TaskStatus {
+                    digest: t.digest.to_string(),
+                    size: t.layout.size,
+                    pieces: t.layout.count(),
+                    have,
+                    elapsed_secs: elapsed,
+                    origin_bytes: origin,
+                    peer_bytes: peer,
+                    parents: t.counters.parents.load(Ordering::Relaxed),
+                    rate: (origin + peer) as f64 / elapsed.max(0.001),
+                }
+            })
+            .collect()
     }
 
     /// The size of a blob known locally (complete or partial), if any.
@@ -194,21 +272,16 @@ impl Tasks {
             return Ok((task.clone(), pin));
         }
         let layout = PieceLayout::for_size(size);
-        let writer =
-            PieceWriter::open(&self.paths, self.meta.clone(), digest, layout, now_millis())?;
+        let writer = PieceWriter::open(&self.paths, self.meta.clone(), digest, layout, now_millis())?;
         let file = Arc::new(File::open(self.paths.partial(&digest)).map_err(WriteError::from)?);
-        let task = Arc::new(Task {
-            digest,
-            layout,
-            file,
-            progress: writer.subscribe(),
-        });
+        let task = Arc::new(Task { digest, layout, file, progress: writer.subscribe(), started: Instant::now(), counters: Arc::default() });
         running.insert(digest, task.clone());
         drop(running);
         let tasks = self.clone();
+        let counters = task.counters.clone();
         let download_pin = self.pins.pin(digest);
         tokio::spawn(async move {
-            tasks.run(writer, fetch).await;
+            tasks.run(writer, fetch, counters).await;
             tasks.lock().remove(&digest);
             drop(download_pin);
         });
@@ -219,27 +292,44 @@ impl Tasks {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn run(&self, writer: PieceWriter, fetch: OriginFetch) {
+    async fn run(&self, mut writer: PieceWriter, fetch: OriginFetch, counters: Arc<TaskCounters>) {
         let started = Instant::now();
         self.metrics.downloads_running.inc();
         let digest = writer.digest();
         let layout = writer.layout();
         let progress = writer.progress();
         let mut have = writer.subscribe();
-        let (tx, rx) = mpsc::channel::<(u64, Bytes)>(WRITER_QUEUE);
+        let (finished_tx, finished) = mpsc::unbounded_channel();
+        writer.report_to(finished_tx);
+        let (tx, rx) = mpsc::channel::<Chunk>(WRITER_QUEUE);
         let thread = tokio::task::spawn_blocking(move || write_all(writer, rx));
-        let fetched = self
-            .fetch_missing(&fetch, digest, layout, &mut have, tx)
-            .await;
+        let origin = OriginSource {
+            fetch: &fetch,
+            digest,
+            layout,
+            limiter: &self.origin_limit,
+            counter: self.metrics.fetched_bytes.get_or_create(&SourceLabels { source: "origin" }).clone(),
+            task_bytes: &counters.origin_bytes,
+        };
+        let fetched = match &self.swarm {
+            Some(swarm) if !layout.is_single_piece() => {
+                crate::swarm::download(swarm, &self.metrics, &counters, &origin, &mut have, &tx, finished).await
+            }
+            _ => {
+                let all = runs_of(layout.count(), |_| true);
+                origin.fetch(all, &mut have, &tx).await
+            }
+        };
+        drop(tx);
         let result = match thread.await {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(e) => Err(format!("writer thread: {e}")),
         };
         let outcome = match (fetched, result) {
             (_, Ok(())) => "complete",
-            (Err(fetch_err), Err(_)) | (Ok(()), Err(fetch_err)) => {
-                tracing::warn!(%digest, error = %fetch_err, "blob download failed");
-                progress.send_modify(|p| p.state = State::Failed(fetch_err.into()));
+            (Err(why), Err(_)) | (Ok(()), Err(why)) => {
+                tracing::warn!(%digest, error = %why, "blob download failed");
+                progress.send_modify(|p| p.state = State::Failed(why.into()));
                 "failed"
             }
         };
@@ -249,179 +339,23 @@ impl Tasks {
             .get_or_create(&ResultLabels { result: outcome })
             .observe(started.elapsed().as_secs_f64());
     }
-
-    /// Fetches every missing piece from the origin, a Range request per run of missing pieces,
-    /// retrying transient failures. Returns when the writer has been sent every piece or the
-    /// download gave up (with why).
-    async fn fetch_missing(
-        &self,
-        fetch: &OriginFetch,
-        digest: Digest,
-        layout: PieceLayout,
-        have: &mut watch::Receiver<Progress>,
-        tx: mpsc::Sender<(u64, Bytes)>,
-    ) -> Result<(), String> {
-        let mut last_error = String::new();
-        for attempt in 0..MAX_ATTEMPTS {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
-            }
-            let runs = missing_runs(&have.borrow().have);
-            if runs.is_empty() {
-                return Ok(());
-            }
-            let mut failed = false;
-            for run in runs {
-                match self.fetch_run(fetch, digest, layout, run, &tx).await {
-                    Ok(()) => {}
-                    Err(FetchError::Fatal(e)) => return Err(e),
-                    Err(FetchError::Transient(e)) => {
-                        last_error = e;
-                        failed = true;
-                        break;
-                    }
-                }
-            }
-            if !failed {
-                return Ok(());
-            }
-            // Let the writer drain what it has, so the next attempt asks only for what is missing.
-            let _ = tokio::time::timeout(Duration::from_millis(200), have.changed()).await;
-        }
-        Err(format!("origin failed {MAX_ATTEMPTS} times: {last_error}"))
-    }
-
-    async fn fetch_run(
-        &self,
-        fetch: &OriginFetch,
-        digest: Digest,
-        layout: PieceLayout,
-        run: Range<u32>,
-        tx: &mpsc::Sender<(u64, Bytes)>,
-    ) -> Result<(), FetchError> {
-        let start = layout.piece(run.start).start;
-        let end = layout.piece(run.end - 1).end;
-        let whole = start == 0 && end == layout.size;
-        let mut extra = HeaderMap::new();
-        if !whole {
-            let v = HeaderValue::from_str(&format!("bytes={}-{}", start, end - 1))
-                .map_err(|e| FetchError::Fatal(e.to_string()))?;
-            extra.insert(RANGE, v);
-        }
-        let path = format!("/v2/{}/blobs/{}", fetch.name, digest);
-        let resp = fetch
-            .upstream
-            .send(
-                Method::GET,
-                Some(&fetch.name),
-                &path,
-                &fetch.headers,
-                extra,
-                None,
-            )
-            .await
-            .map_err(|e| FetchError::Transient(e.to_string()))?;
-        let status = resp.status();
-        let offset = match status {
-            StatusCode::OK => 0,
-            StatusCode::PARTIAL_CONTENT => content_range_start(resp.headers())
-                .ok_or_else(|| FetchError::Fatal("206 without a usable Content-Range".into()))?,
-            s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
-                return Err(FetchError::Transient(format!("origin answered {s}")))
-            }
-            s => return Err(FetchError::Fatal(format!("origin answered {s}"))),
-        };
-        if offset > start {
-            return Err(FetchError::Fatal(format!(
-                "origin started at byte {offset}, asked for {start}"
-            )));
-        }
-        let mut pos = offset;
-        let mut body = resp.bytes_stream();
-        let origin_bytes = self
-            .metrics
-            .fetched_bytes
-            .get_or_create(&SourceLabels { source: "origin" })
-            .clone();
-        while pos < end {
-            let chunk = match body.next().await {
-                Some(Ok(c)) => c,
-                Some(Err(e)) => return Err(FetchError::Transient(error_chain(&e))),
-                None => {
-                    return Err(FetchError::Transient(format!(
-                        "origin body ended at byte {pos} of {end}"
-                    )))
-                }
-            };
-            origin_bytes.inc_by(chunk.len() as u64);
-            let len = chunk.len() as u64;
-            // Skip bytes before `start` (an origin that ignored Range) and after `end`.
-            let lo = start.saturating_sub(pos).min(len);
-            let hi = (end - pos).min(len);
-            if lo < hi {
-                let piece = chunk.slice(lo as usize..hi as usize);
-                if tx.send((pos + lo, piece)).await.is_err() {
-                    return Err(FetchError::Fatal("blob writer stopped".into()));
-                }
-            }
-            pos += len;
-        }
-        Ok(())
-    }
-}
-
-enum FetchError {
-    /// Worth another attempt (network, 5xx).
-    Transient(String),
-    /// Will not get better (4xx, protocol violation).
-    Fatal(String),
 }
 
 /// The writer thread: applies chunks until the sources are done, then verifies and completes
 /// the blob if every piece arrived (otherwise leaves the partial file to resume later).
-fn write_all(
-    mut writer: PieceWriter,
-    mut rx: mpsc::Receiver<(u64, Bytes)>,
-) -> Result<(), WriteError> {
-    while let Some((offset, bytes)) = rx.blocking_recv() {
-        writer.write(offset, &bytes)?;
-    }
-    writer.finish()
-}
-
-/// Runs of consecutive missing pieces.
-pub fn missing_runs(have: &shoal_core::Bitmap) -> Vec<Range<u32>> {
-    let mut runs: Vec<Range<u32>> = Vec::new();
-    for i in have.missing() {
-        match runs.last_mut() {
-            Some(r) if r.end == i => r.end = i + 1,
-            _ => runs.push(i..i + 1),
+fn write_all(mut writer: PieceWriter, mut rx: mpsc::Receiver<Chunk>) -> Result<(), WriteError> {
+    while let Some(chunk) = rx.blocking_recv() {
+        match chunk {
+            Chunk::Stream(offset, bytes) => writer.write(offset, &bytes)?,
+            Chunk::Piece(index, bytes) => writer.write_piece(index, &bytes)?,
         }
     }
-    runs
-}
-
-/// The first byte of a `Content-Range: bytes first-last/size` header.
-fn content_range_start(headers: &HeaderMap) -> Option<u64> {
-    let v = headers.get(CONTENT_RANGE)?.to_str().ok()?;
-    let rest = v.strip_prefix("bytes ")?;
-    rest.split('-').next()?.trim().parse().ok()
+    writer.finish()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_core::Bitmap;
-
-    #[test]
-    fn finds_missing_runs() {
-        let mut b = Bitmap::new(8);
-        for i in [0, 3, 4, 7] {
-            b.set(i);
-        }
-        assert_eq!(missing_runs(&b), vec![1..3, 5..7]);
-        assert_eq!(missing_runs(&Bitmap::new(3)), vec![0..3]);
-    }
 
     #[test]
     fn pins_count_and_release() {
@@ -433,15 +367,5 @@ mod tests {
         drop(a);
         drop(b);
         assert_eq!(pins.with_locked(|m| m.get(&d).copied()), None);
-    }
-
-    #[test]
-    fn parses_content_range() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            CONTENT_RANGE,
-            HeaderValue::from_static("bytes 100-199/1000"),
-        );
-        assert_eq!(content_range_start(&h), Some(100));
     }
 }

@@ -94,6 +94,7 @@ pub struct PieceWriter {
     whole_pos: u64,
     last_sync: Instant,
     progress: watch::Sender<Progress>,
+    finished: Option<tokio::sync::mpsc::UnboundedSender<(u32, Digest)>>,
 }
 
 impl PieceWriter {
@@ -107,15 +108,8 @@ impl PieceWriter {
         now: u64,
     ) -> Result<Self, WriteError> {
         let path = paths.partial(&digest);
-        let previous = meta
-            .blob(&digest)?
-            .filter(|r| r.layout == layout && !r.is_complete());
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)?;
+        let previous = meta.blob(&digest)?.filter(|r| r.layout == layout && !r.is_complete());
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
         let resumable = previous.is_some() && file.metadata()?.len() == layout.size;
         let mut record = match previous {
             Some(r) if resumable => r,
@@ -127,11 +121,7 @@ impl PieceWriter {
         };
         let have = verify_pieces(&file, &mut record)?;
         meta.put_blob(&digest, &record, Durability::Sync)?;
-        let (progress, _) = watch::channel(Progress {
-            available: 0,
-            have: have.clone(),
-            state: State::Running,
-        });
+        let (progress, _) = watch::channel(Progress { available: 0, have: have.clone(), state: State::Running });
         let w = Self {
             digest,
             layout,
@@ -145,6 +135,7 @@ impl PieceWriter {
             whole_pos: 0,
             last_sync: Instant::now(),
             progress,
+            finished: None,
         };
         w.publish();
         Ok(w)
@@ -175,17 +166,31 @@ impl PieceWriter {
         &self.have
     }
 
+    /// Reports every piece completed from now on, with its sha256, on `tx`.
+    pub fn report_to(&mut self, tx: tokio::sync::mpsc::UnboundedSender<(u32, Digest)>) {
+        self.finished = Some(tx);
+    }
+
+    /// Writes a whole piece that was already verified against its digest (from a parent). It
+    /// replaces any partial stream of the same piece; ignored if the piece is present.
+    pub fn write_piece(&mut self, index: u32, data: &[u8]) -> Result<(), WriteError> {
+        let piece = self.layout.piece(index);
+        if piece.is_empty() || piece.len() != data.len() as u64 {
+            return Err(WriteError::OutOfOrder { offset: piece.start, piece: index });
+        }
+        if self.have.get(index) {
+            return Ok(());
+        }
+        self.inflight.remove(&index);
+        self.write(piece.start, data)
+    }
+
     /// Writes `data` at `offset`. Bytes of pieces already present are ignored; within a piece,
     /// bytes must arrive in order from the piece's start.
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), WriteError> {
-        let end = offset
-            .checked_add(data.len() as u64)
-            .filter(|&e| e <= self.layout.size);
+        let end = offset.checked_add(data.len() as u64).filter(|&e| e <= self.layout.size);
         let Some(end) = end else {
-            return Err(WriteError::OutOfOrder {
-                offset,
-                piece: self.layout.piece_of(offset),
-            });
+            return Err(WriteError::OutOfOrder { offset, piece: self.layout.piece_of(offset) });
         };
         let mut pos = offset;
         while pos < end {
@@ -206,27 +211,18 @@ impl PieceWriter {
             return Ok(());
         }
         let piece = self.layout.piece(index);
-        let entry = self
-            .inflight
-            .entry(index)
-            .or_insert_with(|| (Sha256::new(), 0));
+        let entry = self.inflight.entry(index).or_insert_with(|| (Sha256::new(), 0));
         if pos == piece.start && entry.1 != 0 {
             *entry = (Sha256::new(), 0);
         }
         if pos != piece.start + entry.1 {
-            return Err(WriteError::OutOfOrder {
-                offset: pos,
-                piece: index,
-            });
+            return Err(WriteError::OutOfOrder { offset: pos, piece: index });
         }
         self.file.write_all_at(slice, pos)?;
         entry.0.update(slice);
         entry.1 += slice.len() as u64;
         if entry.1 == piece.len() {
-            let (hasher, _) = self
-                .inflight
-                .remove(&index)
-                .unwrap_or_else(|| (Sha256::new(), 0));
+            let (hasher, _) = self.inflight.remove(&index).unwrap_or_else(|| (Sha256::new(), 0));
             self.complete_piece(index, Digest::from_bytes(hasher.finalize().into()))?;
         }
         Ok(())
@@ -235,9 +231,7 @@ impl PieceWriter {
     fn complete_piece(&mut self, index: u32, digest: Digest) -> Result<(), WriteError> {
         self.have.set(index);
         self.record.piece_digests[index as usize] = digest.hex();
-        self.record.state = BlobState::Partial {
-            bitmap: self.have.as_bytes().to_vec(),
-        };
+        self.record.state = BlobState::Partial { bitmap: self.have.as_bytes().to_vec() };
         let durability = if self.last_sync.elapsed() >= SYNC_EVERY {
             self.last_sync = Instant::now();
             Durability::Sync
@@ -245,6 +239,9 @@ impl PieceWriter {
             Durability::Lazy
         };
         self.meta.put_blob(&self.digest, &self.record, durability)?;
+        if let Some(tx) = &self.finished {
+            let _ = tx.send((index, digest));
+        }
         Ok(())
     }
 
@@ -264,8 +261,7 @@ impl PieceWriter {
     /// written continues it, else by reading back the file (resumed or out-of-order pieces).
     fn advance_whole(&mut self, offset: u64, data: &[u8]) -> Result<(), WriteError> {
         if offset <= self.whole_pos && self.whole_pos < offset + data.len() as u64 {
-            self.whole
-                .update(&data[(self.whole_pos - offset) as usize..]);
+            self.whole.update(&data[(self.whole_pos - offset) as usize..]);
             self.whole_pos = offset + data.len() as u64;
         }
         let available = self.available();
@@ -293,19 +289,13 @@ impl PieceWriter {
     /// complete. On a digest mismatch the partial file and record are removed.
     pub fn finish(mut self) -> Result<(), WriteError> {
         if !self.have.is_full() {
-            return Err(WriteError::Incomplete {
-                have: self.have.count(),
-                total: self.have.len(),
-            });
+            return Err(WriteError::Incomplete { have: self.have.count(), total: self.have.len() });
         }
         self.advance_whole(self.layout.size, &[])?;
         let actual = Digest::from_bytes(self.whole.clone().finalize().into());
         if actual != self.digest {
             self.discard();
-            return Err(WriteError::DigestMismatch {
-                expected: self.digest,
-                actual,
-            });
+            return Err(WriteError::DigestMismatch { expected: self.digest, actual });
         }
         self.file.sync_all()?;
         let dest = self.paths.blob(&self.digest);
@@ -317,8 +307,7 @@ impl PieceWriter {
             File::open(parent)?.sync_all()?;
         }
         self.record.state = BlobState::Complete;
-        self.meta
-            .put_blob(&self.digest, &self.record, Durability::Sync)?;
+        self.meta.put_blob(&self.digest, &self.record, Durability::Sync)?;
         self.progress.send_modify(|p| p.state = State::Complete);
         Ok(())
     }
@@ -351,9 +340,7 @@ fn verify_pieces(file: &File, record: &mut BlobRecord) -> Result<Bitmap, WriteEr
         }
     }
     have.clone_from(&checked);
-    record.state = BlobState::Partial {
-        bitmap: have.as_bytes().to_vec(),
-    };
+    record.state = BlobState::Partial { bitmap: have.as_bytes().to_vec() };
     Ok(have)
 }
 
@@ -382,25 +369,11 @@ mod tests {
         (0..len).map(|i| (i * 31 % 251) as u8).collect()
     }
 
-    fn setup(
-        data: &[u8],
-    ) -> (
-        tempfile::TempDir,
-        Paths,
-        Arc<dyn MetaStore>,
-        Digest,
-        PieceLayout,
-    ) {
+    fn setup(data: &[u8]) -> (tempfile::TempDir, Paths, Arc<dyn MetaStore>, Digest, PieceLayout) {
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths::new(dir.path());
         paths.create().unwrap();
-        (
-            dir,
-            paths,
-            Arc::new(MemMeta::default()),
-            Digest::of(data),
-            PieceLayout::for_size(data.len() as u64),
-        )
+        (dir, paths, Arc::new(MemMeta::default()), Digest::of(data), PieceLayout::for_size(data.len() as u64))
     }
 
     #[test]
@@ -411,10 +384,7 @@ mod tests {
         let rx = w.subscribe();
         for (i, chunk) in data.chunks(10_000).enumerate() {
             w.write((i * 10_000) as u64, chunk).unwrap();
-            assert_eq!(
-                rx.borrow().available,
-                ((i + 1) * 10_000).min(data.len()) as u64
-            );
+            assert_eq!(rx.borrow().available, ((i + 1) * 10_000).min(data.len()) as u64);
         }
         w.finish().unwrap();
         assert_eq!(rx.borrow().state, State::Complete);
@@ -429,8 +399,7 @@ mod tests {
         let (_d, paths, meta, digest, layout) = setup(&data);
         let mut w = PieceWriter::open(&paths, meta, digest, layout, 0).unwrap();
         for i in [3usize, 1, 0, 2] {
-            w.write((i * MIB) as u64, &data[i * MIB..(i + 1) * MIB])
-                .unwrap();
+            w.write((i * MIB) as u64, &data[i * MIB..(i + 1) * MIB]).unwrap();
             assert!(w.have().get(i as u32));
         }
         assert_eq!(w.subscribe().borrow().available, data.len() as u64);
@@ -445,10 +414,7 @@ mod tests {
         w.write(0, &data[..2 * MIB + 5]).unwrap();
         drop(w);
         // Corrupt piece 1 on disk, as a torn write would.
-        let f = OpenOptions::new()
-            .write(true)
-            .open(paths.partial(&digest))
-            .unwrap();
+        let f = OpenOptions::new().write(true).open(paths.partial(&digest)).unwrap();
         f.write_all_at(b"garbage", MIB as u64 + 10).unwrap();
         let mut w = PieceWriter::open(&paths, meta.clone(), digest, layout, 0).unwrap();
         assert_eq!(w.have().missing().collect::<Vec<_>>(), vec![1, 2, 3]);
@@ -476,22 +442,10 @@ mod tests {
         let data = blob(2 * MIB);
         let (_d, paths, meta, digest, layout) = setup(&data);
         let mut w = PieceWriter::open(&paths, meta, digest, layout, 0).unwrap();
-        assert!(matches!(
-            w.write(10, &data[10..20]),
-            Err(WriteError::OutOfOrder { .. })
-        ));
-        assert!(matches!(
-            w.write(2 * MIB as u64 - 1, b"xy"),
-            Err(WriteError::OutOfOrder { .. })
-        ));
-        assert!(matches!(
-            w.write(u64::MAX, b"x"),
-            Err(WriteError::OutOfOrder { .. })
-        ));
-        assert!(matches!(
-            w.finish(),
-            Err(WriteError::Incomplete { have: 0, total: 2 })
-        ));
+        assert!(matches!(w.write(10, &data[10..20]), Err(WriteError::OutOfOrder { .. })));
+        assert!(matches!(w.write(2 * MIB as u64 - 1, b"xy"), Err(WriteError::OutOfOrder { .. })));
+        assert!(matches!(w.write(u64::MAX, b"x"), Err(WriteError::OutOfOrder { .. })));
+        assert!(matches!(w.finish(), Err(WriteError::Incomplete { have: 0, total: 2 })));
     }
 
     #[test]

@@ -28,6 +28,36 @@ pub struct DaemonArgs {
     /// Cache quota such as 20GiB (`cache_size`).
     #[arg(long, value_name = "SIZE")]
     pub cache_size: Option<String>,
+    /// Scheduler URL, repeatable (`scheduler`); tasks are spread over them by rendezvous hashing.
+    #[arg(long, value_name = "URL")]
+    pub scheduler: Vec<String>,
+    /// Peer QUIC listener, UDP (`peer_listen`, default 0.0.0.0:65002).
+    #[arg(long, value_name = "ADDR")]
+    pub peer_listen: Option<String>,
+    /// The IP other daemons dial (`advertise_addr`).
+    #[arg(long, value_name = "IP")]
+    pub advertise_addr: Option<String>,
+    /// This node's site (`site`, default "default").
+    #[arg(long, value_name = "NAME")]
+    pub site: Option<String>,
+    /// The cluster's shared secret (`cluster_token`); prefer cluster_token_file in the config.
+    #[arg(long, value_name = "TOKEN", env = "SHOAL_CLUSTER_TOKEN", hide_env_values = true)]
+    pub cluster_token: Option<String>,
+    /// A file holding the cluster token (`cluster_token_file`).
+    #[arg(long, value_name = "FILE")]
+    pub cluster_token_file: Option<PathBuf>,
+    /// Upload limit to peers, e.g. 100MiB/s; 0 = unlimited (`upload_limit`).
+    #[arg(long, value_name = "RATE")]
+    pub upload_limit: Option<String>,
+    /// Download limit from peers (`download_limit`).
+    #[arg(long, value_name = "RATE")]
+    pub download_limit: Option<String>,
+    /// Origin fetch limit (`origin_limit`).
+    #[arg(long, value_name = "RATE")]
+    pub origin_limit: Option<String>,
+    /// This node's id among peers (`host_id`, default hostname-peerport).
+    #[arg(long, value_name = "ID")]
+    pub host_id: Option<String>,
 }
 
 /// Flags of `shoal up`: the daemon's, with data in ./shoal-data by default.
@@ -56,6 +86,24 @@ impl DaemonArgs {
         if let Some(v) = &self.cache_size {
             config.cache_size.clone_from(v);
         }
+        if !self.scheduler.is_empty() {
+            config.scheduler.clone_from(&self.scheduler);
+        }
+        override_opt(&mut config.advertise_addr, &self.advertise_addr);
+        override_opt(&mut config.cluster_token, &self.cluster_token);
+        override_opt(&mut config.cluster_token_file, &self.cluster_token_file);
+        override_opt(&mut config.host_id, &self.host_id);
+        for (key, flag) in [
+            (&mut config.peer_listen, &self.peer_listen),
+            (&mut config.site, &self.site),
+            (&mut config.upload_limit, &self.upload_limit),
+            (&mut config.download_limit, &self.download_limit),
+            (&mut config.origin_limit, &self.origin_limit),
+        ] {
+            if let Some(v) = flag {
+                key.clone_from(v);
+            }
+        }
         if !self.registry.is_empty() {
             config.registry = self
                 .registry
@@ -64,6 +112,12 @@ impl DaemonArgs {
                 .collect::<Result<_, _>>()?;
         }
         Ok(config.validate()?)
+    }
+}
+
+fn override_opt<T: Clone>(key: &mut Option<T>, flag: &Option<T>) {
+    if flag.is_some() {
+        key.clone_from(flag);
     }
 }
 
@@ -87,17 +141,29 @@ pub fn run_daemon(args: DaemonArgs) -> Result<()> {
 pub fn run_up(args: UpArgs) -> Result<()> {
     let base = Config {
         data_dir: PathBuf::from("shoal-data"),
+        scheduler: vec![format!("http://{UP_SCHEDULER}")],
+        peer_listen: "127.0.0.1:65002".into(),
+        cluster_token: Some(random_token()?),
         ..Config::default()
     };
     let settings = args.daemon.settings(base)?;
     runtime()?.block_on(async {
+        let listener = tokio::net::TcpListener::bind(UP_SCHEDULER).await.with_context(|| format!("scheduler cannot listen on {UP_SCHEDULER}"))?;
+        tokio::spawn(shoal_scheduler::serve(listener, Default::default()));
         let running = shoal_daemon::daemon::start(&settings).await?;
-        println!(
-            "{}",
-            banner(&settings, running.mirror_addr, running.admin_addr)
-        );
+        println!("{}", banner(&settings, running.mirror_addr, running.admin_addr));
         serve_until_signal(running).await
     })
+}
+
+/// Where `shoal up` runs its scheduler.
+const UP_SCHEDULER: &str = "127.0.0.1:65000";
+
+/// A fresh cluster token for the one-node demo.
+fn random_token() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 async fn serve_until_signal(running: shoal_daemon::daemon::Running) -> Result<()> {
@@ -117,7 +183,7 @@ fn banner(s: &Settings, mirror: std::net::SocketAddr, admin: std::net::SocketAdd
         .map(|r| format!("{} ({})", r.name, r.url))
         .collect();
     format!(
-        "Shoal is up.\n  mirror:     http://{mirror}  (registries: {})\n  admin:      http://{admin}/metrics  http://{admin}/healthz\n  data:       {}\n\n\
+        "Shoal is up.\n  scheduler:  http://{UP_SCHEDULER}  (shoal status --scheduler http://{UP_SCHEDULER})\n  mirror:     http://{mirror}  (registries: {})\n  admin:      http://{admin}/metrics  http://{admin}/healthz\n  data:       {}\n\n\
          Point your clients at it:\n  containerd: shoal config containerd --mirror {mirror} --write   (then restart containerd)\n  \
          dockerd:    shoal config docker --mirror {mirror} --write       (then restart dockerd)\n  \
          podman:     shoal config podman --mirror {mirror} --write\n  \

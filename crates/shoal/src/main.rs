@@ -3,6 +3,9 @@
 
 mod client_config;
 mod daemon_args;
+mod fetch_cmd;
+mod scheduler_cmd;
+mod status_cmd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -19,10 +22,16 @@ struct Cli {
 enum Command {
     /// Run the node daemon: a pull-through registry mirror with a verified blob cache.
     Daemon(daemon_args::DaemonArgs),
-    /// Run a daemon on embedded defaults (data in ./shoal-data) and print how to use it.
+    /// Run the scheduler: tells daemons whom to fetch pieces from (soft state, no database).
+    Scheduler(scheduler_cmd::SchedulerArgs),
+    /// Run a scheduler and a daemon on embedded defaults (data in ./shoal-data) and print how to use it.
     Up(daemon_args::UpArgs),
     /// Print (or --write) the mirror configuration of containerd, dockerd or podman.
     Config(client_config::ConfigArgs),
+    /// Download an image or a blob through a daemon, with a progress bar, verifying every byte.
+    Fetch(fetch_cmd::FetchArgs),
+    /// Show a daemon's downloads (sources, rates) and optionally a scheduler's tasks.
+    Status(status_cmd::StatusArgs),
 }
 
 fn main() -> Result<()> {
@@ -35,7 +44,10 @@ fn main() -> Result<()> {
         .init();
     match cli.command {
         Command::Daemon(args) => daemon_args::run_daemon(args),
+        Command::Scheduler(args) => scheduler_cmd::run(args),
         Command::Up(args) => daemon_args::run_up(args),
         Command::Config(args) => client_config::run(args),
+        Command::Fetch(args) => fetch_cmd::run(args),
+        Command::Status(args) => status_cmd::run(args),
     }
 }

@@ -64,42 +64,18 @@ impl Authz {
         digest: &Digest,
         headers: &HeaderMap,
     ) -> Verdict {
-        let credential: [u8; 32] =
-            Sha256::digest(headers.get(AUTHORIZATION).map_or(&[][..], |v| v.as_bytes())).into();
-        let key = Key {
-            registry: upstream.name().to_owned(),
-            name: name.clone(),
-            kind,
-            digest: *digest,
-            credential,
-        };
+        let credential: [u8; 32] = Sha256::digest(headers.get(AUTHORIZATION).map_or(&[][..], |v| v.as_bytes())).into();
+        let key = Key { registry: upstream.name().to_owned(), name: name.clone(), kind, digest: *digest, credential };
         if let Some(size) = self.remembered(&key) {
             return Verdict::Allowed(size);
         }
-        let segment = if kind == Kind::Blob {
-            "blobs"
-        } else {
-            "manifests"
-        };
+        let segment = if kind == Kind::Blob { "blobs" } else { "manifests" };
         let path = format!("/v2/{name}/{segment}/{digest}");
         let timeout = Some(crate::origin::SMALL_REQUEST_TIMEOUT);
-        match upstream
-            .send(
-                Method::HEAD,
-                Some(name),
-                &path,
-                headers,
-                HeaderMap::new(),
-                timeout,
-            )
-            .await
-        {
+        match upstream.send(Method::HEAD, Some(name), &path, headers, HeaderMap::new(), timeout).await {
             Err(e) => Verdict::Unreachable(e),
             Ok(resp) if resp.status() == StatusCode::OK => {
-                let size = resp
-                    .headers()
-                    .get(CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok()?.parse().ok());
+                let size = resp.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
                 self.remember(key, size);
                 Verdict::Allowed(size)
             }
@@ -109,9 +85,7 @@ impl Authz {
 
     fn remembered(&self, key: &Key) -> Option<Option<u64>> {
         let map = self.allowed.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(key)
-            .filter(|(at, _)| at.elapsed() < TTL)
-            .map(|(_, size)| *size)
+        map.get(key).filter(|(at, _)| at.elapsed() < TTL).map(|(_, size)| *size)
     }
 
     fn remember(&self, key: Key, size: Option<u64>) {

@@ -3,9 +3,7 @@
 
 use axum::body::Body;
 use axum::response::Response;
-use http::header::{
-    ACCEPT_RANGES, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE,
-};
+use http::header::{ACCEPT_RANGES, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use shoal_core::range::{self, RangeSpec};
 use shoal_core::{ByteRange, Digest, ErrorCode, RepoName};
@@ -30,24 +28,15 @@ pub(super) async fn serve(
     let size = match m.authz.check(up, name, Kind::Blob, digest, headers).await {
         Verdict::Denied(resp) => return Ok(relay(resp).await),
         Verdict::Allowed(size) => size,
-        Verdict::Unreachable(e) => {
-            return serve_without_origin(m, digest, method, spec).ok_or(e)?
-        }
+        Verdict::Unreachable(e) => return serve_without_origin(m, digest, method, spec).ok_or(e)?,
     };
-    let served = m
-        .metrics
-        .served_bytes
-        .get_or_create(&KindLabels { kind: "blob" })
-        .clone();
+    let served = m.metrics.served_bytes.get_or_create(&KindLabels { kind: "blob" }).clone();
     if let Some(local) = m.tasks.local(digest) {
         m.metrics.cache_lookup("blob", true);
-        return respond(method, digest, local.size, spec, |r| {
-            body::local(local, r, served)
-        });
+        return respond(method, digest, local.size, spec, |r| body::local(local, r, served));
     }
     m.metrics.cache_lookup("blob", false);
-    let size = size
-        .ok_or_else(|| ApiError::new(ErrorCode::OriginError, "origin gave no size for the blob"))?;
+    let size = size.ok_or_else(|| ApiError::new(ErrorCode::OriginError, "origin gave no size for the blob"))?;
     if method == Method::HEAD {
         return respond(method, digest, size, spec, |_| Body::empty());
     }
@@ -55,18 +44,10 @@ pub(super) async fn serve(
     if let Some(a) = headers.get(AUTHORIZATION) {
         forwarded.insert(AUTHORIZATION, a.clone());
     }
-    let fetch = OriginFetch {
-        upstream: up.clone(),
-        name: name.clone(),
-        headers: forwarded,
-    };
-    let (task, pin) = m
-        .tasks
-        .join_or_start(*digest, size, fetch)
-        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
-    respond(method, digest, task.layout.size, spec, |r| {
-        body::downloading(&task, pin, r, served)
-    })
+    let fetch = OriginFetch { upstream: up.clone(), name: name.clone(), headers: forwarded };
+    let (task, pin) =
+        m.tasks.join_or_start(*digest, size, fetch).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    respond(method, digest, task.layout.size, spec, |r| body::downloading(&task, pin, r, served))
 }
 
 /// With the origin unreachable, a blob this node already holds (or is downloading) is still
@@ -77,30 +58,20 @@ fn serve_without_origin(
     method: &Method,
     spec: Option<RangeSpec>,
 ) -> Option<Result<Response, ApiError>> {
-    let served = m
-        .metrics
-        .served_bytes
-        .get_or_create(&KindLabels { kind: "blob" })
-        .clone();
+    let served = m.metrics.served_bytes.get_or_create(&KindLabels { kind: "blob" }).clone();
     if let Some(local) = m.tasks.local(digest) {
         m.metrics.cache_lookup("blob", true);
-        return Some(respond(method, digest, local.size, spec, |r| {
-            body::local(local, r, served)
-        }));
+        return Some(respond(method, digest, local.size, spec, |r| body::local(local, r, served)));
     }
     let (task, pin) = m.tasks.join(digest)?;
-    Some(respond(method, digest, task.layout.size, spec, |r| {
-        body::downloading(&task, pin, r, served)
-    }))
+    Some(respond(method, digest, task.layout.size, spec, |r| body::downloading(&task, pin, r, served)))
 }
 
 fn range_spec(headers: &HeaderMap) -> Result<Option<RangeSpec>, ApiError> {
     let Some(v) = headers.get(RANGE) else {
         return Ok(None);
     };
-    let text = v
-        .to_str()
-        .map_err(|_| ApiError::from(range::RangeError::Malformed))?;
+    let text = v.to_str().map_err(|_| ApiError::from(range::RangeError::Malformed))?;
     Ok(range::parse(text)?)
 }
 
@@ -114,27 +85,14 @@ fn respond(
 ) -> Result<Response, ApiError> {
     let (status, range) = match spec {
         Some(s) => (StatusCode::PARTIAL_CONTENT, s.resolve(size)?),
-        None => (
-            StatusCode::OK,
-            ByteRange {
-                start: 0,
-                end: size,
-            },
-        ),
+        None => (StatusCode::OK, ByteRange { start: 0, end: size }),
     };
-    let body = if method == Method::HEAD {
-        Body::empty()
-    } else {
-        body(range)
-    };
+    let body = if method == Method::HEAD { Body::empty() } else { body(range) };
     let mut out = Response::new(body);
     *out.status_mut() = status;
     let h = out.headers_mut();
     h.insert(CONTENT_LENGTH, HeaderValue::from(range.len()));
-    h.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
         h.insert("docker-content-digest", v);

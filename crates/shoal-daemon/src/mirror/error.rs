@@ -20,11 +20,7 @@ pub struct ApiError {
 impl ApiError {
     /// An error with `code` and a human message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            headers: Vec::new(),
-        }
+        Self { code, message: message.into(), headers: Vec::new() }
     }
 
     /// 405 for writes and other methods a read-only mirror does not offer.
@@ -33,21 +29,17 @@ impl ApiError {
             ErrorCode::MethodNotAllowed,
             format!("{method} is not supported: this is a read-only registry mirror"),
         );
-        e.headers
-            .push((ALLOW, HeaderValue::from_static("GET, HEAD")));
+        e.headers.push((ALLOW, HeaderValue::from_static("GET, HEAD")));
         e
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut resp = (status, self.code.body(&self.message)).into_response();
-        resp.headers_mut()
-            .extend(self.headers.into_iter().map(|(k, v)| (Some(k), v)));
-        resp.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp.headers_mut().extend(self.headers.into_iter().map(|(k, v)| (Some(k), v)));
+        resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         resp
     }
 }
@@ -56,9 +48,9 @@ impl From<RouteError> for ApiError {
     fn from(e: RouteError) -> Self {
         let code = match e {
             RouteError::NotFound => ErrorCode::NotFound,
-            RouteError::Name(
-                shoal_core::name::NameError::Name | shoal_core::name::NameError::Tag,
-            ) => ErrorCode::NameInvalid,
+            RouteError::Name(shoal_core::name::NameError::Name | shoal_core::name::NameError::Tag) => {
+                ErrorCode::NameInvalid
+            }
             RouteError::Name(shoal_core::name::NameError::Digest(_)) | RouteError::Digest(_) => {
                 ErrorCode::DigestInvalid
             }
@@ -84,11 +76,7 @@ impl From<RangeError> for ApiError {
 
 impl From<OriginError> for ApiError {
     fn from(e: OriginError) -> Self {
-        let code = if e.is_timeout() {
-            ErrorCode::OriginUnreachable
-        } else {
-            ErrorCode::OriginError
-        };
+        let code = if e.is_timeout() { ErrorCode::OriginUnreachable } else { ErrorCode::OriginError };
         Self::new(code, e.to_string())
     }
 }
@@ -108,26 +96,11 @@ mod tests {
         let r = ApiError::from(RangeError::Unsatisfiable { size: 10 }).into_response();
         assert_eq!(r.status(), 416);
         assert_eq!(r.headers()[CONTENT_RANGE], "bytes */10");
-        assert_eq!(
-            ApiError::from(RangeError::Malformed)
-                .into_response()
-                .status(),
-            400
-        );
-        assert_eq!(
-            ApiError::from(RouteError::NotFound)
-                .into_response()
-                .status(),
-            404
-        );
+        assert_eq!(ApiError::from(RangeError::Malformed).into_response().status(), 400);
+        assert_eq!(ApiError::from(RouteError::NotFound).into_response().status(), 404);
         let r = ApiError::method_not_allowed(&http::Method::PUT).into_response();
         assert_eq!(r.status(), 405);
         assert_eq!(r.headers()[ALLOW], "GET, HEAD");
-        assert_eq!(
-            ApiError::from(UnknownRegistry("x".into()))
-                .into_response()
-                .status(),
-            400
-        );
+        assert_eq!(ApiError::from(UnknownRegistry("x".into())).into_response().status(), 400);
     }
 }

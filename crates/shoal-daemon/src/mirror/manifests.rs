@@ -42,14 +42,7 @@ async fn by_tag(
     let key = tag_key(up.name(), name.as_str(), tag);
     let path = format!("/v2/{name}/manifests/{tag}");
     let resp = match up
-        .send(
-            method.clone(),
-            Some(name),
-            &path,
-            headers,
-            HeaderMap::new(),
-            Some(SMALL_REQUEST_TIMEOUT),
-        )
+        .send(method.clone(), Some(name), &path, headers, HeaderMap::new(), Some(SMALL_REQUEST_TIMEOUT))
         .await
     {
         Ok(r) => r,
@@ -57,10 +50,8 @@ async fn by_tag(
     };
     let status = resp.status();
     if status.is_server_error() {
-        let e = OriginError::Unreachable {
-            registry: up.name().to_owned(),
-            message: format!("origin answered {status}"),
-        };
+        let e =
+            OriginError::Unreachable { registry: up.name().to_owned(), message: format!("origin answered {status}") };
         return stale(m, &key, e).or(Ok(relay(resp).await));
     }
     if status != StatusCode::OK {
@@ -70,16 +61,10 @@ async fn by_tag(
         return Ok(head_through(m, &key, &resp));
     }
     let media_type = content_type(resp.headers());
-    let claimed = resp
-        .headers()
-        .get(DIGEST_HEADER)
-        .and_then(|v| v.to_str().ok()?.parse::<Digest>().ok());
-    let body = read_limited(resp, MAX_MANIFEST).await.ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::OriginError,
-            "manifest from origin too large or cut short",
-        )
-    })?;
+    let claimed = resp.headers().get(DIGEST_HEADER).and_then(|v| v.to_str().ok()?.parse::<Digest>().ok());
+    let body = read_limited(resp, MAX_MANIFEST)
+        .await
+        .ok_or_else(|| ApiError::new(ErrorCode::OriginError, "manifest from origin too large or cut short"))?;
     let digest = Digest::of(&body);
     if claimed.is_some_and(|c| c != digest) {
         return Err(ApiError::new(
@@ -96,18 +81,10 @@ async fn by_tag(
 /// manifest it names is cached.
 fn head_through(m: &Mirror, key: &str, resp: &reqwest::Response) -> Response {
     let h = resp.headers();
-    let digest = h
-        .get(DIGEST_HEADER)
-        .and_then(|v| v.to_str().ok()?.parse::<Digest>().ok());
+    let digest = h.get(DIGEST_HEADER).and_then(|v| v.to_str().ok()?.parse::<Digest>().ok());
     if let Some(d) = digest {
         if let Ok(Some(cached)) = m.meta.manifest(&d) {
-            let _ = m.meta.put_tag(
-                key,
-                &TagRecord {
-                    digest: d,
-                    media_type: cached.media_type,
-                },
-            );
+            let _ = m.meta.put_tag(key, &TagRecord { digest: d, media_type: cached.media_type });
         }
     }
     let mut out = StatusCode::OK.into_response();
@@ -124,12 +101,8 @@ fn head_through(m: &Mirror, key: &str, resp: &reqwest::Response) -> Response {
 
 /// The origin is unreachable: serve the last manifest seen for the tag, marked stale.
 fn stale(m: &Mirror, key: &str, err: OriginError) -> Result<Response, ApiError> {
-    let cached = m
-        .meta
-        .tag(key)
-        .ok()
-        .flatten()
-        .and_then(|t| Some((t.digest, m.meta.manifest(&t.digest).ok().flatten()?)));
+    let cached =
+        m.meta.tag(key).ok().flatten().and_then(|t| Some((t.digest, m.meta.manifest(&t.digest).ok().flatten()?)));
     let Some((digest, record)) = cached else {
         return Err(err.into());
     };
@@ -147,37 +120,21 @@ async fn by_digest(
 ) -> Result<Response, ApiError> {
     if let Ok(Some(record)) = m.meta.manifest(digest) {
         m.metrics.cache_lookup("manifest", true);
-        return match m
-            .authz
-            .check(up, name, Kind::Manifest, digest, headers)
-            .await
-        {
+        return match m.authz.check(up, name, Kind::Manifest, digest, headers).await {
             Verdict::Allowed(_) | Verdict::Unreachable(_) => Ok(respond(digest, record, false)),
             Verdict::Denied(resp) => Ok(relay(resp).await),
         };
     }
     m.metrics.cache_lookup("manifest", false);
     let path = format!("/v2/{name}/manifests/{digest}");
-    let resp = up
-        .send(
-            Method::GET,
-            Some(name),
-            &path,
-            headers,
-            HeaderMap::new(),
-            Some(SMALL_REQUEST_TIMEOUT),
-        )
-        .await?;
+    let resp = up.send(Method::GET, Some(name), &path, headers, HeaderMap::new(), Some(SMALL_REQUEST_TIMEOUT)).await?;
     if resp.status() != StatusCode::OK {
         return Ok(relay(resp).await);
     }
     let media_type = content_type(resp.headers());
-    let body = read_limited(resp, MAX_MANIFEST).await.ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::OriginError,
-            "manifest from origin too large or cut short",
-        )
-    })?;
+    let body = read_limited(resp, MAX_MANIFEST)
+        .await
+        .ok_or_else(|| ApiError::new(ErrorCode::OriginError, "manifest from origin too large or cut short"))?;
     if Digest::of(&body) != *digest {
         return Err(ApiError::new(
             ErrorCode::OriginError,
@@ -190,29 +147,17 @@ async fn by_digest(
 }
 
 fn store(m: &Mirror, digest: &Digest, record: &ManifestRecord, tag: Option<&str>) {
-    let stored = m
-        .meta
-        .put_manifest(digest, record)
-        .and_then(|()| match tag {
-            Some(key) => m.meta.put_tag(
-                key,
-                &TagRecord {
-                    digest: *digest,
-                    media_type: record.media_type.clone(),
-                },
-            ),
-            None => Ok(()),
-        });
+    let stored = m.meta.put_manifest(digest, record).and_then(|()| match tag {
+        Some(key) => m.meta.put_tag(key, &TagRecord { digest: *digest, media_type: record.media_type.clone() }),
+        None => Ok(()),
+    });
     if let Err(e) = stored {
         tracing::warn!(%digest, error = %e, "could not cache manifest");
     }
 }
 
 fn content_type(h: &HeaderMap) -> String {
-    h.get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/vnd.oci.image.manifest.v1+json")
-        .to_owned()
+    h.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/vnd.oci.image.manifest.v1+json").to_owned()
 }
 
 /// A manifest response (hyper drops the body itself for HEAD requests).
@@ -226,10 +171,7 @@ fn respond(digest: &Digest, record: ManifestRecord, stale: bool) -> Response {
         h.insert(DIGEST_HEADER, v);
     }
     if stale {
-        h.insert(
-            "warning",
-            HeaderValue::from_static("110 shoal \"Response is Stale: origin unreachable\""),
-        );
+        h.insert("warning", HeaderValue::from_static("110 shoal \"Response is Stale: origin unreachable\""));
     }
     out
 }

@@ -65,30 +65,13 @@ async fn handle(State(mirror): State<Arc<Mirror>>, req: Request) -> Response {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
-    resp.headers_mut()
-        .insert(API_VERSION.0, HeaderValue::from_static(API_VERSION.1));
+    resp.headers_mut().insert(API_VERSION.0, HeaderValue::from_static(API_VERSION.1));
     let status = resp.status().as_u16();
     if label == "manifest" && status == 200 && method == Method::GET {
-        let len = resp
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse().ok())
-            .unwrap_or(0);
-        mirror
-            .metrics
-            .served_bytes
-            .get_or_create(&crate::metrics::KindLabels { kind: "manifest" })
-            .inc_by(len);
+        let len = resp.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+        mirror.metrics.served_bytes.get_or_create(&crate::metrics::KindLabels { kind: "manifest" }).inc_by(len);
     }
-    mirror
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            route: label,
-            method: method.to_string(),
-            status,
-        })
-        .inc();
+    mirror.metrics.requests.get_or_create(&RequestLabels { route: label, method: method.to_string(), status }).inc();
     tracing::debug!(%method, path = req.uri.path(), status, "mirror request");
     resp
 }
@@ -110,14 +93,9 @@ async fn dispatch(
         Route::Manifest { name, reference } => {
             manifests::serve(mirror, &upstream, &name, &reference, method, headers).await
         }
-        Route::Blob { name, digest } => {
-            blobs::serve(mirror, &upstream, &name, &digest, method, headers).await
-        }
+        Route::Blob { name, digest } => blobs::serve(mirror, &upstream, &name, &digest, method, headers).await,
         Route::Upload => Err(ApiError::method_not_allowed(method)),
-        Route::Unsupported => Err(ApiError::new(
-            ErrorCode::Unsupported,
-            "this mirror serves manifests and blobs only",
-        )),
+        Route::Unsupported => Err(ApiError::new(ErrorCode::Unsupported, "this mirror serves manifests and blobs only")),
     }
 }
 
@@ -127,8 +105,7 @@ fn ns(query: Option<&str>) -> Result<Option<String>, ApiError> {
     let Some((_, v)) = url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "ns") else {
         return Ok(None);
     };
-    route::parse_ns(&v)
-        .map_err(|e| ApiError::new(ErrorCode::Unsupported, format!("{e}: {v:?}")))?;
+    route::parse_ns(&v).map_err(|e| ApiError::new(ErrorCode::Unsupported, format!("{e}: {v:?}")))?;
     Ok(Some(v.into_owned()))
 }
 
@@ -138,14 +115,7 @@ fn ns(query: Option<&str>) -> Result<Option<String>, ApiError> {
 async fn base(upstream: &Upstream, headers: &HeaderMap) -> Result<Response, ApiError> {
     if !upstream.has_credentials() {
         let sent = upstream
-            .send(
-                Method::GET,
-                None,
-                "/v2/",
-                headers,
-                HeaderMap::new(),
-                Some(crate::origin::SMALL_REQUEST_TIMEOUT),
-            )
+            .send(Method::GET, None, "/v2/", headers, HeaderMap::new(), Some(crate::origin::SMALL_REQUEST_TIMEOUT))
             .await;
         if let Ok(resp) = sent {
             if resp.status() == StatusCode::UNAUTHORIZED {
@@ -160,30 +130,18 @@ async fn base(upstream: &Upstream, headers: &HeaderMap) -> Result<Response, ApiE
 /// body. A body that is not an OCI error is replaced by one.
 async fn relay(resp: reqwest::Response) -> Response {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let challenges: Vec<HeaderValue> = resp
-        .headers()
-        .get_all(WWW_AUTHENTICATE)
-        .iter()
-        .cloned()
-        .collect();
-    let body = read_limited(resp, MAX_RELAYED_BODY)
-        .await
-        .unwrap_or_default();
-    let body = if serde_json::from_slice::<serde_json::Value>(&body)
-        .is_ok_and(|v| v.get("errors").is_some())
-    {
+    let challenges: Vec<HeaderValue> = resp.headers().get_all(WWW_AUTHENTICATE).iter().cloned().collect();
+    let body = read_limited(resp, MAX_RELAYED_BODY).await.unwrap_or_default();
+    let body = if serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|v| v.get("errors").is_some()) {
         body
     } else {
-        relayed_code(status)
-            .body(&format!("origin answered {status}"))
-            .into_bytes()
+        relayed_code(status).body(&format!("origin answered {status}")).into_bytes()
     };
     let mut out = (status, body).into_response();
     for c in challenges {
         out.headers_mut().append(WWW_AUTHENTICATE, c);
     }
-    out.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    out.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     out
 }
 
@@ -225,14 +183,8 @@ mod tests {
     fn parses_ns() {
         assert_eq!(ns(None).unwrap(), None);
         assert_eq!(ns(Some("x=1")).unwrap(), None);
-        assert_eq!(
-            ns(Some("ns=127.0.0.1%3A5000")).unwrap().as_deref(),
-            Some("127.0.0.1:5000")
-        );
-        assert_eq!(
-            ns(Some("ns=docker.io&x=1")).unwrap().as_deref(),
-            Some("docker.io")
-        );
+        assert_eq!(ns(Some("ns=127.0.0.1%3A5000")).unwrap().as_deref(), Some("127.0.0.1:5000"));
+        assert_eq!(ns(Some("ns=docker.io&x=1")).unwrap().as_deref(), Some("docker.io"));
         assert!(ns(Some("ns=evil%2Fpath")).is_err());
         assert!(ns(Some("ns=")).is_err());
     }

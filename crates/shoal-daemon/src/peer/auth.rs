@@ -28,8 +28,8 @@ impl Role {
 
 fn mac(token: &[u8], role: Role, exporter: &[u8]) -> Hmac<Sha256> {
     // HMAC accepts keys of any length.
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(token)
-        .unwrap_or_else(|_| unreachable!("hmac takes any key length"));
+    let mut m =
+        <Hmac<Sha256> as Mac>::new_from_slice(token).unwrap_or_else(|_| unreachable!("hmac takes any key length"));
     m.update(role.tag());
     m.update(exporter);
     m

@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use shoal_core::Digest;
-use shoal_proto::peer::{
-    request, HaveRequest, HaveUpdate, Hello, PieceHeader, PieceRequest, PieceStatus, Request,
-};
+use shoal_proto::peer::{request, HaveRequest, HaveUpdate, Hello, PieceHeader, PieceRequest, PieceStatus, Request};
 
 use super::auth::{self, Role};
 use super::tls::SERVER_NAME;
@@ -32,45 +30,24 @@ pub struct PeerClient {
 
 impl PeerClient {
     /// A client dialing from `endpoint` (whose default client config must be set).
-    pub fn new(
-        endpoint: quinn::Endpoint,
-        host_id: String,
-        token: Vec<u8>,
-        download: Arc<Limiter>,
-    ) -> Self {
-        Self {
-            endpoint,
-            host_id,
-            token,
-            download,
-            conns: Mutex::new(HashMap::new()),
-        }
+    pub fn new(endpoint: quinn::Endpoint, host_id: String, token: Vec<u8>, download: Arc<Limiter>) -> Self {
+        Self { endpoint, host_id, token, download, conns: Mutex::new(HashMap::new()) }
     }
 
     async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, PeerError> {
-        let cached = self
-            .lock()
-            .get(&addr)
-            .filter(|c| c.close_reason().is_none())
-            .cloned();
+        let cached = self.lock().get(&addr).filter(|c| c.close_reason().is_none()).cloned();
         if let Some(c) = cached {
             return Ok(c);
         }
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, self.handshake(addr))
             .await
-            .map_err(|_| PeerError::Connect {
-                addr,
-                message: "timed out".into(),
-            })??;
+            .map_err(|_| PeerError::Connect { addr, message: "timed out".into() })??;
         self.lock().insert(addr, conn.clone());
         Ok(conn)
     }
 
     async fn handshake(&self, addr: SocketAddr) -> Result<quinn::Connection, PeerError> {
-        let connect_err = |e: &dyn std::fmt::Display| PeerError::Connect {
-            addr,
-            message: e.to_string(),
-        };
+        let connect_err = |e: &dyn std::fmt::Display| PeerError::Connect { addr, message: e.to_string() };
         let conn = self
             .endpoint
             .connect(addr, SERVER_NAME)
@@ -79,15 +56,10 @@ impl PeerClient {
             .map_err(|e| connect_err(&e))?;
         let secret = exporter(&conn).ok_or_else(|| connect_err(&"no TLS exporter"))?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| connect_err(&e))?;
-        let hello = Hello {
-            host_id: self.host_id.clone(),
-            proof: auth::prove(&self.token, Role::Client, &secret),
-        };
+        let hello = Hello { host_id: self.host_id.clone(), proof: auth::prove(&self.token, Role::Client, &secret) };
         frame::write(&mut send, &hello).await?;
         let _ = send.finish();
-        let reply: Hello = frame::read(&mut recv)
-            .await
-            .map_err(|_| PeerError::Unauthorized(addr))?;
+        let reply: Hello = frame::read(&mut recv).await.map_err(|_| PeerError::Unauthorized(addr))?;
         if !auth::verify(&self.token, Role::Server, &secret, &reply.proof) {
             conn.close(quinn::VarInt::from_u32(1), b"unauthorized");
             return Err(PeerError::Unauthorized(addr));
@@ -115,16 +87,8 @@ impl PeerClient {
         want: u64,
     ) -> Result<Bytes, PeerError> {
         let conn = self.connection(addr).await?;
-        let (mut send, mut recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| PeerError::Stream(e.to_string()))?;
-        let req = Request {
-            request: Some(request::Request::Piece(PieceRequest {
-                task_id: task.to_string(),
-                index,
-            })),
-        };
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| PeerError::Stream(e.to_string()))?;
+        let req = Request { request: Some(request::Request::Piece(PieceRequest { task_id: task.to_string(), index })) };
         frame::write(&mut send, &req).await?;
         let _ = send.finish();
         let header: PieceHeader = frame::read(&mut recv).await?;
@@ -134,23 +98,14 @@ impl PeerClient {
             _ => return Err(PeerError::NotFound),
         }
         if header.length != want {
-            return Err(PeerError::Length {
-                got: header.length,
-                want,
-            });
+            return Err(PeerError::Length { got: header.length, want });
         }
         let mut buf = BytesMut::with_capacity(want as usize);
         while (buf.len() as u64) < want {
             let left = want as usize - buf.len();
-            let chunk = recv
-                .read_chunk(left, true)
-                .await
-                .map_err(|e| PeerError::Stream(e.to_string()))?;
+            let chunk = recv.read_chunk(left, true).await.map_err(|e| PeerError::Stream(e.to_string()))?;
             let Some(chunk) = chunk else {
-                return Err(PeerError::Stream(format!(
-                    "stream ended at {} of {want}",
-                    buf.len()
-                )));
+                return Err(PeerError::Stream(format!("stream ended at {} of {want}", buf.len())));
             };
             self.download.acquire(chunk.bytes.len() as u64).await;
             buf.extend_from_slice(&chunk.bytes);
@@ -159,21 +114,10 @@ impl PeerClient {
     }
 
     /// Subscribes to a parent's pieces of `task`: each item is its current bitmap bytes.
-    pub async fn watch_have(
-        &self,
-        addr: SocketAddr,
-        task: &Digest,
-    ) -> Result<HaveStream, PeerError> {
+    pub async fn watch_have(&self, addr: SocketAddr, task: &Digest) -> Result<HaveStream, PeerError> {
         let conn = self.connection(addr).await?;
-        let (mut send, recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| PeerError::Stream(e.to_string()))?;
-        let req = Request {
-            request: Some(request::Request::Have(HaveRequest {
-                task_id: task.to_string(),
-            })),
-        };
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| PeerError::Stream(e.to_string()))?;
+        let req = Request { request: Some(request::Request::Have(HaveRequest { task_id: task.to_string() })) };
         frame::write(&mut send, &req).await?;
         let _ = send.finish();
         Ok(HaveStream { recv })
@@ -195,8 +139,8 @@ impl HaveStream {
 /// One QUIC endpoint that serves and dials, bound to `addr`.
 pub fn endpoint(addr: SocketAddr) -> Result<quinn::Endpoint, String> {
     let server = super::tls::server_config().map_err(|e| e.to_string())?;
-    let mut ep = quinn::Endpoint::server(server, addr)
-        .map_err(|e| format!("cannot listen on peer_listen {addr}: {e}"))?;
+    let mut ep =
+        quinn::Endpoint::server(server, addr).map_err(|e| format!("cannot listen on peer_listen {addr}: {e}"))?;
     ep.set_default_client_config(super::tls::client_config().map_err(|e| e.to_string())?);
     Ok(ep)
 }

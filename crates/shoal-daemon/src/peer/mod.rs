@@ -70,8 +70,7 @@ impl From<frame::FrameError> for PeerError {
 /// The TLS exporter secret of a connection, the input of membership proofs.
 fn exporter(conn: &quinn::Connection) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];
-    conn.export_keying_material(&mut out, auth::EXPORTER_LABEL, b"")
-        .ok()?;
+    conn.export_keying_material(&mut out, auth::EXPORTER_LABEL, b"").ok()?;
     Some(out)
 }
 

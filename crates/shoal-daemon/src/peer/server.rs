@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use shoal_core::Digest;
-use shoal_proto::peer::{
-    request, HaveUpdate, Hello, PieceHeader, PieceRequest, PieceStatus, Request,
-};
+use shoal_proto::peer::{request, HaveUpdate, Hello, PieceHeader, PieceRequest, PieceStatus, Request};
 
 use super::auth::{self, Role};
 use super::{exporter, frame, PieceStore};
@@ -56,18 +54,10 @@ async fn connection(incoming: quinn::Incoming, ctx: Arc<ServerCtx>) -> Result<()
         let hello: Hello = frame::read(&mut recv).await.map_err(|e| e.to_string())?;
         let secret = exporter(&conn).ok_or("no TLS exporter")?;
         if !auth::verify(&ctx.token, Role::Client, &secret, &hello.proof) {
-            return Err(format!(
-                "peer {remote} ({}) does not hold the cluster token",
-                hello.host_id
-            ));
+            return Err(format!("peer {remote} ({}) does not hold the cluster token", hello.host_id));
         }
-        let reply = Hello {
-            host_id: ctx.host_id.clone(),
-            proof: auth::prove(&ctx.token, Role::Server, &secret),
-        };
-        frame::write(&mut send, &reply)
-            .await
-            .map_err(|e| e.to_string())?;
+        let reply = Hello { host_id: ctx.host_id.clone(), proof: auth::prove(&ctx.token, Role::Server, &secret) };
+        frame::write(&mut send, &reply).await.map_err(|e| e.to_string())?;
         let _ = send.finish();
         Ok(())
     };
@@ -94,11 +84,7 @@ async fn connection(incoming: quinn::Incoming, ctx: Arc<ServerCtx>) -> Result<()
     }
 }
 
-async fn request(
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    ctx: Arc<ServerCtx>,
-) -> Result<(), String> {
+async fn request(mut send: quinn::SendStream, mut recv: quinn::RecvStream, ctx: Arc<ServerCtx>) -> Result<(), String> {
     let req: Request = frame::read(&mut recv).await.map_err(|e| e.to_string())?;
     match req.request {
         Some(request::Request::Piece(p)) => piece(&mut send, p, &ctx).await,
@@ -109,30 +95,14 @@ async fn request(
     Ok(())
 }
 
-async fn piece(
-    send: &mut quinn::SendStream,
-    p: PieceRequest,
-    ctx: &ServerCtx,
-) -> Result<(), String> {
-    let found = p
-        .task_id
-        .parse::<Digest>()
-        .ok()
-        .and_then(|d| ctx.store.piece(&d, p.index));
+async fn piece(send: &mut quinn::SendStream, p: PieceRequest, ctx: &ServerCtx) -> Result<(), String> {
+    let found = p.task_id.parse::<Digest>().ok().and_then(|d| ctx.store.piece(&d, p.index));
     let Some((file, range)) = found else {
-        let header = PieceHeader {
-            status: PieceStatus::NotFound as i32,
-            length: 0,
-        };
+        let header = PieceHeader { status: PieceStatus::NotFound as i32, length: 0 };
         return frame::write(send, &header).await.map_err(|e| e.to_string());
     };
-    let header = PieceHeader {
-        status: PieceStatus::Ok as i32,
-        length: range.len(),
-    };
-    frame::write(send, &header)
-        .await
-        .map_err(|e| e.to_string())?;
+    let header = PieceHeader { status: PieceStatus::Ok as i32, length: range.len() };
+    frame::write(send, &header).await.map_err(|e| e.to_string())?;
     let mut pos = range.start;
     while pos < range.end {
         let len = (range.end - pos).min(CHUNK) as usize;
@@ -156,31 +126,13 @@ async fn piece(
 }
 
 async fn have(send: &mut quinn::SendStream, task_id: &str, ctx: &ServerCtx) -> Result<(), String> {
-    let Some((now, rx)) = task_id
-        .parse::<Digest>()
-        .ok()
-        .and_then(|d| ctx.store.have(&d))
-    else {
-        return frame::write(
-            send,
-            &HaveUpdate {
-                have: Vec::new(),
-                complete: false,
-            },
-        )
-        .await
-        .map_err(|e| e.to_string());
+    let Some((now, rx)) = task_id.parse::<Digest>().ok().and_then(|d| ctx.store.have(&d)) else {
+        return frame::write(send, &HaveUpdate { have: Vec::new(), complete: false }).await.map_err(|e| e.to_string());
     };
     let Some(mut rx) = rx else {
-        return frame::write(
-            send,
-            &HaveUpdate {
-                have: now.as_bytes().to_vec(),
-                complete: true,
-            },
-        )
-        .await
-        .map_err(|e| e.to_string());
+        return frame::write(send, &HaveUpdate { have: now.as_bytes().to_vec(), complete: true })
+            .await
+            .map_err(|e| e.to_string());
     };
     loop {
         let (bytes, complete, failed) = {
@@ -191,15 +143,7 @@ async fn have(send: &mut quinn::SendStream, task_id: &str, ctx: &ServerCtx) -> R
                 matches!(p.state, crate::writer::State::Failed(_)),
             )
         };
-        frame::write(
-            send,
-            &HaveUpdate {
-                have: bytes,
-                complete,
-            },
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        frame::write(send, &HaveUpdate { have: bytes, complete }).await.map_err(|e| e.to_string())?;
         if complete || failed || rx.changed().await.is_err() {
             return Ok(());
         }

@@ -25,24 +25,15 @@ impl OneBlob {
     fn new(data: &[u8]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("blob");
-        std::fs::File::create(&path)
-            .unwrap()
-            .write_all(data)
-            .unwrap();
+        std::fs::File::create(&path).unwrap().write_all(data).unwrap();
         let file = Arc::new(std::fs::File::open(&path).unwrap());
-        Self {
-            digest: Digest::of(data),
-            layout: PieceLayout::for_size(data.len() as u64),
-            file,
-            _dir: dir,
-        }
+        Self { digest: Digest::of(data), layout: PieceLayout::for_size(data.len() as u64), file, _dir: dir }
     }
 }
 
 impl PieceStore for OneBlob {
     fn piece(&self, task: &Digest, index: u32) -> Option<(Arc<std::fs::File>, ByteRange)> {
-        (*task == self.digest && index < self.layout.count())
-            .then(|| (self.file.clone(), self.layout.piece(index)))
+        (*task == self.digest && index < self.layout.count()).then(|| (self.file.clone(), self.layout.piece(index)))
     }
     fn have(&self, task: &Digest) -> Option<(Bitmap, Option<watch::Receiver<Progress>>)> {
         let mut b = Bitmap::new(self.layout.count());
@@ -70,12 +61,7 @@ fn start_server(store: Arc<OneBlob>, token: &[u8], corrupt: bool) -> std::net::S
 
 fn client(token: &[u8]) -> PeerClient {
     let ep = endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
-    PeerClient::new(
-        ep,
-        "child".into(),
-        token.to_vec(),
-        Arc::new(Limiter::unlimited()),
-    )
+    PeerClient::new(ep, "child".into(), token.to_vec(), Arc::new(Limiter::unlimited()))
 }
 
 fn data(len: u64) -> Vec<u8> {
@@ -89,42 +75,24 @@ async fn serves_pieces_to_members_only() {
     let c = client(b"secret");
     for i in 0..blob.layout.count() {
         let want = blob.layout.piece(i);
-        let bytes = c
-            .fetch_piece(addr, &blob.digest, i, want.len())
-            .await
-            .unwrap();
-        assert_eq!(
-            &bytes[..],
-            &data(3 * MIB + 5)[want.start as usize..want.end as usize]
-        );
+        let bytes = c.fetch_piece(addr, &blob.digest, i, want.len()).await.unwrap();
+        assert_eq!(&bytes[..], &data(3 * MIB + 5)[want.start as usize..want.end as usize]);
     }
-    assert!(matches!(
-        c.fetch_piece(addr, &blob.digest, 99, MIB).await,
-        Err(PeerError::NotFound)
-    ));
-    assert!(matches!(
-        c.fetch_piece(addr, &blob.digest, 0, 5).await,
-        Err(PeerError::Length { .. })
-    ));
+    assert!(matches!(c.fetch_piece(addr, &blob.digest, 99, MIB).await, Err(PeerError::NotFound)));
+    assert!(matches!(c.fetch_piece(addr, &blob.digest, 0, 5).await, Err(PeerError::Length { .. })));
     let mut have = c.watch_have(addr, &blob.digest).await.unwrap();
     let update = have.next().await.unwrap();
     assert!(update.complete);
     assert_eq!(Bitmap::from_bytes(4, &update.have).unwrap().count(), 4);
 
     let intruder = client(b"wrong");
-    assert!(matches!(
-        intruder.fetch_piece(addr, &blob.digest, 0, MIB).await,
-        Err(PeerError::Unauthorized(_))
-    ));
+    assert!(matches!(intruder.fetch_piece(addr, &blob.digest, 0, MIB).await, Err(PeerError::Unauthorized(_))));
 }
 
 #[tokio::test]
 async fn the_fault_switch_corrupts_what_is_served() {
     let blob = Arc::new(OneBlob::new(&data(MIB)));
     let addr = start_server(blob.clone(), b"t", true);
-    let bytes = client(b"t")
-        .fetch_piece(addr, &blob.digest, 0, MIB)
-        .await
-        .unwrap();
+    let bytes = client(b"t").fetch_piece(addr, &blob.digest, 0, MIB).await.unwrap();
     assert_ne!(Digest::of(&bytes), blob.digest);
 }

@@ -31,9 +31,7 @@ fn provider() -> Arc<CryptoProvider> {
 
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
-        30_000,
-    ))));
+    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(30_000))));
     t.keep_alive_interval(Some(Duration::from_secs(5)));
     // Large windows: a piece is up to 16 MiB and loopback/LAN links are fast.
     t.stream_receive_window(quinn::VarInt::from_u32(32 << 20));
@@ -99,9 +97,7 @@ impl ServerCertVerifier for AnyCert {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General(
-            "TLS 1.2 is not used by the peer protocol".into(),
-        ))
+        Err(rustls::Error::General("TLS 1.2 is not used by the peer protocol".into()))
     }
 
     fn verify_tls13_signature(
@@ -110,12 +106,7 @@ impl ServerCertVerifier for AnyCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

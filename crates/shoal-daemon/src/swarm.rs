@@ -1,0 +1,390 @@
+//! A blob's download through the swarm: register with the scheduler, fetch pieces from the
+//! parents it names (rarest first, the client's next piece first), check every piece against the
+//! scheduler's digest, report progress, and fall back to the origin when told to, when parents
+//! fail or stall, or when the scheduler is gone. A pull never fails because of the swarm.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use shoal_core::picker::{pick, ParentPieces, PickInput, PickerConfig};
+use shoal_core::{Bitmap, Digest, PieceLayout};
+use shoal_proto::scheduler::{peer_event, scheduler_event, FailReason, PieceFailed, PieceFinished, SchedulerEvent};
+use tokio::sync::{mpsc, watch};
+
+use crate::metrics::{Metrics, ReasonLabels, SourceLabels};
+use crate::origin_fetch::{runs_of, Chunk, OriginSource};
+use crate::peer::client::PeerClient;
+use crate::peer::PeerError;
+use crate::sched_client::{Schedulers, Session};
+use crate::task::TaskCounters;
+use crate::writer::Progress;
+
+/// Without a new piece for this long, ask the scheduler again.
+const STALL: Duration = Duration::from_secs(3);
+/// Stalls after which the origin takes over.
+const STALLS_BEFORE_ORIGIN: u32 = 3;
+/// Failures of one parent before it is dropped.
+const PARENT_FAILURES: u32 = 3;
+/// Piece requests in flight at once, over all parents.
+const MAX_IN_FLIGHT: usize = 16;
+
+/// What a daemon needs to download through the swarm.
+pub struct Swarm {
+    /// The schedulers.
+    pub schedulers: Arc<Schedulers>,
+    /// Connections to parents.
+    pub peers: Arc<PeerClient>,
+    /// Piece picking rules.
+    pub picker: PickerConfig,
+}
+
+struct Parent {
+    host_id: String,
+    addr: SocketAddr,
+    have: Bitmap,
+    in_flight: u32,
+    failures: u32,
+    bad: bool,
+}
+
+type Fetch<'a> = BoxFuture<'a, (usize, u32, Result<Bytes, PeerError>)>;
+
+struct Download<'a> {
+    swarm: &'a Swarm,
+    metrics: &'a Metrics,
+    counters: &'a TaskCounters,
+    origin: &'a OriginSource<'a>,
+    digest: Digest,
+    layout: PieceLayout,
+    session: Option<Session>,
+    parents: Vec<Parent>,
+    digests: HashMap<u32, Digest>,
+    in_flight: HashSet<u32>,
+    from_origin: Bitmap,
+    origin_mode: bool,
+    last_progress: Instant,
+    stalls: u32,
+    have_tx: mpsc::UnboundedSender<(usize, Bitmap)>,
+    watchers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Downloads the pieces `have` lacks; returns once every piece is with the writer.
+#[allow(clippy::too_many_arguments)]
+pub async fn download(
+    swarm: &Swarm,
+    metrics: &Metrics,
+    counters: &TaskCounters,
+    origin: &OriginSource<'_>,
+    have: &mut watch::Receiver<Progress>,
+    tx: &mpsc::Sender<Chunk>,
+    mut finished: mpsc::UnboundedReceiver<(u32, Digest)>,
+) -> Result<(), String> {
+    let (digest, layout) = (origin.digest, origin.layout);
+    let held = have.borrow().have.clone();
+    let session = swarm.schedulers.open(&digest, layout, &held).await;
+    if let Err(e) = &session {
+        tracing::info!(%digest, error = %e, "no scheduler; fetching from the origin");
+    }
+    let (have_tx, mut have_rx) = mpsc::unbounded_channel();
+    let mut d = Download {
+        swarm,
+        metrics,
+        counters,
+        origin,
+        digest,
+        layout,
+        session: session.ok(),
+        parents: Vec::new(),
+        digests: HashMap::new(),
+        in_flight: HashSet::new(),
+        from_origin: Bitmap::new(layout.count()),
+        origin_mode: false,
+        last_progress: Instant::now(),
+        stalls: 0,
+        have_tx,
+        watchers: Vec::new(),
+    };
+    if d.session.is_none() {
+        d.origin_mode = true;
+    }
+    let result = d.run(have, tx, &mut finished, &mut have_rx).await;
+    d.watchers.iter().for_each(|w| w.abort());
+    metrics.task_parents.observe(d.parents.len() as f64);
+    result
+}
+
+impl<'a> Download<'a> {
+    async fn run(
+        &mut self,
+        have: &mut watch::Receiver<Progress>,
+        tx: &mpsc::Sender<Chunk>,
+        finished: &mut mpsc::UnboundedReceiver<(u32, Digest)>,
+        have_rx: &mut mpsc::UnboundedReceiver<(usize, Bitmap)>,
+    ) -> Result<(), String> {
+        let mut fetches: FuturesUnordered<Fetch<'a>> = FuturesUnordered::new();
+        let mut origin_job: Option<BoxFuture<'a, Result<(), String>>> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            let held = have.borrow().have.clone();
+            self.in_flight.retain(|i| !held.get(*i));
+            if held.is_full() {
+                self.report(peer_event::Event::Done(Default::default()));
+                return Ok(());
+            }
+            if self.origin_mode && origin_job.is_none() {
+                origin_job = self.start_origin(&held, have.clone(), tx.clone());
+            }
+            if !self.origin_mode {
+                for f in self.pick(&held) {
+                    fetches.push(f);
+                }
+            }
+            tokio::select! {
+                event = next_event(&mut self.session) => self.on_event(event),
+                Some((index, digest)) = finished.recv() => self.on_finished(index, digest),
+                Some((p, bitmap)) = have_rx.recv() => self.parents[p].have = bitmap,
+                Some((p, index, result)) = fetches.next() => self.on_piece(p, index, result, tx).await?,
+                done = async { origin_job.as_mut().expect("guarded").await }, if origin_job.is_some() => {
+                    origin_job = None;
+                    done?;
+                }
+                _ = have.changed() => {}
+                _ = tick.tick() => self.on_tick(&held).await,
+            }
+        }
+    }
+
+    fn report(&self, event: peer_event::Event) {
+        if let Some(s) = &self.session {
+            s.report(event);
+        }
+    }
+
+    /// Starts fetching every piece not held and not in flight from the origin.
+    fn start_origin(
+        &mut self,
+        held: &Bitmap,
+        mut have: watch::Receiver<Progress>,
+        tx: mpsc::Sender<Chunk>,
+    ) -> Option<BoxFuture<'a, Result<(), String>>> {
+        let runs = runs_of(self.layout.count(), |i| !held.get(i) && !self.in_flight.contains(&i));
+        if runs.is_empty() {
+            return None;
+        }
+        for i in runs.iter().cloned().flatten() {
+            self.from_origin.set(i);
+            self.in_flight.insert(i);
+        }
+        let origin = self.origin;
+        Some(async move { origin.fetch(runs, &mut have, &tx).await }.boxed())
+    }
+
+    /// New piece requests to parents, for pieces whose trusted digest is known.
+    fn pick(&mut self, held: &Bitmap) -> Vec<Fetch<'a>> {
+        let room = MAX_IN_FLIGHT.saturating_sub(self.in_flight.len());
+        if room == 0 || self.parents.is_empty() {
+            return Vec::new();
+        }
+        let mut known = Bitmap::new(self.layout.count());
+        self.digests.keys().for_each(|&i| {
+            known.set(i);
+        });
+        let masked: Vec<Bitmap> = self
+            .parents
+            .iter()
+            .map(|p| if p.bad { Bitmap::new(self.layout.count()) } else { p.have.and(&known) })
+            .collect();
+        let inputs: Vec<ParentPieces<'_>> =
+            masked.iter().zip(&self.parents).map(|(have, p)| ParentPieces { have, in_flight: p.in_flight }).collect();
+        let mut in_flight = Bitmap::new(self.layout.count());
+        self.in_flight.iter().for_each(|&i| {
+            in_flight.set(i);
+        });
+        let input = PickInput {
+            held,
+            in_flight: &in_flight,
+            parents: &inputs,
+            read_position: held.prefix(),
+            max_requests: room,
+        };
+        let picks = pick(&self.swarm.picker, &input);
+        picks
+            .into_iter()
+            .map(|p| {
+                self.in_flight.insert(p.piece);
+                let parent = &mut self.parents[p.parent];
+                parent.in_flight += 1;
+                let (peers, addr, digest) = (self.swarm.peers.clone(), parent.addr, self.digest);
+                let want = self.layout.piece(p.piece).len();
+                let limit = Duration::from_secs(10) + Duration::from_millis(want / 1024);
+                async move {
+                    let r = match tokio::time::timeout(limit, peers.fetch_piece(addr, &digest, p.piece, want)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(PeerError::Stream("timed out".into())),
+                    };
+                    (p.parent, p.piece, r)
+                }
+                .boxed()
+            })
+            .collect()
+    }
+
+    async fn on_piece(
+        &mut self,
+        p: usize,
+        index: u32,
+        result: Result<Bytes, PeerError>,
+        tx: &mpsc::Sender<Chunk>,
+    ) -> Result<(), String> {
+        let parent = &mut self.parents[p];
+        parent.in_flight = parent.in_flight.saturating_sub(1);
+        let trusted = self.digests.get(&index).copied();
+        let failure = match result {
+            Ok(bytes) if Some(Digest::of(&bytes)) == trusted => {
+                self.metrics.fetched_bytes.get_or_create(&SourceLabels { source: "peer" }).inc_by(bytes.len() as u64);
+                self.counters.peer_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                tx.send(Chunk::Piece(index, bytes)).await.map_err(|_| "blob writer stopped".to_owned())?;
+                return Ok(());
+            }
+            Ok(_) => {
+                parent.bad = true;
+                FailReason::DigestMismatch
+            }
+            Err(PeerError::Unauthorized(_)) => {
+                parent.bad = true;
+                FailReason::Refused
+            }
+            Err(PeerError::NotFound | PeerError::Busy) => {
+                parent.have.unset(index);
+                FailReason::Refused
+            }
+            Err(e) => {
+                parent.failures += 1;
+                parent.bad |= parent.failures >= PARENT_FAILURES;
+                self.swarm.peers.forget(parent.addr);
+                tracing::debug!(parent = %parent.host_id, error = %e, "piece fetch failed");
+                FailReason::Io
+            }
+        };
+        self.in_flight.remove(&index);
+        self.metrics.piece_failures.get_or_create(&ReasonLabels { reason: reason_label(failure) }).inc();
+        if failure == FailReason::DigestMismatch {
+            tracing::warn!(digest = %self.digest, parent = %self.parents[p].host_id, piece = index, "parent sent a corrupt piece; avoiding it");
+        }
+        let parent_host_id = self.parents[p].host_id.clone();
+        self.report(peer_event::Event::PieceFailed(PieceFailed { index, parent_host_id, reason: failure as i32 }));
+        if self.parents.iter().all(|p| p.bad) && self.session.is_none() {
+            self.origin_mode = true;
+        }
+        Ok(())
+    }
+
+    fn on_finished(&mut self, index: u32, digest: Digest) {
+        self.last_progress = Instant::now();
+        self.stalls = 0;
+        let from_origin = self.from_origin.get(index);
+        self.report(peer_event::Event::PieceFinished(PieceFinished {
+            index,
+            digest: digest.as_bytes().to_vec(),
+            from_origin,
+        }));
+    }
+
+    fn on_event(&mut self, event: Option<SchedulerEvent>) {
+        let Some(event) = event else {
+            if self.session.take().is_some() {
+                tracing::info!(digest = %self.digest, "scheduler stream ended; continuing with current parents");
+            }
+            return;
+        };
+        match event.event {
+            Some(scheduler_event::Event::BackToSource(_)) => {
+                self.metrics.back_to_source.inc();
+                self.origin_mode = true;
+            }
+            Some(scheduler_event::Event::Parents(ps)) => {
+                for p in ps.parents {
+                    self.add_parent(p.host_id, &p.peer_addr, &p.have);
+                }
+            }
+            Some(scheduler_event::Event::PieceDigests(ds)) => {
+                for d in ds.digests {
+                    if let Ok(bytes) = <[u8; 32]>::try_from(d.digest.as_slice()) {
+                        self.digests.insert(d.index, Digest::from_bytes(bytes));
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn add_parent(&mut self, host_id: String, addr: &str, have: &[u8]) {
+        let Ok(addr) = addr.parse::<SocketAddr>() else { return };
+        if self.parents.iter().any(|p| p.host_id == host_id) {
+            return;
+        }
+        let have = Bitmap::from_bytes(self.layout.count(), have).unwrap_or_else(|_| Bitmap::new(self.layout.count()));
+        let index = self.parents.len();
+        self.parents.push(Parent { host_id, addr, have, in_flight: 0, failures: 0, bad: false });
+        self.counters.parents.fetch_add(1, Ordering::Relaxed);
+        let (peers, digest, tx, count) =
+            (self.swarm.peers.clone(), self.digest, self.have_tx.clone(), self.layout.count());
+        self.watchers.push(tokio::spawn(async move {
+            let Ok(mut stream) = peers.watch_have(addr, &digest).await else { return };
+            while let Some(update) = stream.next().await {
+                if let Ok(b) = Bitmap::from_bytes(count, &update.have) {
+                    if tx.send((index, b)).is_err() || update.complete {
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+
+    /// Stalled: ask the scheduler again (re-registering if it went away); after a few stalls,
+    /// or with no scheduler and no usable parent, the origin takes over.
+    async fn on_tick(&mut self, held: &Bitmap) {
+        if self.origin_mode || self.last_progress.elapsed() < STALL {
+            return;
+        }
+        self.last_progress = Instant::now();
+        self.stalls += 1;
+        if self.session.is_none() {
+            if let Ok(s) = self.swarm.schedulers.open(&self.digest, self.layout, held).await {
+                tracing::info!(digest = %self.digest, "re-registered with the scheduler");
+                self.session = Some(s);
+                return;
+            }
+        } else {
+            self.report(peer_event::Event::Reschedule(Default::default()));
+        }
+        let usable = self.parents.iter().any(|p| !p.bad);
+        if self.stalls >= STALLS_BEFORE_ORIGIN || (self.session.is_none() && !usable) {
+            tracing::info!(digest = %self.digest, stalls = self.stalls, "swarm stalled; fetching the rest from the origin");
+            self.origin_mode = true;
+        }
+    }
+}
+
+async fn next_event(session: &mut Option<Session>) -> Option<SchedulerEvent> {
+    match session {
+        Some(s) => s.events.message().await.ok().flatten(),
+        None => std::future::pending().await,
+    }
+}
+
+fn reason_label(r: FailReason) -> &'static str {
+    match r {
+        FailReason::DigestMismatch => "digest_mismatch",
+        FailReason::Timeout => "timeout",
+        FailReason::Refused => "refused",
+        FailReason::Io | FailReason::Unspecified => "io",
+    }
+}

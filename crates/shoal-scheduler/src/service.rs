@@ -1,0 +1,217 @@
+//! The gRPC service: host announcements, one stream per (task, peer), statistics; plus
+//! `/metrics` and `/healthz` on the same listener.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::routing::get;
+use shoal_core::sched::{Config, Decision, HostId, HostInfo, PieceRecorded, Scheduler};
+use shoal_core::Digest;
+use shoal_proto::scheduler as pb;
+use shoal_proto::scheduler::peer_event::Event;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::convert;
+use crate::metrics::{KindLabels, SchedulerMetrics};
+
+/// How often daemons re-announce their host.
+const REANNOUNCE_SECS: u32 = 10;
+/// How often expired hosts are dropped and gauges refreshed.
+const EXPIRE_EVERY: Duration = Duration::from_secs(5);
+
+type Outbox = mpsc::UnboundedSender<Result<pb::SchedulerEvent, Status>>;
+
+/// The scheduler service.
+#[derive(Clone)]
+pub struct SchedulerService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    core: Mutex<Scheduler>,
+    epoch: Instant,
+    metrics: Arc<SchedulerMetrics>,
+    outboxes: Mutex<HashMap<Digest, HashMap<HostId, Outbox>>>,
+}
+
+impl SchedulerService {
+    /// A service with the given decision rules.
+    pub fn new(config: Config, metrics: Arc<SchedulerMetrics>) -> Self {
+        let inner = Inner { core: Mutex::new(Scheduler::new(config)), epoch: Instant::now(), metrics, outboxes: Mutex::new(HashMap::new()) };
+        Self { inner: Arc::new(inner) }
+    }
+}
+
+impl Inner {
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Runs `f` on the core with the current time, timing it as a decision.
+    fn with_core<T>(&self, f: impl FnOnce(&mut Scheduler, u64) -> T) -> T {
+        let start = Instant::now();
+        let now = self.now();
+        let out = f(&mut self.core.lock().unwrap_or_else(|p| p.into_inner()), now);
+        self.metrics.decision_seconds.observe(start.elapsed().as_secs_f64());
+        out
+    }
+
+    fn count(&self, d: &Decision) {
+        let kind = match d.kind() {
+            shoal_core::sched::DecisionKind::BackToSource => "back_to_source",
+            shoal_core::sched::DecisionKind::Parents => "parents",
+            shoal_core::sched::DecisionKind::Wait => "wait",
+        };
+        self.metrics.decisions.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    fn outboxes(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, HashMap<HostId, Outbox>>> {
+        self.outboxes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends a newly trusted piece digest to every other peer of the task.
+    fn broadcast_digest(&self, task: Digest, from: &HostId, index: u32, digest: Digest) {
+        let event = convert::digests(&[(index, digest)]);
+        if let Some(peers) = self.outboxes().get(&task) {
+            for (host, outbox) in peers {
+                if host != from {
+                    let _ = outbox.send(Ok(event.clone()));
+                }
+            }
+        }
+    }
+
+    /// Applies one event of a peer's stream.
+    fn apply(&self, task: Digest, host: &HostId, event: Event, outbox: &Outbox) {
+        match event {
+            Event::PieceFinished(p) => {
+                let Ok(digest) = convert::piece_digest(&p.digest) else { return };
+                match self.with_core(|c, now| c.piece_finished(now, task, host, p.index, digest, p.from_origin)) {
+                    Ok(PieceRecorded::DigestKept) => self.broadcast_digest(task, host, p.index, digest),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(%task, host = %host.0, error = %e, "piece report refused"),
+                }
+            }
+            Event::PieceFailed(f) => {
+                let reason = convert::fail_reason(f.reason);
+                self.metrics.piece_failures.get_or_create(&KindLabels { kind: reason.as_str() }).inc();
+                let parent = HostId(f.parent_host_id);
+                let _ = self.with_core(|c, now| c.piece_failed(now, task, host, f.index, &parent, reason));
+            }
+            Event::Reschedule(_) => {
+                if let Ok(d) = self.with_core(|c, now| c.reschedule(now, task, host)) {
+                    self.count(&d);
+                    let _ = outbox.send(Ok(convert::decision(&d)));
+                }
+            }
+            Event::Done(_) => {
+                let _ = self.with_core(|c, now| c.done(now, task, host));
+            }
+            Event::Failed(_) => {
+                let _ = self.with_core(|c, now| c.failed(now, task, host));
+            }
+            Event::Register(_) => tracing::warn!(%task, host = %host.0, "second register on a peer stream ignored"),
+        }
+    }
+
+    fn leave(&self, task: Digest, host: &HostId) {
+        let _ = self.with_core(|c, now| c.left(now, task, host));
+        let mut boxes = self.outboxes();
+        if let Some(peers) = boxes.get_mut(&task) {
+            peers.remove(host);
+            if peers.is_empty() {
+                boxes.remove(&task);
+            }
+        }
+        self.metrics.peers.dec();
+    }
+}
+
+#[tonic::async_trait]
+impl pb::scheduler_server::Scheduler for SchedulerService {
+    async fn announce_host(&self, req: Request<pb::HostAnnouncement>) -> Result<Response<pb::AnnounceHostReply>, Status> {
+        let a = req.into_inner();
+        if a.host_id.is_empty() || a.host_id.len() > 256 {
+            return Err(Status::invalid_argument("host_id must be 1 to 256 bytes"));
+        }
+        a.peer_addr.parse::<SocketAddr>().map_err(|e| Status::invalid_argument(format!("peer_addr {:?}: {e}", a.peer_addr)))?;
+        let info = HostInfo { id: HostId(a.host_id), addr: a.peer_addr, site: a.site, upload_limit: a.upload_limit, load: a.load };
+        self.inner.with_core(|c, now| c.announce_host(now, info));
+        Ok(Response::new(pb::AnnounceHostReply { reannounce_secs: REANNOUNCE_SECS }))
+    }
+
+    type PeerStream = UnboundedReceiverStream<Result<pb::SchedulerEvent, Status>>;
+
+    async fn peer(&self, req: Request<Streaming<pb::PeerEvent>>) -> Result<Response<Self::PeerStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound.message().await?.and_then(|m| m.event);
+        let Some(Event::Register(r)) = first else { return Err(Status::invalid_argument("the first peer event must be register")) };
+        let task = convert::task_id(&r.task_id)?;
+        let layout = convert::layout(r.size, r.piece_size)?;
+        let have = convert::bitmap(layout.count(), &r.have)?;
+        let host = HostId(r.host_id);
+        let inner = self.inner.clone();
+        let decision = inner.with_core(|c, now| c.register(now, task, &host, layout, have)).map_err(|e| Status::failed_precondition(e.to_string()))?;
+        inner.count(&decision);
+        let (outbox, rx) = mpsc::unbounded_channel();
+        let known = inner.with_core(|c, _| c.piece_digests(task));
+        if !known.is_empty() {
+            let _ = outbox.send(Ok(convert::digests(&known)));
+        }
+        let _ = outbox.send(Ok(convert::decision(&decision)));
+        inner.outboxes().entry(task).or_default().insert(host.clone(), outbox.clone());
+        inner.metrics.peers.inc();
+        tokio::spawn(async move {
+            while let Ok(Some(msg)) = inbound.message().await {
+                if let Some(event) = msg.event {
+                    inner.apply(task, &host, event, &outbox);
+                }
+            }
+            inner.leave(task, &host);
+        });
+        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+    }
+
+    async fn stats(&self, req: Request<pb::StatsRequest>) -> Result<Response<pb::StatsReply>, Status> {
+        let id = req.into_inner().task_id;
+        let tasks = if id.is_empty() {
+            self.inner.with_core(|c, _| c.stats_all())
+        } else {
+            let task = convert::task_id(&id)?;
+            self.inner.with_core(|c, _| c.stats(task)).into_iter().collect()
+        };
+        let hosts = self.inner.with_core(|c, _| c.hosts().count()) as u32;
+        Ok(Response::new(pb::StatsReply { hosts, tasks: tasks.iter().map(convert::stats).collect() }))
+    }
+}
+
+/// Serves the scheduler (gRPC) plus `/metrics` and `/healthz` on `listener` until it fails.
+pub async fn serve(listener: tokio::net::TcpListener, config: Config) -> std::io::Result<()> {
+    let metrics = Arc::new(SchedulerMetrics::default());
+    let service = SchedulerService::new(config, metrics.clone());
+    let inner = service.inner.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(EXPIRE_EVERY).await;
+            let (hosts, tasks) = inner.with_core(|c, now| {
+                c.expire(now);
+                (c.hosts().count(), c.stats_all().len())
+            });
+            inner.metrics.hosts.set(hosts as i64);
+            inner.metrics.tasks.set(tasks as i64);
+        }
+    });
+    let grpc = tonic::service::Routes::new(pb::scheduler_server::SchedulerServer::new(service)).into_axum_router();
+    let router = grpc.route("/healthz", get(|| async { "ok\n" })).route(
+        "/metrics",
+        get(move || {
+            let m = metrics.clone();
+            async move { m.encode() }
+        }),
+    );
+    axum::serve(listener, router).await
+}

@@ -1,0 +1,240 @@
+//! The Shoal daemon as a real process:
+//! `shoal daemon --data-dir DIR --mirror-listen 127.0.0.1:P1 --admin-listen 127.0.0.1:P2
+//!  --registry NAME=URL ... [--cache-size SIZE] [--config FILE]`.
+
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tempfile::TempDir;
+
+use crate::registry::Registry;
+use crate::util::{daemon_command, free_port, kill_child, log_file, tail, workspace_root};
+
+/// How long a daemon may take to answer `/healthz` after it is spawned.
+const STARTUP_LIMIT: Duration = Duration::from_secs(20);
+
+/// Command-line settings of a daemon.
+#[derive(Debug, Clone, Default)]
+pub struct DaemonConfig {
+    /// `--registry NAME=URL`, in order (the first is the default upstream).
+    pub registries: Vec<(String, String)>,
+    /// `--cache-size SIZE`.
+    pub cache_size: Option<String>,
+    /// Contents of a TOML file passed with `--config FILE`.
+    pub config_toml: Option<String>,
+    /// Any further arguments.
+    pub extra_args: Vec<String>,
+}
+
+impl DaemonConfig {
+    /// A daemon mirroring `registry` under its `host:port` name.
+    pub fn for_registry(registry: &Registry) -> Self {
+        Self::default().registry(&registry.host(), &registry.url())
+    }
+
+    /// Adds `--registry NAME=URL`.
+    pub fn registry(mut self, name: &str, url: &str) -> Self {
+        self.registries.push((name.to_string(), url.to_string()));
+        self
+    }
+
+    /// Sets `--cache-size`.
+    pub fn cache_size(mut self, size: &str) -> Self {
+        self.cache_size = Some(size.to_string());
+        self
+    }
+
+    /// Passes `--config FILE` with this TOML content.
+    pub fn config_toml(mut self, toml: &str) -> Self {
+        self.config_toml = Some(toml.to_string());
+        self
+    }
+}
+
+/// A running `shoal daemon`, killed on drop.
+pub struct Daemon {
+    dir: TempDir,
+    config: DaemonConfig,
+    mirror_port: u16,
+    admin_port: u16,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// The binary under test: `SHOAL_BIN`, else `CARGO_TARGET_DIR/debug/shoal`, else
+    /// `<workspace>/target/debug/shoal`.
+    pub fn bin_path() -> PathBuf {
+        if let Some(bin) = std::env::var_os("SHOAL_BIN") {
+            return PathBuf::from(bin);
+        }
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+        target.join("debug/shoal")
+    }
+
+    /// Spawns a daemon on fresh ports with a fresh data dir and waits for `/healthz`.
+    pub async fn start(config: DaemonConfig) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("shoal-daemon-").tempdir()?;
+        let mut daemon = Self { dir, config, mirror_port: free_port(), admin_port: free_port(), child: None };
+        daemon.restart().await?;
+        Ok(daemon)
+    }
+
+    /// The data directory (kept across restarts).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// `127.0.0.1:P1`, the mirror listener.
+    pub fn mirror_host(&self) -> String {
+        format!("127.0.0.1:{}", self.mirror_port)
+    }
+
+    /// `http://127.0.0.1:P1`.
+    pub fn mirror_url(&self) -> String {
+        format!("http://{}", self.mirror_host())
+    }
+
+    /// `http://127.0.0.1:P2`, the admin listener.
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
+    }
+
+    /// Path of the daemon's stderr (appended across restarts).
+    pub fn stderr_path(&self) -> PathBuf {
+        self.dir.path().join("stderr.log")
+    }
+
+    /// The last few KB of the daemon's stderr.
+    pub fn stderr_tail(&self) -> String {
+        tail(&self.stderr_path(), 6000)
+    }
+
+    /// SIGKILL, no clean shutdown.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_child(&mut child);
+        }
+    }
+
+    /// (Re)starts the daemon with the same data dir, ports and flags; waits for `/healthz`.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        let bin = Self::bin_path();
+        if !bin.is_file() {
+            bail!("shoal binary not found at {} (run `cargo build --bin shoal` or set SHOAL_BIN)", bin.display());
+        }
+        let mut cmd = daemon_command(&bin);
+        cmd.arg("daemon")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--mirror-listen")
+            .arg(self.mirror_host())
+            .arg("--admin-listen")
+            .arg(format!("127.0.0.1:{}", self.admin_port));
+        for (name, url) in &self.config.registries {
+            cmd.arg("--registry").arg(format!("{name}={url}"));
+        }
+        if let Some(size) = &self.config.cache_size {
+            cmd.arg("--cache-size").arg(size);
+        }
+        if let Some(toml) = &self.config.config_toml {
+            let path = self.dir.path().join("config.toml");
+            std::fs::write(&path, toml)?;
+            cmd.arg("--config").arg(path);
+        }
+        cmd.args(&self.config.extra_args);
+        let stderr = log_file(&self.stderr_path())?;
+        let child = cmd
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(stderr.try_clone()?)
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        self.child = Some(child);
+        let client = reqwest::Client::new();
+        let url = format!("{}/healthz", self.admin_url());
+        let deadline = Instant::now() + STARTUP_LIMIT;
+        loop {
+            if matches!(client.get(&url).send().await, Ok(r) if r.status() == 200) {
+                return Ok(());
+            }
+            if !self.is_running() || Instant::now() >= deadline {
+                self.kill9();
+                bail!("shoal daemon not healthy at {url} within {STARTUP_LIMIT:?}; stderr:\n{}", self.stderr_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether the daemon process is alive.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> Result<String> {
+        let resp = reqwest::get(format!("{}/metrics", self.admin_url())).await?;
+        if !resp.status().is_success() {
+            bail!("GET /metrics: {}", resp.status());
+        }
+        Ok(resp.text().await?)
+    }
+
+    /// Reads one sample from the `/metrics` text: see [`metric_value`].
+    pub async fn metric(&self, name: &str, labels: &str) -> Result<Option<f64>> {
+        Ok(metric_value(&self.metrics().await?, name, labels))
+    }
+
+    /// Polls one sample until it equals `want` (at most 3 s: counters may lag the response a
+    /// little) and returns the last value read.
+    pub async fn wait_for_metric(&self, name: &str, labels: &str, want: f64) -> Result<Option<f64>> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let value = self.metric(name, labels).await?;
+            if value == Some(want) || Instant::now() >= deadline {
+                return Ok(value);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The value of the first sample of metric `name` whose label set contains `labels` (a substring,
+/// e.g. `result="hit"`; empty matches any).
+pub fn metric_value(text: &str, name: &str, labels: &str) -> Option<f64> {
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (metric, label_set) = series.split_once('{').unwrap_or((series, ""));
+        if metric == name && label_set.contains(labels) {
+            return value.parse().ok();
+        }
+    }
+    None
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric_value;
+
+    #[test]
+    fn reads_metric_samples() {
+        let text = "# HELP x y\nshoal_blob_bytes_total{source=\"origin\"} 42\nshoal_blob_bytes_total{source=\"cache\"} 7\nshoal_up 1\n";
+        assert_eq!(metric_value(text, "shoal_blob_bytes_total", "source=\"cache\""), Some(7.0));
+        assert_eq!(metric_value(text, "shoal_blob_bytes_total", ""), Some(42.0));
+        assert_eq!(metric_value(text, "shoal_up", ""), Some(1.0));
+        assert_eq!(metric_value(text, "shoal_missing", ""), None);
+    }
+}
