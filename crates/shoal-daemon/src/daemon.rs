@@ -109,7 +109,7 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
         handles.push(tokio::spawn(schedulers.clone().announce_forever()));
         let download = Arc::new(Limiter::new(settings.limits.download));
         let peers = Arc::new(PeerClient::new(ep.clone(), swarm.host_id.clone(), swarm.token.clone(), download));
-        tasks = tasks.with_swarm(Arc::new(Swarm { schedulers, peers, picker: PickerConfig::default() }));
+        tasks = tasks.with_swarm(Arc::new(Swarm { schedulers, peers, picker: PickerConfig::default(), seeds: Default::default() }));
         peer_addr = Some(addr);
         endpoint = Some(ep);
     }

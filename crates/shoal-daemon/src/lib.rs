@@ -11,6 +11,7 @@ pub mod body;
 pub mod config;
 pub mod daemon;
 pub mod gc;
+pub mod hash;
 pub mod limits;
 pub mod meta;
 pub mod meta_redb;

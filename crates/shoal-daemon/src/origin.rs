@@ -24,8 +24,12 @@ use crate::config::Registry;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a stalled origin read may last before the request fails.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bound on a whole manifest or HEAD request.
-pub const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on a whole manifest or HEAD request. Registries answer these in milliseconds; an
+/// origin that takes longer is treated as unreachable, so cached tags are served without delay.
+pub const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a failure to reach an origin, further requests fail at once for this long (a cut-off
+/// edge site then serves from cache immediately instead of waiting on every request).
+pub const DOWN_FOR: Duration = Duration::from_secs(5);
 /// How long an obtained token is reused (registries issue them for 60 s at least).
 const TOKEN_TTL: Duration = Duration::from_secs(50);
 
@@ -59,6 +63,15 @@ pub enum OriginError {
 }
 
 impl OriginError {
+    fn marked_down(&self) -> Self {
+        match self {
+            Self::Timeout { registry, message } => Self::Timeout { registry: registry.clone(), message: format!("{message} (marked down)") },
+            Self::Unreachable { registry, message } | Self::Auth { registry, message } => {
+                Self::Unreachable { registry: registry.clone(), message: format!("{message} (marked down)") }
+            }
+        }
+    }
+
     fn from_reqwest(registry: &str, e: &reqwest::Error) -> Self {
         let registry = registry.to_owned();
         let message = error_chain(e);
@@ -146,6 +159,7 @@ pub struct Upstream {
     http: reqwest::Client,
     oci: oci_client::Client,
     tokens: Mutex<HashMap<String, (Auth, Instant)>>,
+    down: Mutex<Option<(Instant, OriginError)>>,
 }
 
 impl Upstream {
@@ -157,7 +171,7 @@ impl Upstream {
             read_timeout: Some(READ_TIMEOUT),
             ..ClientConfig::default()
         });
-        Self { registry, http, oci, tokens: Mutex::new(HashMap::new()) }
+        Self { registry, http, oci, tokens: Mutex::new(HashMap::new()), down: Mutex::new(None) }
     }
 
     /// True when the daemon holds credentials for this registry.
@@ -202,7 +216,20 @@ impl Upstream {
             if let Some(t) = timeout {
                 req = req.timeout(t);
             }
-            let resp = req.send().await.map_err(|e| OriginError::from_reqwest(&self.registry.name, &e))?;
+            if let Some(e) = self.is_down() {
+                return Err(e);
+            }
+            let resp = match req.send().await {
+                Ok(r) => {
+                    *self.down.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    r
+                }
+                Err(e) => {
+                    let err = OriginError::from_reqwest(&self.registry.name, &e);
+                    *self.down.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), err.marked_down()));
+                    return Err(err);
+                }
+            };
             match (&creds, scope, resp.status()) {
                 (Some((user, pass)), Some(name), StatusCode::UNAUTHORIZED) if !refreshed => {
                     refreshed = true;
@@ -211,6 +238,12 @@ impl Upstream {
                 _ => return Ok(resp),
             }
         }
+    }
+
+    /// The last failure, while the origin counts as down.
+    fn is_down(&self) -> Option<OriginError> {
+        let down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        down.as_ref().filter(|(at, _)| at.elapsed() < DOWN_FOR).map(|(_, e)| e.marked_down())
     }
 
     fn cached_auth(&self, name: &RepoName) -> Option<Auth> {

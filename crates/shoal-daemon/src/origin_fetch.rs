@@ -24,8 +24,8 @@ const MAX_ATTEMPTS: u32 = 4;
 pub enum Chunk {
     /// Part of a stream: bytes at an offset, in order within each piece.
     Stream(u64, Bytes),
-    /// A whole piece, already verified against its trusted digest.
-    Piece(u32, Bytes),
+    /// A whole piece, already verified against its trusted digest (given).
+    Piece(u32, Bytes, Digest),
 }
 
 /// One blob's origin download.

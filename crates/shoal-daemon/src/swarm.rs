@@ -34,6 +34,8 @@ const STALLS_BEFORE_ORIGIN: u32 = 3;
 const PARENT_FAILURES: u32 = 3;
 /// Piece requests in flight at once, over all parents.
 const MAX_IN_FLIGHT: usize = 16;
+/// Completed blobs this daemon keeps announcing as a parent (seed), most recent first.
+const MAX_SEEDS: usize = 512;
 
 /// What a daemon needs to download through the swarm.
 pub struct Swarm {
@@ -43,6 +45,17 @@ pub struct Swarm {
     pub peers: Arc<PeerClient>,
     /// Piece picking rules.
     pub picker: PickerConfig,
+    /// Open sessions of completed blobs: the scheduler keeps offering this daemon as a parent
+    /// while they stay open. The oldest is closed past [`MAX_SEEDS`].
+    pub seeds: std::sync::Mutex<std::collections::VecDeque<Session>>,
+}
+
+impl Swarm {
+    fn keep_seeding(&self, session: Session) {
+        let mut seeds = self.seeds.lock().unwrap_or_else(|p| p.into_inner());
+        seeds.push_front(session);
+        seeds.truncate(MAX_SEEDS);
+    }
 }
 
 struct Parent {
@@ -136,6 +149,9 @@ impl<'a> Download<'a> {
             self.in_flight.retain(|i| !held.get(*i));
             if held.is_full() {
                 self.report(peer_event::Event::Done(Default::default()));
+                if let Some(session) = self.session.take() {
+                    self.swarm.keep_seeding(session);
+                }
                 return Ok(());
             }
             if self.origin_mode && origin_job.is_none() {
@@ -247,10 +263,11 @@ impl<'a> Download<'a> {
         parent.in_flight = parent.in_flight.saturating_sub(1);
         let trusted = self.digests.get(&index).copied();
         let failure = match result {
-            Ok(bytes) if Some(Digest::of(&bytes)) == trusted => {
+            Ok(bytes) if trusted.is_some_and(|t| t == crate::hash::digest(&bytes)) => {
                 self.metrics.fetched_bytes.get_or_create(&SourceLabels { source: "peer" }).inc_by(bytes.len() as u64);
                 self.counters.peer_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                tx.send(Chunk::Piece(index, bytes)).await.map_err(|_| "blob writer stopped".to_owned())?;
+                let digest = trusted.unwrap_or_else(|| unreachable!("guarded above"));
+                tx.send(Chunk::Piece(index, bytes, digest)).await.map_err(|_| "blob writer stopped".to_owned())?;
                 return Ok(());
             }
             Ok(_) => {

@@ -301,6 +301,7 @@ impl Tasks {
         let mut have = writer.subscribe();
         let (finished_tx, finished) = mpsc::unbounded_channel();
         writer.report_to(finished_tx);
+        writer.set_piece_hashing(self.swarm.is_some() && !layout.is_single_piece());
         let (tx, rx) = mpsc::channel::<Chunk>(WRITER_QUEUE);
         let thread = tokio::task::spawn_blocking(move || write_all(writer, rx));
         let origin = OriginSource {
@@ -347,7 +348,7 @@ fn write_all(mut writer: PieceWriter, mut rx: mpsc::Receiver<Chunk>) -> Result<(
     while let Some(chunk) = rx.blocking_recv() {
         match chunk {
             Chunk::Stream(offset, bytes) => writer.write(offset, &bytes)?,
-            Chunk::Piece(index, bytes) => writer.write_piece(index, &bytes)?,
+            Chunk::Piece(index, bytes, digest) => writer.write_piece(index, &bytes, digest)?,
         }
     }
     writer.finish()

@@ -13,10 +13,10 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest as _, Sha256};
 use shoal_core::{Bitmap, Digest, PieceLayout};
 use tokio::sync::watch;
 
+use crate::hash::Hasher;
 use crate::meta::{BlobRecord, BlobState, Durability, MetaError, MetaStore};
 use crate::paths::Paths;
 
@@ -89,10 +89,11 @@ pub struct PieceWriter {
     file: File,
     record: BlobRecord,
     have: Bitmap,
-    inflight: HashMap<u32, (Sha256, u64)>,
-    whole: Sha256,
+    inflight: HashMap<u32, (Option<Hasher>, u64)>,
+    whole: Hasher,
+    hash_pieces: bool,
     whole_pos: u64,
-    last_sync: Instant,
+    last_sync: Option<Instant>,
     progress: watch::Sender<Progress>,
     finished: Option<tokio::sync::mpsc::UnboundedSender<(u32, Digest)>>,
 }
@@ -131,9 +132,10 @@ impl PieceWriter {
             record,
             have,
             inflight: HashMap::new(),
-            whole: Sha256::new(),
+            whole: Hasher::default(),
+            hash_pieces: true,
             whole_pos: 0,
-            last_sync: Instant::now(),
+            last_sync: None,
             progress,
             finished: None,
         };
@@ -171,9 +173,16 @@ impl PieceWriter {
         self.finished = Some(tx);
     }
 
-    /// Writes a whole piece that was already verified against its digest (from a parent). It
-    /// replaces any partial stream of the same piece; ignored if the piece is present.
-    pub fn write_piece(&mut self, index: u32, data: &[u8]) -> Result<(), WriteError> {
+    /// Computes and records a sha256 per piece (needed to serve peers and to report pieces to
+    /// the scheduler; without them, resume trusts the bitmap and the whole-blob check decides).
+    pub fn set_piece_hashing(&mut self, on: bool) {
+        self.hash_pieces = on;
+    }
+
+    /// Writes a whole piece already verified against its trusted `digest` (from a parent), so
+    /// it is not hashed again. It replaces any partial stream of the same piece; ignored if the
+    /// piece is present.
+    pub fn write_piece(&mut self, index: u32, data: &[u8], digest: Digest) -> Result<(), WriteError> {
         let piece = self.layout.piece(index);
         if piece.is_empty() || piece.len() != data.len() as u64 {
             return Err(WriteError::OutOfOrder { offset: piece.start, piece: index });
@@ -181,8 +190,13 @@ impl PieceWriter {
         if self.have.get(index) {
             return Ok(());
         }
+        self.inflight.insert(index, (None, 0));
+        self.file.write_all_at(data, piece.start)?;
         self.inflight.remove(&index);
-        self.write(piece.start, data)
+        self.complete_piece(index, Some(digest))?;
+        self.advance_whole(piece.start, data)?;
+        self.publish();
+        Ok(())
     }
 
     /// Writes `data` at `offset`. Bytes of pieces already present are ignored; within a piece,
@@ -211,36 +225,39 @@ impl PieceWriter {
             return Ok(());
         }
         let piece = self.layout.piece(index);
-        let entry = self.inflight.entry(index).or_insert_with(|| (Sha256::new(), 0));
+        let fresh = || (self.hash_pieces.then(Hasher::default), 0);
+        let entry = self.inflight.entry(index).or_insert_with(fresh);
         if pos == piece.start && entry.1 != 0 {
-            *entry = (Sha256::new(), 0);
+            *entry = fresh();
         }
         if pos != piece.start + entry.1 {
             return Err(WriteError::OutOfOrder { offset: pos, piece: index });
         }
         self.file.write_all_at(slice, pos)?;
-        entry.0.update(slice);
+        if let Some(h) = &mut entry.0 {
+            h.update(slice);
+        }
         entry.1 += slice.len() as u64;
         if entry.1 == piece.len() {
-            let (hasher, _) = self.inflight.remove(&index).unwrap_or_else(|| (Sha256::new(), 0));
-            self.complete_piece(index, Digest::from_bytes(hasher.finalize().into()))?;
+            let hasher = self.inflight.remove(&index).and_then(|(h, _)| h);
+            self.complete_piece(index, hasher.map(Hasher::finish))?;
         }
         Ok(())
     }
 
-    fn complete_piece(&mut self, index: u32, digest: Digest) -> Result<(), WriteError> {
+    fn complete_piece(&mut self, index: u32, digest: Option<Digest>) -> Result<(), WriteError> {
         self.have.set(index);
-        self.record.piece_digests[index as usize] = digest.hex();
+        self.record.piece_digests[index as usize] = digest.map(|d| d.hex()).unwrap_or_default();
         self.record.state = BlobState::Partial { bitmap: self.have.as_bytes().to_vec() };
-        let durability = if self.last_sync.elapsed() >= SYNC_EVERY {
-            self.last_sync = Instant::now();
+        let durability = if self.last_sync.is_none_or(|t| t.elapsed() >= SYNC_EVERY) {
+            self.last_sync = Some(Instant::now());
             Durability::Sync
         } else {
             Durability::Lazy
         };
         self.meta.put_blob(&self.digest, &self.record, durability)?;
-        if let Some(tx) = &self.finished {
-            let _ = tx.send((index, digest));
+        if let (Some(tx), Some(d)) = (&self.finished, digest) {
+            let _ = tx.send((index, d));
         }
         Ok(())
     }
@@ -292,7 +309,7 @@ impl PieceWriter {
             return Err(WriteError::Incomplete { have: self.have.count(), total: self.have.len() });
         }
         self.advance_whole(self.layout.size, &[])?;
-        let actual = Digest::from_bytes(self.whole.clone().finalize().into());
+        let actual = self.whole.clone().finish();
         if actual != self.digest {
             self.discard();
             return Err(WriteError::DigestMismatch { expected: self.digest, actual });
@@ -331,8 +348,11 @@ fn verify_pieces(file: &File, record: &mut BlobRecord) -> Result<Bitmap, WriteEr
         }
         let range = layout.piece(i);
         buf.resize(range.len() as usize, 0);
+        let want = &record.piece_digests[i as usize];
+        // Pieces recorded without a digest (no peers to serve) are trusted here; the whole-blob
+        // check at the end still decides whether the blob is complete.
         let ok = file.read_exact_at(&mut buf, range.start).is_ok()
-            && Digest::of(&buf).hex() == record.piece_digests[i as usize];
+            && (want.is_empty() || crate::hash::digest(&buf).hex() == *want);
         if ok {
             checked.set(i);
         } else {
@@ -347,12 +367,12 @@ fn verify_pieces(file: &File, record: &mut BlobRecord) -> Result<Bitmap, WriteEr
 /// Reads a whole local file into its digest (used to re-verify complete blobs on demand).
 pub fn digest_file(path: &std::path::Path) -> std::io::Result<Digest> {
     let mut f = File::open(path)?;
-    let mut h = Sha256::new();
+    let mut h = Hasher::default();
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = f.read(&mut buf)?;
         if n == 0 {
-            return Ok(Digest::from_bytes(h.finalize().into()));
+            return Ok(h.finish());
         }
         h.update(&buf[..n]);
     }
