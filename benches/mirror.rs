@@ -84,7 +84,7 @@ async fn main() -> Result<()> {
             let start = Instant::now();
             let pulls = (0..16).map(|_| pull(&client, &url));
             for r in futures::future::join_all(pulls).await {
-                ensure!(r?.1 == size, "{label}: short body");
+                ensure!(r?.1 == blob.size, "{label}: short body");
             }
             Ok::<_, anyhow::Error>(start.elapsed())
         }

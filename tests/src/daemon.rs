@@ -1,6 +1,8 @@
 //! The Shoal daemon as a real process:
 //! `shoal daemon --data-dir DIR --mirror-listen 127.0.0.1:P1 --admin-listen 127.0.0.1:P2
-//!  --registry NAME=URL ... [--cache-size SIZE] [--config FILE]`.
+//!  --registry NAME=URL ... [--cache-size SIZE] [--config FILE]`, and with a scheduler the swarm
+//! flags: `--scheduler URL ... --peer-listen 127.0.0.1:UDP --advertise-addr 127.0.0.1
+//!  --cluster-token T [--site S] [--host-id ID] [--upload-limit R] [--download-limit R]`.
 
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
@@ -10,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use tempfile::TempDir;
 
 use crate::registry::Registry;
-use crate::util::{daemon_command, free_port, kill_child, log_file, tail, workspace_root};
+use crate::util::{daemon_command, free_port, free_udp_port, kill_child, log_file, tail, workspace_root};
 
 /// How long a daemon may take to answer `/healthz` after it is spawned.
 const STARTUP_LIMIT: Duration = Duration::from_secs(20);
@@ -26,6 +28,21 @@ pub struct DaemonConfig {
     pub config_toml: Option<String>,
     /// Any further arguments.
     pub extra_args: Vec<String>,
+    /// `--scheduler URL`, repeatable. With at least one, the daemon also gets `--peer-listen
+    /// 127.0.0.1:<free UDP port>` and `--advertise-addr 127.0.0.1`.
+    pub schedulers: Vec<String>,
+    /// `--cluster-token`.
+    pub cluster_token: Option<String>,
+    /// `--site`.
+    pub site: Option<String>,
+    /// `--host-id`.
+    pub host_id: Option<String>,
+    /// `--upload-limit`, `--download-limit`, `--origin-limit` (e.g. `8MiB/s`).
+    pub upload_limit: Option<String>,
+    pub download_limit: Option<String>,
+    pub origin_limit: Option<String>,
+    /// Extra environment variables (e.g. `SHOAL_FAULT_CORRUPT_UPLOADS=1`).
+    pub env: Vec<(String, String)>,
 }
 
 impl DaemonConfig {
@@ -51,6 +68,80 @@ impl DaemonConfig {
         self.config_toml = Some(toml.to_string());
         self
     }
+
+    /// Adds `--scheduler URL` (and so the peer listener on loopback).
+    pub fn scheduler(mut self, url: &str) -> Self {
+        self.schedulers.push(url.to_string());
+        self
+    }
+
+    /// Sets `--cluster-token`.
+    pub fn cluster_token(mut self, token: &str) -> Self {
+        self.cluster_token = Some(token.to_string());
+        self
+    }
+
+    /// Sets `--site`.
+    pub fn site(mut self, site: &str) -> Self {
+        self.site = Some(site.to_string());
+        self
+    }
+
+    /// Sets `--host-id`.
+    pub fn host_id(mut self, id: &str) -> Self {
+        self.host_id = Some(id.to_string());
+        self
+    }
+
+    /// Sets `--upload-limit` (peers), e.g. `12MiB/s`.
+    pub fn upload_limit(mut self, rate: &str) -> Self {
+        self.upload_limit = Some(rate.to_string());
+        self
+    }
+
+    /// Sets `--download-limit` (from peers).
+    pub fn download_limit(mut self, rate: &str) -> Self {
+        self.download_limit = Some(rate.to_string());
+        self
+    }
+
+    /// Sets `--origin-limit`.
+    pub fn origin_limit(mut self, rate: &str) -> Self {
+        self.origin_limit = Some(rate.to_string());
+        self
+    }
+
+    /// Sets an environment variable for the daemon process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// The swarm arguments (empty without a scheduler, except for the limits).
+    fn swarm_args(&self, peer_port: u16) -> Vec<String> {
+        let mut args = Vec::new();
+        for url in &self.schedulers {
+            args.extend(["--scheduler".into(), url.clone()]);
+        }
+        if !self.schedulers.is_empty() {
+            args.extend(["--peer-listen".into(), format!("127.0.0.1:{peer_port}")]);
+            args.extend(["--advertise-addr".into(), "127.0.0.1".into()]);
+        }
+        let options = [
+            ("--cluster-token", &self.cluster_token),
+            ("--site", &self.site),
+            ("--host-id", &self.host_id),
+            ("--upload-limit", &self.upload_limit),
+            ("--download-limit", &self.download_limit),
+            ("--origin-limit", &self.origin_limit),
+        ];
+        for (flag, value) in options {
+            if let Some(value) = value {
+                args.extend([flag.to_string(), value.clone()]);
+            }
+        }
+        args
+    }
 }
 
 /// A running `shoal daemon`, killed on drop.
@@ -59,7 +150,10 @@ pub struct Daemon {
     config: DaemonConfig,
     mirror_port: u16,
     admin_port: u16,
+    peer_port: u16,
     child: Option<Child>,
+    /// For the admin listener (one client: building one costs ~60 ms in a debug build).
+    admin: reqwest::Client,
 }
 
 impl Daemon {
@@ -77,7 +171,9 @@ impl Daemon {
     /// Spawns a daemon on fresh ports with a fresh data dir and waits for `/healthz`.
     pub async fn start(config: DaemonConfig) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("shoal-daemon-").tempdir()?;
-        let mut daemon = Self { dir, config, mirror_port: free_port(), admin_port: free_port(), child: None };
+        let (mirror_port, admin_port, peer_port) = (free_port(), free_port(), free_udp_port());
+        let admin = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let mut daemon = Self { dir, config, mirror_port, admin_port, peer_port, child: None, admin };
         daemon.restart().await?;
         Ok(daemon)
     }
@@ -100,6 +196,21 @@ impl Daemon {
     /// `http://127.0.0.1:P2`, the admin listener.
     pub fn admin_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.admin_port)
+    }
+
+    /// `127.0.0.1:UDP`, the peer (QUIC) listener when a scheduler is configured.
+    pub fn peer_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.peer_port)
+    }
+
+    /// Its `--host-id`, if set.
+    pub fn host_id(&self) -> Option<&str> {
+        self.config.host_id.as_deref()
+    }
+
+    /// The settings it was started with.
+    pub fn config(&self) -> &DaemonConfig {
+        &self.config
     }
 
     /// Path of the daemon's stderr (appended across restarts).
@@ -145,7 +256,11 @@ impl Daemon {
             std::fs::write(&path, toml)?;
             cmd.arg("--config").arg(path);
         }
+        cmd.args(self.config.swarm_args(self.peer_port));
         cmd.args(&self.config.extra_args);
+        // Only what the test sets: never a token from the environment of the test run.
+        cmd.env_remove("SHOAL_CLUSTER_TOKEN");
+        cmd.envs(self.config.env.iter().map(|(k, v)| (k, v)));
         let stderr = log_file(&self.stderr_path())?;
         let child = cmd
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
@@ -156,7 +271,7 @@ impl Daemon {
             .spawn()
             .with_context(|| format!("spawn {}", bin.display()))?;
         self.child = Some(child);
-        let client = reqwest::Client::new();
+        let client = self.admin.clone();
         let url = format!("{}/healthz", self.admin_url());
         let deadline = Instant::now() + STARTUP_LIMIT;
         loop {
@@ -171,18 +286,37 @@ impl Daemon {
         }
     }
 
-    /// Whether the daemon process is alive.
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// True while the daemon process is alive.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
     /// The `/metrics` text.
     pub async fn metrics(&self) -> Result<String> {
-        let resp = reqwest::get(format!("{}/metrics", self.admin_url())).await?;
+        let resp = self.admin.get(format!("{}/metrics", self.admin_url())).send().await?;
         if !resp.status().is_success() {
             bail!("GET /metrics: {}", resp.status());
         }
         Ok(resp.text().await?)
+    }
+
+    /// `GET /status` on the admin listener: the running downloads, as JSON.
+    pub async fn status(&self) -> Result<serde_json::Value> {
+        let resp = self.admin.get(format!("{}/status", self.admin_url())).send().await?;
+        if !resp.status().is_success() {
+            bail!("GET /status: {}", resp.status());
+        }
+        Ok(resp.json().await?)
+    }
+
+    /// Reads a sample like [`Daemon::metric`], 0 when absent (a counter not yet touched).
+    pub async fn counter(&self, name: &str, labels: &str) -> Result<f64> {
+        Ok(self.metric(name, labels).await?.unwrap_or(0.0))
     }
 
     /// Reads one sample from the `/metrics` text: see [`metric_value`].

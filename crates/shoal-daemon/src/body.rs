@@ -87,7 +87,7 @@ impl Reader {
             let ready = {
                 let p = rx.borrow_and_update();
                 match &p.state {
-                    State::Complete => *size,
+                    State::Complete | State::Verified => *size,
                     State::Failed(why) => return Err(io::Error::other(format!("blob download failed: {why}"))),
                     State::Running => p.available.min(size.saturating_sub(1)),
                 }
@@ -97,7 +97,7 @@ impl Reader {
             }
             if rx.changed().await.is_err() {
                 let p = rx.borrow();
-                if p.state != State::Complete {
+                if !matches!(p.state, State::Complete | State::Verified) {
                     return Err(io::Error::other("blob download ended before the blob was complete"));
                 }
             }
