@@ -19,11 +19,15 @@ use crate::task::{LocalBlob, Pin, Task};
 use crate::writer::{Progress, State};
 
 /// Bytes read per chunk sent to a client.
-const CHUNK: u64 = 256 << 10;
+const CHUNK: u64 = 1 << 20;
 
 /// The body of a complete local blob, for `range`.
 pub fn local(blob: LocalBlob, range: ByteRange, served: Counter) -> Body {
-    let LocalBlob { file, pin, .. } = blob;
+    let LocalBlob { mut file, pin, .. } = blob;
+    // This response owns the file: read it sequentially from `range.start`.
+    if let Err(e) = std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(range.start)) {
+        return Body::from_stream(futures::stream::once(async move { Err::<Bytes, _>(e) }));
+    }
     stream(Arc::new(file), range, served, pin, None)
 }
 
@@ -59,6 +63,21 @@ fn stream(
     }))
 }
 
+/// Reads `len` bytes at `pos`: positioned from a file shared with other readers, else
+/// sequentially into fresh capacity (no zero-filling of the buffer).
+fn read_chunk(file: &File, pos: u64, len: usize, shared: bool) -> io::Result<Bytes> {
+    if shared {
+        let mut buf = vec![0u8; len];
+        return file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf));
+    }
+    let mut buf = Vec::with_capacity(len);
+    io::Read::read_to_end(&mut io::Read::take(file, len as u64), &mut buf)?;
+    if buf.len() != len {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob file shorter than recorded"));
+    }
+    Ok(Bytes::from(buf))
+}
+
 impl Reader {
     async fn next(&mut self) -> io::Result<Option<Bytes>> {
         if self.pos >= self.end {
@@ -66,11 +85,8 @@ impl Reader {
         }
         let ready = self.wait_ready().await?;
         let len = (ready.min(self.end) - self.pos).min(CHUNK) as usize;
-        let (file, pos) = (self.file.clone(), self.pos);
-        let bytes = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; len];
-            file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
-        })
+        let (file, pos, shared) = (self.file.clone(), self.pos, self.progress.is_some());
+        let bytes = tokio::task::spawn_blocking(move || read_chunk(&file, pos, len, shared))
         .await
         .map_err(io::Error::other)??;
         self.pos += len as u64;
