@@ -51,6 +51,10 @@ pub struct PickInput<'a> {
     pub read_position: u32,
     /// How many new requests to return at most.
     pub max_requests: usize,
+    /// Beyond the urgent window, equally rare pieces are taken in order from this piece on
+    /// (wrapping). Give each child its own (e.g. a hash of its host id) so children of one
+    /// parent fetch different pieces and can trade them; the read position gives in-order.
+    pub tie_offset: u32,
 }
 
 /// One request to make: piece `piece` from `parents[parent]`.
@@ -68,8 +72,8 @@ pub struct Pick {
 /// does not hold it; no parent above [`PickerConfig::max_in_flight_per_parent`] (counting its
 /// current in-flight requests); at most `max_requests` picks; and no more picks possible when
 /// fewer are returned. Order: the first `urgent_window` missing pieces from the read position,
-/// in order; then the rest by how few parents hold them, ties broken by distance after the read
-/// position (wrapping). Each piece goes to the least busy parent holding it (lowest index on
+/// in order; then the rest by how few parents hold them, ties broken by distance after
+/// [`PickInput::tie_offset`] (wrapping). Each piece goes to the least busy parent holding it (lowest index on
 /// ties).
 pub fn pick(config: &PickerConfig, input: &PickInput<'_>) -> Vec<Pick> {
     let cap = config.max_in_flight_per_parent;
@@ -104,17 +108,18 @@ fn order(config: &PickerConfig, input: &PickInput<'_>) -> Vec<u32> {
         window_end += 1;
     }
     let mut out: Vec<u32> = (start..window_end).filter(|&i| availability[i as usize] > 0).collect();
-    // Sort key: availability, then distance after the read position (wrapping), packed in one
+    // Sort key: availability, then distance after the tie offset (wrapping), packed in one
     // u64 (this runs on every completed request).
+    let tie = if n == 0 { 0 } else { input.tie_offset % n };
     let mut rest: Vec<u64> = Vec::new();
     for (i, &count) in (0..n).zip(&availability) {
         if count > 0 && !(start..window_end).contains(&i) {
-            let distance = (u64::from(i) + u64::from(n) - u64::from(start)) % u64::from(n);
+            let distance = (u64::from(i) + u64::from(n) - u64::from(tie)) % u64::from(n);
             rest.push(u64::from(count) << 32 | distance);
         }
     }
     rest.sort_unstable();
-    let piece = |key: u64| ((key & 0xffff_ffff) + u64::from(start)) % u64::from(n);
+    let piece = |key: u64| ((key & 0xffff_ffff) + u64::from(tie)) % u64::from(n);
     // The result is below n, a u32.
     let piece = |key: u64| u32::try_from(piece(key)).unwrap_or(u32::MAX);
     out.extend(rest.into_iter().map(piece));
@@ -173,7 +178,7 @@ mod tests {
     ) -> Vec<Pick> {
         let views: Vec<ParentPieces<'_>> =
             parents.iter().map(|(have, in_flight)| ParentPieces { have, in_flight: *in_flight }).collect();
-        pick(&config, &PickInput { held, in_flight, parents: &views, read_position, max_requests })
+        pick(&config, &PickInput { held, in_flight, parents: &views, read_position, max_requests, tie_offset: read_position.min(held.len()) })
     }
 
     fn pieces(picks: &[Pick]) -> Vec<u32> {

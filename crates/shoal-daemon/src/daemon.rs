@@ -100,18 +100,16 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
     let mut handles = Vec::new();
     let mut peer_addr = None;
     let mut endpoint = None;
-    let mut load = Arc::default();
     if let Some(swarm) = &settings.swarm {
         let ep = crate::peer::client::endpoint(swarm.peer_listen).map_err(StartError::Peer)?;
         let addr =
             ep.local_addr().map_err(|source| StartError::Bind { key: "peer_listen", addr: swarm.peer_listen, source })?;
         let schedulers = Schedulers::new(swarm, addr, settings.limits.upload).map_err(|e| StartError::Peer(e.to_string()))?;
         let schedulers = Arc::new(schedulers);
-        load = schedulers.load.clone();
         handles.push(tokio::spawn(schedulers.clone().announce_forever()));
         let download = Arc::new(Limiter::new(settings.limits.download));
         let peers = Arc::new(PeerClient::new(ep.clone(), swarm.host_id.clone(), swarm.token.clone(), download));
-        tasks = tasks.with_swarm(Arc::new(Swarm { schedulers, peers, picker: PickerConfig::default(), seeds: Default::default() }));
+        tasks = tasks.with_swarm(Arc::new(Swarm { schedulers, peers, picker: PickerConfig { urgent_window: 2, ..PickerConfig::default() }, seeds: Default::default() }));
         peer_addr = Some(addr);
         endpoint = Some(ep);
     }
@@ -125,7 +123,6 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
             upload: Arc::new(Limiter::new(settings.limits.upload)),
             uploaded: metrics.uploaded_bytes.clone(),
             corrupt: std::env::var_os(FAULT_CORRUPT_UPLOADS).is_some_and(|v| v == "1"),
-            load,
         };
         if ctx.corrupt {
             tracing::warn!("{FAULT_CORRUPT_UPLOADS}=1: serving CORRUPTED pieces to peers (test-only fault)");

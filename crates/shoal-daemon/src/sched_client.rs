@@ -83,6 +83,11 @@ impl Schedulers {
         Ok(Self { clients, host, load: Arc::new(AtomicU32::new(0)) })
     }
 
+    /// This host's id.
+    pub fn host_id(&self) -> String {
+        self.host.host_id.clone()
+    }
+
     /// The scheduler owning `task`: highest sha256(url ‖ task) wins.
     fn owner(&self, task: &Digest) -> Option<&(Url, SchedulerClient<Channel>)> {
         self.clients.iter().max_by_key(|(url, _)| {

@@ -26,8 +26,10 @@ use crate::sched_client::{Schedulers, Session};
 use crate::task::TaskCounters;
 use crate::writer::Progress;
 
-/// Without a new piece for this long, ask the scheduler again.
-const STALL: Duration = Duration::from_secs(3);
+/// Without a new piece for this long, ask the scheduler again. Generous: behind a capped link a
+/// parent shared by many children legitimately takes seconds per round of pieces, and every
+/// early give-up costs an extra origin copy.
+const STALL: Duration = Duration::from_secs(10);
 /// Stalls after which the origin takes over.
 const STALLS_BEFORE_ORIGIN: u32 = 3;
 /// Failures of one parent before it is dropped.
@@ -84,6 +86,7 @@ struct Download<'a> {
     origin_mode: bool,
     last_progress: Instant,
     stalls: u32,
+    tie_offset: u32,
     have_tx: mpsc::UnboundedSender<(usize, Bitmap)>,
     watchers: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -121,6 +124,7 @@ pub async fn download(
         origin_mode: false,
         last_progress: Instant::now(),
         stalls: 0,
+        tie_offset: tie_offset(&swarm.schedulers.host_id(), &digest),
         have_tx,
         watchers: Vec::new(),
     };
@@ -229,6 +233,7 @@ impl<'a> Download<'a> {
             parents: &inputs,
             read_position: held.prefix(),
             max_requests: room,
+            tie_offset: self.tie_offset,
         };
         let picks = pick(&self.swarm.picker, &input);
         picks
@@ -388,6 +393,12 @@ impl<'a> Download<'a> {
             self.origin_mode = true;
         }
     }
+}
+
+/// Where this host starts among equally rare pieces: its own place, so siblings differ.
+fn tie_offset(host_id: &str, digest: &Digest) -> u32 {
+    let h = crate::hash::digest(format!("{host_id} {digest}").as_bytes());
+    u32::from_be_bytes([h.as_bytes()[0], h.as_bytes()[1], h.as_bytes()[2], h.as_bytes()[3]])
 }
 
 async fn next_event(session: &mut Option<Session>) -> Option<SchedulerEvent> {

@@ -17,8 +17,8 @@ pub struct Config {
     /// Per task and site, how many peers fetch from the origin at once. Default 1: one origin
     /// copy per site. A slot is freed when its peer is done, failed, left or expired.
     pub back_to_source_per_site: u32,
-    /// A parent whose children (across all tasks, as assigned by this scheduler) or announced
-    /// active uploads reach this number is not offered. Default 8.
+    /// A parent whose children in this task (as assigned by this scheduler) or announced active
+    /// uploads reach this number is not offered for the task. Default 8.
     pub max_children_per_parent: u32,
     /// A peer that asks [`reschedule`](super::Scheduler::reschedule) this many times without
     /// finishing a piece in between is sent back to source, even beyond the site's budget, so

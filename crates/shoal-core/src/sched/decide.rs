@@ -110,10 +110,13 @@ pub(super) fn survey(task: &Task, hosts: &Hosts, config: &Config, child: &HostId
         if peer.host == me.host || (!me.bad.is_empty() && me.bad.contains(id)) {
             continue;
         }
+        // The cap counts this task's children (a host seeding several blobs at once serves each
+        // blob's children); announced uploads still count. Ranking uses the host-wide load.
         let load = host.load();
+        let task_load = host.info.load.max(u32::try_from(peer.children.len()).unwrap_or(u32::MAX));
         let mismatch_reports = peer.mismatch_reports;
         let quarantined = config.quarantined(mismatch_reports);
-        if load >= config.max_children_per_parent || quarantined {
+        if task_load >= config.max_children_per_parent || quarantined {
             continue;
         }
         let rank = Rank {

@@ -256,6 +256,7 @@ impl Sim {
             parents: &views,
             read_position: prefix(&self.peers[i].have),
             max_requests: self.p.per_step,
+            tie_offset: (i as u32).wrapping_mul(2_654_435_761),
         };
         let picks = picker::pick(&config, &input);
         let id = self.peers[i].id.clone();

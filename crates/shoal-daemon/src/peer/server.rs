@@ -32,8 +32,6 @@ pub struct ServerCtx {
     pub uploaded: Counter,
     /// Test-only fault: flip a byte in every piece served (to test that children catch it).
     pub corrupt: bool,
-    /// Piece uploads in progress (announced to the scheduler as this host's load).
-    pub load: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// Accepts peer connections until the endpoint closes.
@@ -103,7 +101,6 @@ async fn piece(send: &mut quinn::SendStream, p: PieceRequest, ctx: &ServerCtx) -
         let header = PieceHeader { status: PieceStatus::NotFound as i32, length: 0 };
         return frame::write(send, &header).await.map_err(|e| e.to_string());
     };
-    let _busy = Busy::enter(&ctx.load);
     let header = PieceHeader { status: PieceStatus::Ok as i32, length: range.len() };
     frame::write(send, &header).await.map_err(|e| e.to_string())?;
     let mut pos = range.start;
@@ -126,22 +123,6 @@ async fn piece(send: &mut quinn::SendStream, p: PieceRequest, ctx: &ServerCtx) -
         pos += len as u64;
     }
     Ok(())
-}
-
-/// Counts one upload in progress while alive.
-struct Busy<'a>(&'a std::sync::atomic::AtomicU32);
-
-impl<'a> Busy<'a> {
-    fn enter(load: &'a std::sync::atomic::AtomicU32) -> Self {
-        load.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Self(load)
-    }
-}
-
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 async fn have(send: &mut quinn::SendStream, task_id: &str, ctx: &ServerCtx) -> Result<(), String> {

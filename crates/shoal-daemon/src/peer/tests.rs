@@ -54,7 +54,6 @@ fn start_server(store: Arc<OneBlob>, token: &[u8], corrupt: bool) -> std::net::S
         upload: Arc::new(Limiter::unlimited()),
         uploaded: Default::default(),
         corrupt,
-        load: Default::default(),
     };
     tokio::spawn(serve(ep, Arc::new(ctx)));
     addr
