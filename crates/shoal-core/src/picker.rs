@@ -73,8 +73,8 @@ pub struct Pick {
 /// current in-flight requests); at most `max_requests` picks; and no more picks possible when
 /// fewer are returned. Order: the first `urgent_window` missing pieces from the read position,
 /// in order; then the rest by how few parents hold them, ties broken by distance after
-/// [`PickInput::tie_offset`] (wrapping). Each piece goes to the least busy parent holding it (lowest index on
-/// ties).
+/// [`PickInput::tie_offset`] (wrapping). Each piece goes to the least busy parent holding it, then
+/// the one holding fewest pieces, then the lowest index.
 pub fn pick(config: &PickerConfig, input: &PickInput<'_>) -> Vec<Pick> {
     let cap = config.max_in_flight_per_parent;
     let mut busy: Vec<u32> = input.parents.iter().map(|p| p.in_flight).collect();
@@ -82,10 +82,13 @@ pub fn pick(config: &PickerConfig, input: &PickInput<'_>) -> Vec<Pick> {
     if input.max_requests == 0 || busy.iter().all(|&b| b >= cap) {
         return out;
     }
+    // Among equally busy holders, prefer the one holding fewer pieces: a sibling's upload is
+    // otherwise idle, while the seed's is best spent on pieces nobody else has yet.
+    let holdings: Vec<u32> = input.parents.iter().map(|p| p.have.count()).collect();
     for piece in order(config, input) {
         let holder = (0..input.parents.len())
             .filter(|&p| busy[p] < cap && input.parents[p].have.get(piece))
-            .min_by_key(|&p| (busy[p], p));
+            .min_by_key(|&p| (busy[p], holdings[p], p));
         let Some(parent) = holder else { continue };
         busy[parent] += 1;
         out.push(Pick { piece, parent });
