@@ -18,6 +18,8 @@
 //! - `SHOAL_BENCH_SWARM` (1): 0 skips the namespace part.
 //! - `SHOAL_BENCH_IPERF` (1): 0 skips the iperf3 check of the cap.
 //! - `SHOAL_BENCH_VERIFY` (1): 0 skips re-hashing the blobs each daemon stored.
+//! - `SHOAL_BENCH_KEEP` (0): 1 keeps the swarm's logs and data dirs (the path is printed).
+//! - `SHOAL_BENCH_PERF=DIR`: `perf record -g` of both loopback daemons during the peer pull.
 //!
 //! Clients are curl processes inside each namespace (manifest by tag, then every blob, bytes
 //! counted, not hashed: the daemons hash, the client must not be the bottleneck on 2 cores).
@@ -26,6 +28,13 @@
 mod netns;
 #[path = "swarm/procs.rs"]
 mod procs;
+#[path = "swarm/sys.rs"]
+mod sys;
+#[path = "swarm/loopback.rs"]
+mod loopback;
+
+use loopback::loopback;
+use sys::*;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -58,7 +67,12 @@ fn env_on(name: &str) -> bool {
 }
 
 fn load_avg() -> String {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn cores() -> usize {
@@ -93,7 +107,11 @@ async fn run() -> Result<()> {
         bin.display(),
         git_commit(),
         cores(),
-        if cores() <= 2 { " (a 2-core machine, shared with other builds: CPU, not the link, may bound the swarm)" } else { "" }
+        if cores() <= 2 {
+            " (few cores: CPU, not the link, may bound the swarm; see the load average and the CPU line)"
+        } else {
+            ""
+        }
     );
 
     if env_on("SHOAL_BENCH_SWARM") {
@@ -117,15 +135,23 @@ fn is_root() -> bool {
 }
 
 fn chrono_now() -> String {
-    sh(std::process::Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])).map(|s| s.trim().to_string()).unwrap_or_default()
+    sh(std::process::Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn git_commit() -> String {
     let root = shoal_e2e::workspace_root();
-    let head = sh(std::process::Command::new("git").arg("-C").arg(&root).args(["rev-parse", "--short", "HEAD"])).unwrap_or_default();
-    let dirty = sh(std::process::Command::new("git").arg("-C").arg(&root).args(["status", "--porcelain", "--untracked-files=no", "crates"]))
-        .map(|s| !s.trim().is_empty())
-        .unwrap_or(false);
+    let head = sh(std::process::Command::new("git").arg("-C").arg(&root).args(["rev-parse", "--short", "HEAD"]))
+        .unwrap_or_default();
+    let dirty = sh(std::process::Command::new("git").arg("-C").arg(&root).args([
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "crates",
+    ]))
+    .map(|s| !s.trim().is_empty())
+    .unwrap_or(false);
     format!("{}{}", head.trim(), if dirty { " (crates/ modified)" } else { "" })
 }
 
@@ -154,8 +180,20 @@ impl Origin {
         )?;
         // The access log goes to stdout, the application log to stderr: keep them apart.
         let access_log = dir.join("access.log");
-        let script = format!("exec docker-registry serve {} >>{} 2>>{}", config.display(), access_log.display(), dir.join("registry.log").display());
-        let mut proc = Proc::spawn("docker-registry", Some(ORIGIN), Path::new("sh"), &["-c".into(), script], &[], &dir.join("spawn.log"))?;
+        let script = format!(
+            "exec docker-registry serve {} >>{} 2>>{}",
+            config.display(),
+            access_log.display(),
+            dir.join("registry.log").display()
+        );
+        let mut proc = Proc::spawn(
+            "docker-registry",
+            Some(ORIGIN),
+            Path::new("sh"),
+            &["-c".into(), script],
+            &[],
+            &dir.join("spawn.log"),
+        )?;
         proc.log = dir.join("registry.log");
         proc.wait_http(Some(ORIGIN), &format!("http://127.0.0.1:{REGISTRY_PORT}/v2/"), Duration::from_secs(15)).await?;
         Ok(Self { proc, access_log })
@@ -173,6 +211,19 @@ impl Origin {
             .filter(|l| l.method == "GET" && matches!(l.status, 200 | 206) && l.blob_digest().is_some())
             .map(|l| l.bytes)
             .sum()
+    }
+
+    /// Per blob digest: (body bytes served, GETs answered 200/206) after `mark`.
+    fn by_blob_since(&self, mark: usize) -> std::collections::HashMap<String, (u64, usize)> {
+        let mut out = std::collections::HashMap::new();
+        for l in self.lines().into_iter().skip(mark).filter(|l| l.method == "GET" && matches!(l.status, 200 | 206)) {
+            if let Some(d) = l.blob_digest() {
+                let e = out.entry(d.to_string()).or_insert((0, 0));
+                e.0 += l.bytes;
+                e.1 += 1;
+            }
+        }
+        out
     }
 
     /// Blob GETs (any status) after `mark`.
@@ -210,7 +261,14 @@ async fn push(image: &Image) -> Result<()> {
 /// One client's pull: manifest by tag, then every blob (`parallel` at a time), from `base`
 /// (`http://HOST:PORT`), inside namespace `ns`. Returns the completion time; fails unless every
 /// response is 200 with the expected number of bytes.
-async fn pull_in_ns(ns: String, base: String, blobs: Vec<Blob>, parallel: u64, limit: Duration) -> Result<Duration> {
+/// One client's pull: the total time and each blob's own transfer time (curl's time_total), in
+/// blob order.
+struct Pull {
+    total: Duration,
+    blob_secs: Vec<f64>,
+}
+
+async fn pull_in_ns(ns: String, base: String, blobs: Vec<Blob>, parallel: u64, limit: Duration) -> Result<Pull> {
     let start = Instant::now();
     let max_time = limit.as_secs().to_string();
     let mut manifest = tokio::process::Command::new("nsenter");
@@ -220,8 +278,16 @@ async fn pull_in_ns(ns: String, base: String, blobs: Vec<Blob>, parallel: u64, l
         .arg(format!("{base}/v2/{REPO}/manifests/{TAG}"));
     shoal_e2e::run(&mut manifest, limit).await.with_context(|| format!("{ns}: manifest"))?;
     let mut cmd = tokio::process::Command::new("nsenter");
-    cmd.arg(format!("--net={}", netns::ns_path(&ns)))
-        .args(["--", "curl", "-sS", "--fail", "--max-time", &max_time, "-w", "%{http_code} %{size_download} %{url}\\n"]);
+    cmd.arg(format!("--net={}", netns::ns_path(&ns))).args([
+        "--",
+        "curl",
+        "-sS",
+        "--fail",
+        "--max-time",
+        &max_time,
+        "-w",
+        "%{http_code} %{size_download} %{time_total} %{url}\\n",
+    ]);
     if blobs.len() > 1 {
         cmd.args(["-Z", "--parallel-immediate", "--parallel-max", &parallel.max(1).to_string()]);
     }
@@ -231,6 +297,7 @@ async fn pull_in_ns(ns: String, base: String, blobs: Vec<Blob>, parallel: u64, l
     let out = shoal_e2e::run(&mut cmd, limit).await.with_context(|| format!("{ns}: blobs"))?;
     let elapsed = start.elapsed();
     let text = String::from_utf8_lossy(&out.stdout);
+    let mut blob_secs = Vec::new();
     for blob in &blobs {
         let line = text
             .lines()
@@ -238,13 +305,25 @@ async fn pull_in_ns(ns: String, base: String, blobs: Vec<Blob>, parallel: u64, l
             .with_context(|| format!("{ns}: no curl result for {}:\n{text}", blob.digest))?;
         let mut f = line.split_whitespace();
         let (code, size) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
-        ensure!(code == "200" && size == blob.size.to_string(), "{ns}: {} answered {code} with {size} bytes, want 200 with {}", blob.digest, blob.size);
+        ensure!(
+            code == "200" && size == blob.size.to_string(),
+            "{ns}: {} answered {code} with {size} bytes, want 200 with {}",
+            blob.digest,
+            blob.size
+        );
+        blob_secs.push(f.next().and_then(|t| t.parse().ok()).unwrap_or(0.0));
     }
-    Ok(elapsed)
+    Ok(Pull { total: elapsed, blob_secs })
 }
 
 /// Pulls from every node namespace at once; per-node completion times, in node order.
-async fn pull_all(nodes: usize, base: impl Fn(usize) -> String, blobs: &[Blob], parallel: u64, limit: Duration) -> Result<Vec<Duration>> {
+async fn pull_all(
+    nodes: usize,
+    base: impl Fn(usize) -> String,
+    blobs: &[Blob],
+    parallel: u64,
+    limit: Duration,
+) -> Result<Vec<Pull>> {
     let mut handles = Vec::new();
     for i in 0..nodes {
         handles.push(tokio::spawn(pull_in_ns(node_ns(i), base(i), blobs.to_vec(), parallel, limit)));
@@ -277,14 +356,33 @@ struct Counters {
     origin: f64,
     peer: f64,
     uploaded: f64,
+    back_to_source: f64,
+    piece_failures: f64,
+    tasks: f64,
+    parents: f64,
+}
+
+/// The sum of every sample of `name` (all label sets).
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| series.split('{').next() == Some(name))
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum()
 }
 
 fn read_counters(ns: &str) -> Counters {
-    let text = sh(in_ns(ns, "curl").args(["-sf", "--max-time", "5", &format!("http://{ADMIN}/metrics")])).unwrap_or_default();
+    let text =
+        sh(in_ns(ns, "curl").args(["-sf", "--max-time", "5", &format!("http://{ADMIN}/metrics")])).unwrap_or_default();
     Counters {
         origin: metric_value(&text, "shoal_fetched_bytes_total", "source=\"origin\"").unwrap_or(0.0),
         peer: metric_value(&text, "shoal_fetched_bytes_total", "source=\"peer\"").unwrap_or(0.0),
         uploaded: metric_value(&text, "shoal_uploaded_bytes_total", "").unwrap_or(0.0),
+        back_to_source: metric_value(&text, "shoal_back_to_source_total", "").unwrap_or(0.0),
+        piece_failures: metric_sum(&text, "shoal_piece_failures_total"),
+        tasks: metric_value(&text, "shoal_task_parents_count", "").unwrap_or(0.0),
+        parents: metric_value(&text, "shoal_task_parents_sum", "").unwrap_or(0.0),
     }
 }
 
@@ -300,7 +398,14 @@ fn layer_sizes(total: u64) -> Vec<u64> {
 
 /// iperf3 from the origin to node 0 and back: what the cap really gives (both tbf's on the path).
 async fn iperf(dir: &Path) -> Result<(f64, f64)> {
-    let mut server = Proc::spawn("iperf3 -s", Some(&node_ns(0)), Path::new("iperf3"), &["-s".into(), "-p".into(), "5201".into()], &[], &dir.join("iperf3.log"))?;
+    let mut server = Proc::spawn(
+        "iperf3 -s",
+        Some(&node_ns(0)),
+        Path::new("iperf3"),
+        &["-s".into(), "-p".into(), "5201".into()],
+        &[],
+        &dir.join("iperf3.log"),
+    )?;
     let mut rates = Vec::new();
     for reverse in [false, true] {
         let mut last = String::new();
@@ -311,15 +416,16 @@ async fn iperf(dir: &Path) -> Result<(f64, f64)> {
             if reverse {
                 cmd.arg("-R");
             }
-            match sh(&mut cmd) {
-                Ok(out) => {
-                    let v: serde_json::Value = serde_json::from_str(&out)?;
-                    got = v["end"]["sum_received"]["bits_per_second"].as_f64();
-                    break;
-                }
-                Err(e) => last = format!("{e:#}"),
+            // On failure iperf3 -J still prints JSON with an "error" (e.g. the server is still
+            // busy with the previous test): retry.
+            let out = sh(&mut cmd).unwrap_or_else(|e| format!("{e:#}"));
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            got = v["end"]["sum_received"]["bits_per_second"].as_f64();
+            if got.is_some() {
+                break;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            last = v["error"].as_str().map_or(out.clone(), str::to_string);
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
         rates.push(got.with_context(|| format!("iperf3 failed: {last}"))?);
     }
@@ -337,7 +443,8 @@ async fn swarm(bin: &Path, report: &mut String) -> Result<()> {
     let rate_bits = netns::parse_rate(&rate)?;
     let s_mb = env_u64("SHOAL_BENCH_MB", 200).max(16);
     let parallel = env_u64("SHOAL_BENCH_PARALLEL", 3);
-    let extra: Vec<String> = std::env::var("SHOAL_BENCH_DAEMON_ARGS").unwrap_or_default().split_whitespace().map(str::to_string).collect();
+    let extra: Vec<String> =
+        std::env::var("SHOAL_BENCH_DAEMON_ARGS").unwrap_or_default().split_whitespace().map(str::to_string).collect();
     ensure!(nodes <= 200, "at most 200 nodes");
 
     let dir = tempfile::Builder::new().prefix("shoal-bench-swarm-").tempdir()?;
@@ -385,7 +492,9 @@ async fn swarm(bin: &Path, report: &mut String) -> Result<()> {
         &[("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))],
         &sched_log,
     )?;
-    scheduler.wait_http(Some(SCHED), &format!("http://{SCHED_IP}:{SCHED_PORT}/healthz"), Duration::from_secs(20)).await?;
+    scheduler
+        .wait_http(Some(SCHED), &format!("http://{SCHED_IP}:{SCHED_PORT}/healthz"), Duration::from_secs(20))
+        .await?;
     let mut daemons = Vec::new();
     for i in 0..nodes {
         let data = dir.path().join(format!("node{i}"));
@@ -412,15 +521,26 @@ async fn swarm(bin: &Path, report: &mut String) -> Result<()> {
             format!("node{i}"),
         ];
         args.extend(extra.iter().cloned());
-        let env = [("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())), ("RUST_BACKTRACE", "1".into())];
-        daemons.push(Proc::spawn(&format!("daemon node{i}"), Some(&node_ns(i)), bin, &args, &env, &data.join("daemon.log"))?);
+        let env =
+            [("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())), ("RUST_BACKTRACE", "1".into())];
+        daemons.push(Proc::spawn(
+            &format!("daemon node{i}"),
+            Some(&node_ns(i)),
+            bin,
+            &args,
+            &env,
+            &data.join("daemon.log"),
+        )?);
     }
     for (i, d) in daemons.iter_mut().enumerate() {
         d.wait_http(Some(&node_ns(i)), &format!("http://{ADMIN}/healthz"), Duration::from_secs(30)).await?;
     }
     tokio::time::sleep(Duration::from_secs(1)).await; // host announcements reach the scheduler
     let mark = origin.settle().await;
-    let p2p = match pull_all(nodes, |_| format!("http://{MIRROR}"), &blobs, parallel, limit).await {
+    let pids: Vec<Option<u32>> = daemons.iter().map(Proc::pid).collect();
+    let daemon_cpu = |pids: &[Option<u32>]| pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
+    let (cpu_a0, mach_a0) = (daemon_cpu(&pids), machine_cpu());
+    let p2p_pulls = match pull_all(nodes, |_| format!("http://{MIRROR}"), &blobs, parallel, limit).await {
         Ok(t) => t,
         Err(e) => {
             for (i, d) in daemons.iter().enumerate() {
@@ -431,8 +551,25 @@ async fn swarm(bin: &Path, report: &mut String) -> Result<()> {
             return Err(e);
         }
     };
+    let (cpu_a1, mach_a1) = (daemon_cpu(&pids), machine_cpu());
+    let sched_cpu = cpu_seconds(scheduler.pid());
+    let sched_metrics =
+        sh(in_ns(SCHED, "curl").args(["-sf", "--max-time", "5", &format!("http://{SCHED_IP}:{SCHED_PORT}/metrics")]))
+            .unwrap_or_default();
+    let decision = |kind: &str| {
+        metric_value(&sched_metrics, "shoal_scheduler_decisions_total", &format!("kind=\"{kind}\"")).unwrap_or(0.0)
+    };
+    let decisions = format!(
+        "scheduler decisions: {} back-to-source, {} parents, {} wait (for {} blobs × {nodes} nodes)",
+        decision("back_to_source"),
+        decision("parents"),
+        decision("wait"),
+        blobs.len()
+    );
     origin.settle().await;
+    let p2p: Vec<Duration> = p2p_pulls.iter().map(|p| p.total).collect();
     let p2p_origin = origin.blob_bytes_since(mark);
+    let p2p_by_blob = origin.by_blob_since(mark);
     let p2p_origin_gets = origin.blob_gets_since(mark);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let counters: Vec<Counters> = (0..nodes).map(|i| read_counters(&node_ns(i))).collect();
@@ -445,7 +582,11 @@ async fn swarm(bin: &Path, report: &mut String) -> Result<()> {
     // --- Run B: straight from the origin.
     eprintln!("swarm: run B — the same {nodes} namespaces pull straight from the origin…");
     let mark = origin.settle().await;
-    let direct = pull_all(nodes, |_| format!("http://{ORIGIN_IP}:{REGISTRY_PORT}"), &blobs, parallel, limit).await?;
+    let mach_b0 = machine_cpu();
+    let direct_pulls =
+        pull_all(nodes, |_| format!("http://{ORIGIN_IP}:{REGISTRY_PORT}"), &blobs, parallel, limit).await?;
+    let direct: Vec<Duration> = direct_pulls.iter().map(|p| p.total).collect();
+    let mach_b1 = machine_cpu();
     origin.settle().await;
     let direct_origin = origin.blob_bytes_since(mark);
 
@@ -500,17 +641,23 @@ async fn swarm(bin: &Path, report: &mut String) -> Result<()> {
     );
     let _ = writeln!(report);
     let _ = writeln!(report, "Per node (P2P run: the daemon's own counters; direct run: completion only):\n");
-    let _ = writeln!(report, "| node | P2P time | from origin (MB) | from peers (MB) | uploaded (MB) | direct time |");
-    let _ = writeln!(report, "|---|---|---|---|---|---|");
+    let _ = writeln!(
+        report,
+        "| node | P2P time | from origin (MB) | from peers (MB) | uploaded (MB) | back-to-source grants | failed pieces | parents per task | direct time |"
+    );
+    let _ = writeln!(report, "|---|---|---|---|---|---|---|---|---|");
     for i in 0..nodes {
         let c = counters[i];
         let _ = writeln!(
             report,
-            "| node{i} | {:.1} s | {:.1} | {:.1} | {:.1} | {:.1} s |",
+            "| node{i} | {:.1} s | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} s |",
             p2p[i].as_secs_f64(),
             c.origin / MB as f64,
             c.peer / MB as f64,
             c.uploaded / MB as f64,
+            c.back_to_source + 0.0,
+            c.piece_failures + 0.0,
+            if c.tasks > 0.0 { c.parents / c.tasks } else { 0.0 },
             direct[i].as_secs_f64()
         );
     }
@@ -519,7 +666,7 @@ async fn swarm(bin: &Path, report: &mut String) -> Result<()> {
     let sum_up: f64 = counters.iter().map(|c| c.uploaded).sum();
     let _ = writeln!(
         report,
-        "| sum | | {:.1} ({:.3}× S) | {:.1} | {:.1} | |\n",
+        "| sum | | {:.1} ({:.3}× S) | {:.1} | {:.1} | | | | |\n",
         sum_origin / MB as f64,
         sum_origin / s_bytes as f64,
         sum_peer / MB as f64,
@@ -527,228 +674,49 @@ async fn swarm(bin: &Path, report: &mut String) -> Result<()> {
     );
     let _ = writeln!(
         report,
-        "Daemons alive after run A: {alive}/{nodes}; scheduler alive: {sched_alive}. Stored blobs: {verified}.\n"
+        "Daemons alive after run A: {alive}/{nodes}; scheduler alive: {sched_alive}; {decisions}. Stored blobs: {verified}.\n"
     );
-    drop(origin);
-    drop(topo);
-    Ok(())
-}
-
-/// Checks every daemon's complete blob files exist with the right size and (unless
-/// SHOAL_BENCH_VERIFY=0) re-hashes them with sha256sum. Returns a one-line summary.
-async fn verify_stores(dir: &Path, nodes: usize, blobs: &[Blob]) -> String {
-    let mut missing = Vec::new();
-    let mut files = Vec::new();
-    for i in 0..nodes {
-        for blob in blobs {
-            let path = dir.join(format!("node{i}/data/blobs/sha256/{}/{}", &blob.hex()[..2], blob.hex()));
-            let ok = shoal_e2e::wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
-                let p = path.clone();
-                async move { std::fs::metadata(&p).map(|m| m.len() == blob.size).unwrap_or(false) }
-            })
-            .await;
-            if ok {
-                files.push((path, blob.hex().to_string()));
-            } else {
-                missing.push(format!("node{i}:{}", &blob.hex()[..12]));
-            }
-        }
-    }
-    let mut summary = format!("{}/{} complete with the right size", files.len(), nodes * blobs.len());
-    if !missing.is_empty() {
-        let _ = write!(summary, " (missing or wrong size: {})", missing.join(", "));
-    }
-    if env_on("SHOAL_BENCH_VERIFY") && !files.is_empty() {
-        let mut cmd = tokio::process::Command::new("sha256sum");
-        cmd.args(files.iter().map(|(p, _)| p));
-        match shoal_e2e::run(&mut cmd, Duration::from_secs(600)).await {
-            Ok(out) => {
-                let text = String::from_utf8_lossy(&out.stdout);
-                let bad = files.iter().filter(|(p, hex)| !text.lines().any(|l| l.starts_with(hex.as_str()) && l.ends_with(&p.display().to_string()))).count();
-                let _ = write!(summary, "; sha256 re-checked: {} bad", bad);
-            }
-            Err(e) => {
-                let _ = write!(summary, "; sha256sum failed: {e:#}");
-            }
-        }
-    }
-    summary
-}
-
-// ---------------------------------------------------------------------------------------------
-// Part 2: raw peer-to-peer rate between two daemons on loopback.
-
-/// The pid of the process whose command line contains `needle` (e.g. a daemon's data dir).
-fn pid_with_arg(needle: &str) -> Option<u32> {
-    let me = std::process::id();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        (pid != me && !cmdline.starts_with("setpriv") && cmdline.contains(needle)).then_some(pid)
-    })
-}
-
-/// User + system CPU seconds a process has used so far (0 if it is gone).
-fn cpu_seconds(pid: Option<u32>) -> f64 {
-    let Some(pid) = pid else { return 0.0 };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / clk_tck()
-}
-
-fn clk_tck() -> f64 {
-    sh(std::process::Command::new("getconf").arg("CLK_TCK")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(100.0)
-}
-
-/// With `SHOAL_BENCH_PERF=DIR`: `perf record -g` of each (name, pid) into `DIR/NAME.data`.
-fn start_perf(targets: &[(&str, Option<u32>)]) -> Result<Vec<std::process::Child>> {
-    let Some(dir) = std::env::var_os("SHOAL_BENCH_PERF") else { return Ok(Vec::new()) };
-    std::fs::create_dir_all(&dir)?;
-    let mut children = Vec::new();
-    for (name, pid) in targets {
-        let Some(pid) = pid else { continue };
-        let out = Path::new(&dir).join(format!("{name}.data"));
-        children.push(
-            std::process::Command::new("perf")
-                .args(["record", "-q", "-F", "999", "-g", "-p", &pid.to_string(), "-o"])
-                .arg(out)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()?,
+    let _ = writeln!(
+        report,
+        "CPU: during run A the {nodes} daemons used {:.1} CPU-seconds in {:.1} s ({:.2} cores; scheduler {:.2} s in total) and the \
+         machine was {:.0}% busy (all processes, {} cores); during run B the machine was {:.0}% busy.\n",
+        cpu_a1 - cpu_a0,
+        p2p_max.as_secs_f64(),
+        (cpu_a1 - cpu_a0) / p2p_max.as_secs_f64(),
+        sched_cpu,
+        busy_pct(mach_a0, mach_a1),
+        cores(),
+        busy_pct(mach_b0, mach_b1)
+    );
+    let _ = writeln!(
+        report,
+        "Per blob (P2P run): origin traffic and the slowest node's transfer time of that blob (curl's time_total):\n"
+    );
+    let _ = writeln!(
+        report,
+        "| blob | size (MB) | origin GETs | origin bytes (× blob) | slowest P2P transfer | slowest direct transfer |"
+    );
+    let _ = writeln!(report, "|---|---|---|---|---|---|");
+    for (b, blob) in blobs.iter().enumerate() {
+        let (bytes, gets) = p2p_by_blob.get(&blob.digest).copied().unwrap_or((0, 0));
+        let slowest =
+            |pulls: &[Pull]| pulls.iter().map(|p| p.blob_secs.get(b).copied().unwrap_or(0.0)).fold(0.0, f64::max);
+        let _ = writeln!(
+            report,
+            "| {} | {:.1} | {gets} | {:.2} | {:.1} s | {:.1} s |",
+            &blob.hex()[..12],
+            blob.size as f64 / MB as f64,
+            bytes as f64 / blob.size as f64,
+            slowest(&p2p_pulls),
+            slowest(&direct_pulls)
         );
     }
-    std::thread::sleep(Duration::from_millis(300));
-    Ok(children)
-}
-
-fn stop_perf(children: Vec<std::process::Child>) {
-    for mut child in children {
-        let _ = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status();
-        let _ = child.wait();
+    let _ = writeln!(report);
+    drop(origin);
+    drop(topo);
+    if env_u64("SHOAL_BENCH_KEEP", 0) != 0 {
+        let kept = dir.keep();
+        let _ = writeln!(report, "Logs and data kept in {}.\n", kept.display());
     }
-}
-
-/// GETs `url` counting bytes (no hashing); returns (time, bytes).
-async fn get_count(client: &reqwest::Client, url: &str) -> Result<(Duration, u64)> {
-    let start = Instant::now();
-    let mut resp = client.get(url).send().await?.error_for_status()?;
-    let mut n = 0u64;
-    while let Some(chunk) = resp.chunk().await? {
-        n += chunk.len() as u64;
-    }
-    Ok((start.elapsed(), n))
-}
-
-async fn loopback(bin: &Path, mb: u64, report: &mut String) -> Result<()> {
-    eprintln!("loopback: building a {mb} MB blob and pushing it to a loopback registry…");
-    let registry = Registry::start().await?;
-    let image = Image::build(77, &[mb * MB])?;
-    image.push(&registry, "bench/p2p", "v1").await?;
-    let blob = image.largest_layer().clone();
-    let path = format!("/v2/bench/p2p/blobs/{}", blob.digest);
-    let dir = tempfile::Builder::new().prefix("shoal-bench-loopback-").tempdir()?;
-
-    let sched_port = shoal_e2e::free_port();
-    let mut scheduler = Proc::spawn(
-        "scheduler",
-        None,
-        bin,
-        &["scheduler".into(), "--listen".into(), format!("127.0.0.1:{sched_port}")],
-        &[("RUST_LOG", "info".into())],
-        &dir.path().join("scheduler.log"),
-    )?;
-    scheduler.wait_http(None, &format!("http://127.0.0.1:{sched_port}/healthz"), Duration::from_secs(20)).await?;
-    let daemon = |id: &str| {
-        let mut config = DaemonConfig::for_registry(&registry);
-        config.extra_args = vec![
-            "--scheduler".into(),
-            format!("http://127.0.0.1:{sched_port}"),
-            "--peer-listen".into(),
-            format!("127.0.0.1:{}", shoal_e2e::free_port()),
-            "--advertise-addr".into(),
-            "127.0.0.1".into(),
-            "--cluster-token".into(),
-            TOKEN.into(),
-            "--host-id".into(),
-            id.to_string(),
-        ];
-        Daemon::start(config)
-    };
-    let a = daemon("loop-a").await?;
-    let b = daemon("loop-b").await?;
-    let client = reqwest::Client::new();
-    let a_pid = pid_with_arg(&a.data_dir().display().to_string());
-    let b_pid = pid_with_arg(&b.data_dir().display().to_string());
-    let cpu = || (cpu_seconds(a_pid), cpu_seconds(b_pid));
-
-    eprintln!("loopback: origin direct, then daemon A (from the origin), then daemon B (from A)…");
-    let (direct_t, n) = get_count(&client, &format!("{}{path}", registry.url())).await?;
-    ensure!(n == blob.size, "direct: {n} bytes of {}", blob.size);
-    let cpu0 = cpu();
-    let (a_t, n) = get_count(&client, &format!("{}{path}", a.mirror_url())).await?;
-    let cpu1 = cpu();
-    ensure!(n == blob.size, "daemon A: {n} bytes of {}", blob.size);
-    // A's blob is complete once it is in its store; then B pulls.
-    let a_file = a.data_dir().join(format!("blobs/sha256/{}/{}", &blob.hex()[..2], blob.hex()));
-    shoal_e2e::wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
-        let p = a_file.clone();
-        async move { p.is_file() }
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let b_before = b.metrics().await.unwrap_or_default();
-    let cpu2 = cpu();
-    let perf = start_perf(&[("a", a_pid), ("b", b_pid)])?;
-    let (b_t, n) = get_count(&client, &format!("{}{path}", b.mirror_url())).await?;
-    stop_perf(perf);
-    let cpu3 = cpu();
-    ensure!(n == blob.size, "daemon B: {n} bytes of {}", blob.size);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let b_after = b.metrics().await.unwrap_or_default();
-    let delta = |name: &str, labels: &str| {
-        metric_value(&b_after, name, labels).unwrap_or(0.0) - metric_value(&b_before, name, labels).unwrap_or(0.0)
-    };
-    let b_peer = delta("shoal_fetched_bytes_total", "source=\"peer\"");
-    let b_origin = delta("shoal_fetched_bytes_total", "source=\"origin\"");
-    let a_up = a.metric("shoal_uploaded_bytes_total", "").await.ok().flatten().unwrap_or(0.0);
-    // Warm: B again, from its own cache.
-    let (w_t, n) = get_count(&client, &format!("{}{path}", b.mirror_url())).await?;
-    ensure!(n == blob.size, "daemon B warm: {n} bytes of {}", blob.size);
-
-    let rate = |t: Duration| blob.size as f64 / MB as f64 / t.as_secs_f64();
-    let _ = writeln!(report, "## Peer-to-peer rate on loopback: a {:.0} MB blob, no caps, sha256 on\n", blob.size as f64 / MB as f64);
-    let _ = writeln!(report, "| pull | time | rate | daemon CPU during it | note |");
-    let _ = writeln!(report, "|---|---|---|---|---|");
-    let _ = writeln!(report, "| origin direct (docker-registry) | {:.2} s | {:.0} MB/s | | client counts bytes only |", direct_t.as_secs_f64(), rate(direct_t));
-    let _ = writeln!(
-        report,
-        "| daemon A, cold, from the origin | {:.2} s | {:.0} MB/s | A {:.2} s | |",
-        a_t.as_secs_f64(),
-        rate(a_t),
-        cpu1.0 - cpu0.0
-    );
-    let _ = writeln!(
-        report,
-        "| **daemon B, cold, from peer A** | {:.2} s | **{:.0} MB/s** | A {:.2} s, B {:.2} s | B fetched {:.1} MB from peers, {:.1} MB from origin; A uploaded {:.1} MB; target ≥ 1000 MB/s |",
-        b_t.as_secs_f64(),
-        rate(b_t),
-        cpu3.0 - cpu2.0,
-        cpu3.1 - cpu2.1,
-        b_peer / MB as f64,
-        b_origin / MB as f64,
-        a_up / MB as f64
-    );
-    let _ = writeln!(report, "| daemon B, warm (its cache) | {:.2} s | {:.0} MB/s | | |", w_t.as_secs_f64(), rate(w_t));
-    let _ = writeln!(
-        report,
-        "\nThis CPU has no SHA-NI (`sha_ni` absent from /proc/cpuinfo): sha256 runs at a few hundred MB/s per core, which bounds \
-         any verified transfer; {} cores shared with whatever else runs.\n",
-        cores()
-    );
-    drop(scheduler);
     Ok(())
 }

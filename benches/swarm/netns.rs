@@ -46,10 +46,7 @@ pub fn in_ns(ns: &str, program: &str) -> Command {
 /// Runs a command to completion; fails with its stderr unless it exits 0. Returns stdout.
 pub fn sh(cmd: &mut Command) -> Result<String> {
     let line = format!("{cmd:?}");
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("spawn {line}"))?;
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("spawn {line}"))?;
     if !out.status.success() {
         bail!("{line} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
@@ -147,7 +144,19 @@ impl Topology {
 fn tbf(ns: &str, dev: &str, rate: &str, bits: f64) -> Result<()> {
     let burst = ((bits / 8.0 / 100.0) as u64).max(64 * 1024);
     sh(Command::new("tc").args([
-        "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", &burst.to_string(), "latency",
+        "-n",
+        ns,
+        "qdisc",
+        "add",
+        "dev",
+        dev,
+        "root",
+        "tbf",
+        "rate",
+        rate,
+        "burst",
+        &burst.to_string(),
+        "latency",
         "50ms",
     ]))?;
     Ok(())

@@ -19,7 +19,14 @@ pub struct Proc {
 impl Proc {
     /// Spawns `program args…` inside namespace `ns` (or in this namespace when `ns` is `None`),
     /// stdout+stderr appended to `log`.
-    pub fn spawn(name: &str, ns: Option<&str>, program: &Path, args: &[String], env: &[(&str, String)], log: &Path) -> Result<Self> {
+    pub fn spawn(
+        name: &str,
+        ns: Option<&str>,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, String)],
+        log: &Path,
+    ) -> Result<Self> {
         let mut cmd = Command::new("setpriv");
         cmd.args(["--pdeathsig", "KILL", "--"]);
         if let Some(ns) = ns {
@@ -29,7 +36,11 @@ impl Proc {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).with_context(|| format!("open {}", log.display()))?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("open {}", log.display()))?;
         let child = cmd
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -37,6 +48,10 @@ impl Proc {
             .spawn()
             .with_context(|| format!("spawn {name}: {cmd:?}"))?;
         Ok(Self { name: name.to_string(), log: log.to_path_buf(), child: Some(child) })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Swarm benchmark (benches/swarm.rs): N daemons in network namespaces with capped links pulling one
+# image at once, P2P vs straight from the origin, plus the raw peer rate on loopback. Needs root
+# (network namespaces, tc), docker-registry, skopeo, curl; iperf3 is used if present.
+#
+#   ./scripts/bench-swarm.sh                      # defaults: 8 nodes, 200mbit, 200 MB
+#   SHOAL_BENCH_NODES=4 SHOAL_BENCH_MB=64 ./scripts/bench-swarm.sh
+#
+# Other knobs: SHOAL_BENCH_RATE, SHOAL_BENCH_PARALLEL, SHOAL_BENCH_DAEMON_ARGS, SHOAL_BENCH_P2P_MB,
+# SHOAL_BENCH_SWARM, SHOAL_BENCH_IPERF, SHOAL_BENCH_VERIFY (see the top of benches/swarm.rs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PREFIX=shoalb-
+
+cleanup() {
+  # The benchmark removes what it creates; this catches a run that was killed.
+  local ns pid
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^${PREFIX}" || true); do
+    for pid in $(ip netns pids "$ns" 2>/dev/null || true); do
+      kill -9 "$pid" 2>/dev/null || true
+    done
+    ip netns del "$ns" 2>/dev/null || true
+  done
+}
+trap cleanup EXIT
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "bench-swarm.sh: needs root (network namespaces and tc)" >&2
+  exit 1
+fi
+for tool in ip tc nsenter setpriv curl docker-registry skopeo sha256sum; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "bench-swarm.sh: missing $tool" >&2; exit 1; }
+done
+
+cleanup
+cargo build --release --bin shoal
+
+# Run in the background so a signal reaches the traps at once; forward it to the benchmark (the
+# child of cargo), which then stops its processes and deletes its namespaces before exiting.
+SHOAL_BIN="$PWD/target/release/shoal" cargo bench -p shoal-e2e --bench swarm &
+CARGO_PID=$!
+forward() {
+  local sig=$1 pid children
+  children=$(pgrep -P "$CARGO_PID" 2>/dev/null || true)
+  if [[ -n $children ]]; then
+    for pid in $children; do kill -"$sig" "$pid" 2>/dev/null || true; done
+  else
+    kill -"$sig" "$CARGO_PID" 2>/dev/null || true
+  fi
+  wait "$CARGO_PID" 2>/dev/null || true
+}
+trap 'forward INT; exit 130' INT
+trap 'forward TERM; exit 143' TERM
+wait "$CARGO_PID"
