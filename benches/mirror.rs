@@ -96,18 +96,41 @@ async fn main() -> Result<()> {
 
     let date = std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d").output()?;
     println!();
-    println!("## Mirror benchmark — {} — {mib} MiB blob, median of {rounds} rounds", String::from_utf8_lossy(&date.stdout).trim());
+    println!(
+        "## Mirror benchmark — {} — {mib} MiB blob, median of {rounds} rounds",
+        String::from_utf8_lossy(&date.stdout).trim()
+    );
     println!();
     println!("| path | time | MiB/s | vs direct | target |");
     println!("|---|---|---|---|---|");
     println!("| direct from origin | {:.3} s | {:.0} | 1.00× | |", d.as_secs_f64(), rate(d));
-    println!("| cold through daemon | {:.3} s | {:.0} | {:.2}× | ≤ 1.25× |", c.as_secs_f64(), rate(c), c.as_secs_f64() / d.as_secs_f64());
-    println!("| warm through daemon | {:.3} s | {:.0} | {:.2}× | ≤ 1.00× |", w.as_secs_f64(), rate(w), w.as_secs_f64() / d.as_secs_f64());
+    println!(
+        "| cold through daemon | {:.3} s | {:.0} | {:.2}× | ≤ 1.25× |",
+        c.as_secs_f64(),
+        rate(c),
+        c.as_secs_f64() / d.as_secs_f64()
+    );
+    println!(
+        "| warm through daemon | {:.3} s | {:.0} | {:.2}× | ≤ 1.00× |",
+        w.as_secs_f64(),
+        rate(w),
+        w.as_secs_f64() / d.as_secs_f64()
+    );
     println!();
     println!("| 16 concurrent pulls | wall time | aggregate MiB/s | daemon peak RSS | target |");
     println!("|---|---|---|---|---|");
-    println!("| cold (one origin download) | {:.3} s | {:.0} | {:.1} MiB | ≤ 100 MiB |", cold16.as_secs_f64(), 16.0 * rate(cold16), rss_cold as f64 / 1024.0);
-    println!("| then warm | {:.3} s | {:.0} | {:.1} MiB | ≤ 100 MiB |", warm16.as_secs_f64(), 16.0 * rate(warm16), rss as f64 / 1024.0);
+    println!(
+        "| cold (one origin download) | {:.3} s | {:.0} | {:.1} MiB | ≤ 100 MiB |",
+        cold16.as_secs_f64(),
+        16.0 * rate(cold16),
+        rss_cold as f64 / 1024.0
+    );
+    println!(
+        "| then warm | {:.3} s | {:.0} | {:.1} MiB | ≤ 100 MiB |",
+        warm16.as_secs_f64(),
+        16.0 * rate(warm16),
+        rss as f64 / 1024.0
+    );
     let origin_gets = registry.blob_get_count(&blob.digest);
     println!();
     println!("origin GETs of the blob during the whole run: {origin_gets} ({} direct + {rounds} cold + 1 concurrent-cold expected)", rounds + 1);

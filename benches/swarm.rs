@@ -24,14 +24,14 @@
 //! Clients are curl processes inside each namespace (manifest by tag, then every blob, bytes
 //! counted, not hashed: the daemons hash, the client must not be the bottleneck on 2 cores).
 
+#[path = "swarm/loopback.rs"]
+mod loopback;
 #[path = "swarm/netns.rs"]
 mod netns;
 #[path = "swarm/procs.rs"]
 mod procs;
 #[path = "swarm/sys.rs"]
 mod sys;
-#[path = "swarm/loopback.rs"]
-mod loopback;
 
 use loopback::loopback;
 use sys::*;

@@ -68,80 +68,6 @@ impl DaemonConfig {
         self.config_toml = Some(toml.to_string());
         self
     }
-
-    /// Adds `--scheduler URL` (and so the peer listener on loopback).
-    pub fn scheduler(mut self, url: &str) -> Self {
-        self.schedulers.push(url.to_string());
-        self
-    }
-
-    /// Sets `--cluster-token`.
-    pub fn cluster_token(mut self, token: &str) -> Self {
-        self.cluster_token = Some(token.to_string());
-        self
-    }
-
-    /// Sets `--site`.
-    pub fn site(mut self, site: &str) -> Self {
-        self.site = Some(site.to_string());
-        self
-    }
-
-    /// Sets `--host-id`.
-    pub fn host_id(mut self, id: &str) -> Self {
-        self.host_id = Some(id.to_string());
-        self
-    }
-
-    /// Sets `--upload-limit` (peers), e.g. `12MiB/s`.
-    pub fn upload_limit(mut self, rate: &str) -> Self {
-        self.upload_limit = Some(rate.to_string());
-        self
-    }
-
-    /// Sets `--download-limit` (from peers).
-    pub fn download_limit(mut self, rate: &str) -> Self {
-        self.download_limit = Some(rate.to_string());
-        self
-    }
-
-    /// Sets `--origin-limit`.
-    pub fn origin_limit(mut self, rate: &str) -> Self {
-        self.origin_limit = Some(rate.to_string());
-        self
-    }
-
-    /// Sets an environment variable for the daemon process.
-    pub fn env(mut self, key: &str, value: &str) -> Self {
-        self.env.push((key.to_string(), value.to_string()));
-        self
-    }
-
-    /// The swarm arguments (empty without a scheduler, except for the limits).
-    fn swarm_args(&self, peer_port: u16) -> Vec<String> {
-        let mut args = Vec::new();
-        for url in &self.schedulers {
-            args.extend(["--scheduler".into(), url.clone()]);
-        }
-        if !self.schedulers.is_empty() {
-            args.extend(["--peer-listen".into(), format!("127.0.0.1:{peer_port}")]);
-            args.extend(["--advertise-addr".into(), "127.0.0.1".into()]);
-        }
-        let options = [
-            ("--cluster-token", &self.cluster_token),
-            ("--site", &self.site),
-            ("--host-id", &self.host_id),
-            ("--upload-limit", &self.upload_limit),
-            ("--download-limit", &self.download_limit),
-            ("--origin-limit", &self.origin_limit),
-        ];
-        for (flag, value) in options {
-            if let Some(value) = value {
-                args.extend([flag.to_string(), value.clone()]);
-            }
-        }
-        args
-    }
 }
 
 /// A running `shoal daemon`, killed on drop.
@@ -174,6 +100,16 @@ impl Daemon {
         let (mirror_port, admin_port, peer_port) = (free_port(), free_port(), free_udp_port());
         let admin = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
         let mut daemon = Self { dir, config, mirror_port, admin_port, peer_port, child: None, admin };
+        // Another process may take a port between `free_port` and the daemon's bind: retry then.
+        for _ in 0..3 {
+            match daemon.restart().await {
+                Err(e) if format!("{e:#}").contains("Address already in use") => {
+                    (daemon.mirror_port, daemon.admin_port, daemon.peer_port) =
+                        (free_port(), free_port(), free_udp_port());
+                }
+                result => return result.map(|()| daemon),
+            }
+        }
         daemon.restart().await?;
         Ok(daemon)
     }

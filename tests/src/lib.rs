@@ -5,6 +5,8 @@
 //!   access log tells how many times each blob was served;
 //! - [`Image`]: a synthetic multi-layer OCI image built offline from a seed, pushed with skopeo;
 //! - [`Daemon`]: the `shoal daemon` binary, with kill -9 and restart;
+//! - [`Scheduler`]: the `shoal scheduler` binary, with kill -9 and restart on the same port;
+//! - [`Swarm`]: N daemons sharing a scheduler (QUIC peer listeners on loopback, one cluster token);
 //! - [`Skopeo`], [`Podman`], [`Containerd`]: real clients pulling through the daemon as a mirror;
 //! - [`SlowProxy`]: a rate-limited link to the origin that can also turn into a black hole.
 //!
@@ -24,6 +26,8 @@ mod image;
 mod oci;
 mod proxy;
 mod registry;
+mod scheduler;
+mod swarm;
 mod util;
 
 pub use clients::{registries_conf, Podman, Skopeo};
@@ -34,7 +38,9 @@ pub use image::{Blob, Image};
 pub use oci::{expect_oci_error, manifest_request, oci_error_codes, raw_request, RawResponse, MANIFEST_TYPES};
 pub use proxy::SlowProxy;
 pub use registry::{AccessLogLine, Registry};
-pub use util::{free_port, run, sha256_hex, tail, wait_until, workspace_root};
+pub use scheduler::Scheduler;
+pub use swarm::{strip_ansi, KeepLogs, Swarm, CLUSTER_TOKEN};
+pub use util::{free_port, free_udp_port, run, sha256_hex, tail, wait_until, workspace_root};
 
 /// Tools the end-to-end tests need on PATH.
 pub const REQUIRED_TOOLS: &[&str] = &["docker-registry", "skopeo", "podman", "containerd", "ctr", "openssl"];

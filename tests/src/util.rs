@@ -8,10 +8,23 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-/// A free TCP port on 127.0.0.1 (bind to port 0, read it back, release it).
+/// A free TCP port on 127.0.0.1 (bind to port 0, read it back, release it). Never the same port
+/// twice in one test process, so processes started at once do not race for one port.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local_addr").port();
+        if first_hand_out(port) {
+            return port;
+        }
+    }
+}
+
+/// Records `port` as handed out; false if it already was.
+fn first_hand_out(port: u16) -> bool {
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner()).insert(port)
 }
 
 /// Polls `check` every `every` until it returns true or `limit` has passed. Returns whether it
@@ -112,4 +125,16 @@ pub(crate) fn log_file(path: &Path) -> Result<std::fs::File> {
         .append(true)
         .open(path)
         .with_context(|| format!("open log {}", path.display()))
+}
+
+/// A free UDP port on 127.0.0.1 (bind to port 0, read it back, release it), for a daemon's QUIC
+/// peer listener.
+pub fn free_udp_port() -> u16 {
+    loop {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp 127.0.0.1:0");
+        let port = socket.local_addr().expect("local_addr").port();
+        if first_hand_out(port) {
+            return port;
+        }
+    }
 }

@@ -21,10 +21,7 @@ pub struct Bitmap {
 impl Bitmap {
     /// An empty bitmap of `len` pieces.
     pub fn new(len: u32) -> Self {
-        Self {
-            bytes: vec![0; (len as usize).div_ceil(8)],
-            len,
-        }
+        Self { bytes: vec![0; (len as usize).div_ceil(8)], len }
     }
 
     /// Number of pieces it covers.
@@ -93,10 +90,7 @@ impl Bitmap {
     /// Decodes a bitmap of `len` pieces, rejecting a wrong length or bits past the end.
     pub fn from_bytes(len: u32, bytes: &[u8]) -> Result<Self, BitmapDecodeError> {
         let want = (len as usize).div_ceil(8);
-        let err = BitmapDecodeError {
-            got: bytes.len(),
-            want,
-        };
+        let err = BitmapDecodeError { got: bytes.len(), want };
         if bytes.len() != want {
             return Err(err);
         }
@@ -104,10 +98,7 @@ impl Bitmap {
         if spare > 0 && bytes[want - 1] >> (8 - spare) != 0 {
             return Err(err);
         }
-        Ok(Self {
-            bytes: bytes.to_vec(),
-            len,
-        })
+        Ok(Self { bytes: bytes.to_vec(), len })
     }
 }
 
@@ -124,10 +115,7 @@ mod tests {
         assert_eq!(b.count(), 2);
         assert!(b.get(9) && !b.get(5) && !b.get(100));
         assert_eq!(b.prefix(), 1);
-        assert_eq!(
-            b.missing().collect::<Vec<_>>(),
-            vec![1, 2, 3, 4, 5, 6, 7, 8]
-        );
+        assert_eq!(b.missing().collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6, 7, 8]);
         assert!(Bitmap::from_bytes(10, &[0, 0b0000_0100]).is_err());
         assert!(Bitmap::from_bytes(10, &[0]).is_err());
         assert!(Bitmap::new(0).is_full());

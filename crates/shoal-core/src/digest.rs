@@ -58,11 +58,7 @@ impl FromStr for Digest {
         if algo != "sha256" {
             return Err(DigestError::Unsupported(algo.to_owned()));
         }
-        if encoded.len() != 64
-            || !encoded
-                .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
+        if encoded.len() != 64 || !encoded.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(malformed());
         }
         let mut out = [0u8; 32];
@@ -74,11 +70,8 @@ impl FromStr for Digest {
 /// `algorithm-component (algorithm-separator algorithm-component)*` with components `[a-z0-9]+`.
 fn is_algorithm(s: &str) -> bool {
     !s.is_empty()
-        && s.split(['+', '.', '_', '-']).all(|c| {
-            !c.is_empty()
-                && c.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        })
+        && s.split(['+', '.', '_', '-'])
+            .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
 }
 
 fn is_encoded_char(b: u8) -> bool {
@@ -119,10 +112,7 @@ mod tests {
     fn parses_and_prints_sha256() {
         let d = Digest::of(b"hello");
         let s = d.to_string();
-        assert_eq!(
-            s,
-            "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
-        );
+        assert_eq!(s, "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
         assert_eq!(s.parse::<Digest>().unwrap(), d);
     }
 
@@ -138,15 +128,9 @@ mod tests {
             "sha256:../../../../etc/passwd",
             "SHA256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
         ] {
-            assert!(
-                matches!(bad.parse::<Digest>(), Err(DigestError::Malformed(_))),
-                "{bad}"
-            );
+            assert!(matches!(bad.parse::<Digest>(), Err(DigestError::Malformed(_))), "{bad}");
         }
-        assert!(matches!(
-            "sha512:abcd".parse::<Digest>(),
-            Err(DigestError::Unsupported(_))
-        ));
+        assert!(matches!("sha512:abcd".parse::<Digest>(), Err(DigestError::Unsupported(_))));
     }
 
     proptest! {

@@ -82,11 +82,7 @@ impl ErrorCode {
     /// The JSON error body with `message`.
     pub fn body(self, message: &str) -> String {
         let msg = serde_json_escape(message);
-        format!(
-            r#"{{"errors":[{{"code":"{}","message":"{}"}}]}}"#,
-            self.as_str(),
-            msg
-        )
+        format!(r#"{{"errors":[{{"code":"{}","message":"{}"}}]}}"#, self.as_str(), msg)
     }
 }
 
@@ -110,10 +106,7 @@ mod tests {
     #[test]
     fn bodies_are_json() {
         let b = ErrorCode::DigestInvalid.body("bad \"digest\"\n");
-        assert_eq!(
-            b,
-            r#"{"errors":[{"code":"DIGEST_INVALID","message":"bad \"digest\"\u000a"}]}"#
-        );
+        assert_eq!(b, r#"{"errors":[{"code":"DIGEST_INVALID","message":"bad \"digest\"\u000a"}]}"#);
         assert_eq!(ErrorCode::RangeUnsatisfiable.status(), 416);
         assert_eq!(ErrorCode::OriginUnreachable.status(), 504);
     }

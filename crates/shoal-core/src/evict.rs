@@ -41,22 +41,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn c(key: u32, size: u64, last_access: u64, in_use: bool) -> Candidate<u32> {
-        Candidate {
-            key,
-            size,
-            last_access,
-            in_use,
-        }
+        Candidate { key, size, last_access, in_use }
     }
 
     #[test]
     fn evicts_oldest_unpinned_first() {
-        let e = vec![
-            c(1, 10, 5, false),
-            c(2, 10, 1, true),
-            c(3, 10, 2, false),
-            c(4, 10, 9, false),
-        ];
+        let e = vec![c(1, 10, 5, false), c(2, 10, 1, true), c(3, 10, 2, false), c(4, 10, 9, false)];
         assert_eq!(plan(e.clone(), 40), Vec::<u32>::new());
         assert_eq!(plan(e.clone(), 25), vec![3, 1]);
         assert_eq!(plan(e, 0), vec![3, 1, 4]);

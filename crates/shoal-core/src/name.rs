@@ -97,12 +97,8 @@ impl Reference {
             return Ok(Self::Digest(s.parse()?));
         }
         let bytes = s.as_bytes();
-        let head_ok = bytes
-            .first()
-            .is_some_and(|&b| b.is_ascii_alphanumeric() || b == b'_');
-        let rest_ok = bytes
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        let head_ok = bytes.first().is_some_and(|&b| b.is_ascii_alphanumeric() || b == b'_');
+        let rest_ok = bytes.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
         if !head_ok || !rest_ok || bytes.len() > 128 {
             return Err(NameError::Tag);
         }
@@ -140,24 +136,17 @@ mod tests {
     #[test]
     fn rejects_bad_names() {
         let long = "a".repeat(256);
-        for bad in [
-            "", "UPPER", "a//b", "/a", "a/", "..", "a/../b", "a..b", "a___b", "-a", "a-", ".a",
-            "a b", "a%2fb", &long,
-        ] {
+        for bad in
+            ["", "UPPER", "a//b", "/a", "a/", "..", "a/../b", "a..b", "a___b", "-a", "a-", ".a", "a b", "a%2fb", &long]
+        {
             assert_eq!(RepoName::parse(bad), Err(NameError::Name), "{bad}");
         }
     }
 
     #[test]
     fn parses_references() {
-        assert_eq!(
-            Reference::parse("v1.0_rc-1").unwrap(),
-            Reference::Tag("v1.0_rc-1".into())
-        );
-        assert!(matches!(
-            Reference::parse(&Digest::of(b"x").to_string()).unwrap(),
-            Reference::Digest(_)
-        ));
+        assert_eq!(Reference::parse("v1.0_rc-1").unwrap(), Reference::Tag("v1.0_rc-1".into()));
+        assert!(matches!(Reference::parse(&Digest::of(b"x").to_string()).unwrap(), Reference::Digest(_)));
         for bad in ["", ".v1", "-v1", "v/1", "sha256:zz", &"a".repeat(129)] {
             assert!(Reference::parse(bad).is_err(), "{bad}");
         }

@@ -181,7 +181,17 @@ mod tests {
     ) -> Vec<Pick> {
         let views: Vec<ParentPieces<'_>> =
             parents.iter().map(|(have, in_flight)| ParentPieces { have, in_flight: *in_flight }).collect();
-        pick(&config, &PickInput { held, in_flight, parents: &views, read_position, max_requests, tie_offset: read_position.min(held.len()) })
+        pick(
+            &config,
+            &PickInput {
+                held,
+                in_flight,
+                parents: &views,
+                read_position,
+                max_requests,
+                tie_offset: read_position.min(held.len()),
+            },
+        )
     }
 
     fn pieces(picks: &[Pick]) -> Vec<u32> {

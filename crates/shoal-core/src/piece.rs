@@ -89,28 +89,10 @@ mod tests {
     fn covers_ranges() {
         let l = PieceLayout::for_size(5 * MIB + 7);
         assert_eq!(l.count(), 6);
-        assert_eq!(
-            l.piece(5),
-            ByteRange {
-                start: 5 * MIB,
-                end: 5 * MIB + 7
-            }
-        );
+        assert_eq!(l.piece(5), ByteRange { start: 5 * MIB, end: 5 * MIB + 7 });
         assert_eq!(l.covering(ByteRange { start: 0, end: 1 }), 0..1);
-        assert_eq!(
-            l.covering(ByteRange {
-                start: MIB - 1,
-                end: MIB + 1
-            }),
-            0..2
-        );
-        assert_eq!(
-            l.covering(ByteRange {
-                start: 5 * MIB,
-                end: 5 * MIB + 7
-            }),
-            5..6
-        );
+        assert_eq!(l.covering(ByteRange { start: MIB - 1, end: MIB + 1 }), 0..2);
+        assert_eq!(l.covering(ByteRange { start: 5 * MIB, end: 5 * MIB + 7 }), 5..6);
     }
 
     proptest! {

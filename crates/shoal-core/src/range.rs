@@ -62,11 +62,7 @@ impl ByteRange {
 pub fn parse(header: &str) -> Result<Option<RangeSpec>, RangeError> {
     let header = header.trim();
     let Some(set) = header.strip_prefix("bytes=") else {
-        return if header.contains('=') {
-            Ok(None)
-        } else {
-            Err(RangeError::Malformed)
-        };
+        return if header.contains('=') { Ok(None) } else { Err(RangeError::Malformed) };
     };
     if set.contains(',') {
         return Ok(None);
@@ -105,10 +101,7 @@ impl RangeSpec {
                 if n == 0 || size == 0 {
                     return Err(unsatisfiable);
                 }
-                Ok(ByteRange {
-                    start: size - n.min(size),
-                    end: size,
-                })
+                Ok(ByteRange { start: size - n.min(size), end: size })
             }
         }
     }
@@ -125,68 +118,24 @@ mod tests {
 
     #[test]
     fn resolves_ranges() {
-        assert_eq!(
-            r("bytes=0-9", 100),
-            Ok(Some(ByteRange { start: 0, end: 10 }))
-        );
-        assert_eq!(
-            r("bytes=90-", 100),
-            Ok(Some(ByteRange {
-                start: 90,
-                end: 100
-            }))
-        );
-        assert_eq!(
-            r("bytes=90-1000", 100),
-            Ok(Some(ByteRange {
-                start: 90,
-                end: 100
-            }))
-        );
-        assert_eq!(
-            r("bytes=-10", 100),
-            Ok(Some(ByteRange {
-                start: 90,
-                end: 100
-            }))
-        );
-        assert_eq!(
-            r("bytes=-1000", 100),
-            Ok(Some(ByteRange { start: 0, end: 100 }))
-        );
+        assert_eq!(r("bytes=0-9", 100), Ok(Some(ByteRange { start: 0, end: 10 })));
+        assert_eq!(r("bytes=90-", 100), Ok(Some(ByteRange { start: 90, end: 100 })));
+        assert_eq!(r("bytes=90-1000", 100), Ok(Some(ByteRange { start: 90, end: 100 })));
+        assert_eq!(r("bytes=-10", 100), Ok(Some(ByteRange { start: 90, end: 100 })));
+        assert_eq!(r("bytes=-1000", 100), Ok(Some(ByteRange { start: 0, end: 100 })));
         assert_eq!(r("bytes=0-1,5-6", 100), Ok(None));
         assert_eq!(r("items=0-1", 100), Ok(None));
-        assert_eq!(
-            ByteRange {
-                start: 90,
-                end: 100
-            }
-            .content_range(100),
-            "bytes 90-99/100"
-        );
+        assert_eq!(ByteRange { start: 90, end: 100 }.content_range(100), "bytes 90-99/100");
     }
 
     #[test]
     fn rejects_bad_ranges() {
-        for bad in [
-            "abc",
-            "bytes=abc",
-            "bytes=5-1",
-            "bytes=-",
-            "bytes=1",
-            "bytes=+1-2",
-            "bytes=99999999999999999999-",
-        ] {
+        for bad in ["abc", "bytes=abc", "bytes=5-1", "bytes=-", "bytes=1", "bytes=+1-2", "bytes=99999999999999999999-"]
+        {
             assert_eq!(r(bad, 100), Err(RangeError::Malformed), "{bad}");
         }
-        assert_eq!(
-            r("bytes=100-", 100),
-            Err(RangeError::Unsatisfiable { size: 100 })
-        );
-        assert_eq!(
-            r("bytes=-0", 100),
-            Err(RangeError::Unsatisfiable { size: 100 })
-        );
+        assert_eq!(r("bytes=100-", 100), Err(RangeError::Unsatisfiable { size: 100 }));
+        assert_eq!(r("bytes=-0", 100), Err(RangeError::Unsatisfiable { size: 100 }));
         assert_eq!(r("bytes=0-", 0), Err(RangeError::Unsatisfiable { size: 0 }));
     }
 

@@ -63,14 +63,8 @@ pub fn parse(path: &str) -> Result<Route, RouteError> {
     let (head, last) = rest.rsplit_once('/').ok_or(RouteError::NotFound)?;
     let (name, kind) = head.rsplit_once('/').ok_or(RouteError::NotFound)?;
     match kind {
-        "manifests" => Ok(Route::Manifest {
-            name: RepoName::parse(name)?,
-            reference: Reference::parse(last)?,
-        }),
-        "blobs" => Ok(Route::Blob {
-            name: RepoName::parse(name)?,
-            digest: last.parse()?,
-        }),
+        "manifests" => Ok(Route::Manifest { name: RepoName::parse(name)?, reference: Reference::parse(last)? }),
+        "blobs" => Ok(Route::Blob { name: RepoName::parse(name)?, digest: last.parse()? }),
         "tags" if last == "list" => {
             RepoName::parse(name)?;
             Ok(Route::Unsupported)
@@ -96,11 +90,7 @@ pub fn parse_ns(ns: &str) -> Result<&str, NsError> {
     }
     let (host, port) = split_host_port(ns).ok_or(NsError)?;
     if let Some(p) = port {
-        if p.is_empty()
-            || p.len() > 5
-            || !p.bytes().all(|b| b.is_ascii_digit())
-            || p.parse::<u16>().is_err()
-        {
+        if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) || p.parse::<u16>().is_err() {
             return Err(NsError);
         }
     }
@@ -159,9 +149,7 @@ mod tests {
         let b = parse(&format!("/v2/a/b/blobs/{}", d())).unwrap();
         assert!(matches!(b, Route::Blob { ref name, .. } if name.as_str() == "a/b"));
         let nested = parse("/v2/x/manifests/y/manifests/latest").unwrap();
-        assert!(
-            matches!(nested, Route::Manifest { ref name, .. } if name.as_str() == "x/manifests/y")
-        );
+        assert!(matches!(nested, Route::Manifest { ref name, .. } if name.as_str() == "x/manifests/y"));
         assert_eq!(parse("/v2/a/blobs/uploads/").unwrap(), Route::Upload);
         assert_eq!(parse("/v2/a/blobs/uploads/123").unwrap(), Route::Upload);
         assert_eq!(parse("/v2/a/tags/list").unwrap(), Route::Unsupported);
@@ -173,51 +161,21 @@ mod tests {
         assert_eq!(parse("/v1/a/manifests/x"), Err(RouteError::NotFound));
         assert_eq!(parse("/v2/a"), Err(RouteError::NotFound));
         assert_eq!(parse("/v2/a/things/x"), Err(RouteError::NotFound));
-        assert_eq!(
-            parse("/v2/UPPER/manifests/x"),
-            Err(RouteError::Name(NameError::Name))
-        );
-        assert_eq!(
-            parse(&format!("/v2/../../etc/blobs/{}", d())),
-            Err(RouteError::Name(NameError::Name))
-        );
-        assert_eq!(
-            parse("/v2/%2e%2e/manifests/x"),
-            Err(RouteError::Name(NameError::Name))
-        );
-        assert!(matches!(
-            parse("/v2/a/blobs/sha256:xyz"),
-            Err(RouteError::Digest(_))
-        ));
+        assert_eq!(parse("/v2/UPPER/manifests/x"), Err(RouteError::Name(NameError::Name)));
+        assert_eq!(parse(&format!("/v2/../../etc/blobs/{}", d())), Err(RouteError::Name(NameError::Name)));
+        assert_eq!(parse("/v2/%2e%2e/manifests/x"), Err(RouteError::Name(NameError::Name)));
+        assert!(matches!(parse("/v2/a/blobs/sha256:xyz"), Err(RouteError::Digest(_))));
         assert!(parse("/v2/a/blobs/../../etc/passwd").is_err());
         assert!(parse("/v2/a/blobs/..%2f..%2fetc%2fpasswd").is_err());
     }
 
     #[test]
     fn validates_ns() {
-        for ok in [
-            "docker.io",
-            "127.0.0.1:5000",
-            "registry-1.docker.io",
-            "[::1]:5000",
-            "[::1]",
-            "localhost",
-        ] {
+        for ok in ["docker.io", "127.0.0.1:5000", "registry-1.docker.io", "[::1]:5000", "[::1]", "localhost"] {
             assert_eq!(parse_ns(ok), Ok(ok));
         }
-        for bad in [
-            "",
-            "a/b",
-            "host:",
-            "host:99999",
-            "host:12a",
-            "-a.com",
-            "a..b",
-            "[::1",
-            "[zz]:1",
-            "a b",
-            "http://x",
-        ] {
+        for bad in ["", "a/b", "host:", "host:99999", "host:12a", "-a.com", "a..b", "[::1", "[zz]:1", "a b", "http://x"]
+        {
             assert_eq!(parse_ns(bad), Err(NsError), "{bad}");
         }
     }

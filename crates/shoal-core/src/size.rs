@@ -12,9 +12,7 @@ pub struct SizeError(pub String);
 pub fn parse_size(s: &str) -> Result<u64, SizeError> {
     let err = || SizeError(s.to_owned());
     let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let unit = unit.trim();
     let mult: u64 = match unit.to_ascii_lowercase().as_str() {
@@ -43,9 +41,7 @@ pub fn parse_size(s: &str) -> Result<u64, SizeError> {
 /// Parses a rate in bytes per second (`100MiB/s`); the `/s` is required.
 pub fn parse_rate(s: &str) -> Result<u64, SizeError> {
     let t = s.trim();
-    let size = t
-        .strip_suffix("/s")
-        .ok_or_else(|| SizeError(s.to_owned()))?;
+    let size = t.strip_suffix("/s").ok_or_else(|| SizeError(s.to_owned()))?;
     parse_size(size).map_err(|_| SizeError(s.to_owned()))
 }
 

@@ -87,8 +87,8 @@ impl Reader {
         let len = (ready.min(self.end) - self.pos).min(CHUNK) as usize;
         let (file, pos, shared) = (self.file.clone(), self.pos, self.progress.is_some());
         let bytes = tokio::task::spawn_blocking(move || read_chunk(&file, pos, len, shared))
-        .await
-        .map_err(io::Error::other)??;
+            .await
+            .map_err(io::Error::other)??;
         self.pos += len as u64;
         self.served.inc_by(len as u64);
         Ok(Some(bytes))
@@ -103,7 +103,7 @@ impl Reader {
             let ready = {
                 let p = rx.borrow_and_update();
                 match &p.state {
-                    State::Complete | State::Verified => *size,
+                    State::Complete => *size,
                     State::Failed(why) => return Err(io::Error::other(format!("blob download failed: {why}"))),
                     State::Running => p.available.min(size.saturating_sub(1)),
                 }
@@ -113,7 +113,7 @@ impl Reader {
             }
             if rx.changed().await.is_err() {
                 let p = rx.borrow();
-                if !matches!(p.state, State::Complete | State::Verified) {
+                if p.state != State::Complete {
                     return Err(io::Error::other("blob download ended before the blob was complete"));
                 }
             }

@@ -102,14 +102,23 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
     let mut endpoint = None;
     if let Some(swarm) = &settings.swarm {
         let ep = crate::peer::client::endpoint(swarm.peer_listen).map_err(StartError::Peer)?;
-        let addr =
-            ep.local_addr().map_err(|source| StartError::Bind { key: "peer_listen", addr: swarm.peer_listen, source })?;
-        let schedulers = Schedulers::new(swarm, addr, settings.limits.upload).map_err(|e| StartError::Peer(e.to_string()))?;
+        let addr = ep.local_addr().map_err(|source| StartError::Bind {
+            key: "peer_listen",
+            addr: swarm.peer_listen,
+            source,
+        })?;
+        let schedulers =
+            Schedulers::new(swarm, addr, settings.limits.upload).map_err(|e| StartError::Peer(e.to_string()))?;
         let schedulers = Arc::new(schedulers);
         handles.push(tokio::spawn(schedulers.clone().announce_forever()));
         let download = Arc::new(Limiter::new(settings.limits.download));
         let peers = Arc::new(PeerClient::new(ep.clone(), swarm.host_id.clone(), swarm.token.clone(), download));
-        tasks = tasks.with_swarm(Arc::new(Swarm { schedulers, peers, picker: PickerConfig { urgent_window: 2, ..PickerConfig::default() }, seeds: Default::default() }));
+        tasks = tasks.with_swarm(Arc::new(Swarm {
+            schedulers,
+            peers,
+            picker: PickerConfig { urgent_window: 2, ..PickerConfig::default() },
+            seeds: Default::default(),
+        }));
         peer_addr = Some(addr);
         endpoint = Some(ep);
     }
@@ -166,22 +175,19 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
 fn admin_router(metrics: Arc<Metrics>, tasks: Arc<Tasks>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/status", get(move || {
-            let tasks = tasks.clone();
-            async move { axum::Json(tasks.status()) }
-        }))
+        .route(
+            "/status",
+            get(move || {
+                let tasks = tasks.clone();
+                async move { axum::Json(tasks.status()) }
+            }),
+        )
         .route(
             "/metrics",
             get(move || {
                 let metrics = metrics.clone();
                 async move {
-                    (
-                        [(
-                            CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        metrics.encode(),
-                    )
+                    ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.encode())
                 }
             }),
         )

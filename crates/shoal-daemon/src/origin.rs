@@ -65,7 +65,9 @@ pub enum OriginError {
 impl OriginError {
     fn marked_down(&self) -> Self {
         match self {
-            Self::Timeout { registry, message } => Self::Timeout { registry: registry.clone(), message: format!("{message} (marked down)") },
+            Self::Timeout { registry, message } => {
+                Self::Timeout { registry: registry.clone(), message: format!("{message} (marked down)") }
+            }
             Self::Unreachable { registry, message } | Self::Auth { registry, message } => {
                 Self::Unreachable { registry: registry.clone(), message: format!("{message} (marked down)") }
             }

@@ -152,6 +152,11 @@ impl<'a> Download<'a> {
             let held = have.borrow().have.clone();
             self.in_flight.retain(|i| !held.get(*i));
             if held.is_full() {
+                // Pieces finished just now may still be queued: their digests must reach the
+                // scheduler before Done, or children cannot verify them.
+                while let Ok((index, digest)) = finished.try_recv() {
+                    self.on_finished(index, digest);
+                }
                 self.report(peer_event::Event::Done(Default::default()));
                 if let Some(session) = self.session.take() {
                     self.swarm.keep_seeding(session);

@@ -229,7 +229,8 @@ impl Tasks {
             .map(|t| {
                 let have = t.progress.borrow().have.count();
                 let elapsed = t.started.elapsed().as_secs_f64();
-                let (origin, peer) = (t.counters.origin_bytes.load(Ordering::Relaxed), t.counters.peer_bytes.load(Ordering::Relaxed));
+                let (origin, peer) =
+                    (t.counters.origin_bytes.load(Ordering::Relaxed), t.counters.peer_bytes.load(Ordering::Relaxed));
                 TaskStatus {
                     digest: t.digest.to_string(),
                     size: t.layout.size,
@@ -274,7 +275,14 @@ impl Tasks {
         let layout = PieceLayout::for_size(size);
         let writer = PieceWriter::open(&self.paths, self.meta.clone(), digest, layout, now_millis())?;
         let file = Arc::new(File::open(self.paths.partial(&digest)).map_err(WriteError::from)?);
-        let task = Arc::new(Task { digest, layout, file, progress: writer.subscribe(), started: Instant::now(), counters: Arc::default() });
+        let task = Arc::new(Task {
+            digest,
+            layout,
+            file,
+            progress: writer.subscribe(),
+            started: Instant::now(),
+            counters: Arc::default(),
+        });
         running.insert(digest, task.clone());
         drop(running);
         let tasks = self.clone();

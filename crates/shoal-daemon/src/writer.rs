@@ -74,9 +74,6 @@ pub struct Progress {
 pub enum State {
     /// Still receiving pieces.
     Running,
-    /// Every byte present and the whole blob hashed to its digest; being synced and moved into
-    /// place. Readers may send the last byte from here on.
-    Verified,
     /// Verified and at its final path.
     Complete,
     /// Given up; the message says why.
@@ -317,7 +314,6 @@ impl PieceWriter {
             self.discard();
             return Err(WriteError::DigestMismatch { expected: self.digest, actual });
         }
-        self.progress.send_modify(|p| p.state = State::Verified);
         self.file.sync_all()?;
         let dest = self.paths.blob(&self.digest);
         if let Some(parent) = dest.parent() {

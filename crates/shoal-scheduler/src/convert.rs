@@ -15,7 +15,9 @@ pub fn task_id(s: &str) -> Result<Digest, Status> {
 pub fn layout(size: u64, piece_size: u64) -> Result<PieceLayout, Status> {
     let layout = PieceLayout::for_size(size);
     if layout.piece_size != piece_size {
-        return Err(Status::invalid_argument(format!("piece_size {piece_size} is not the layout of a {size}-byte blob")));
+        return Err(Status::invalid_argument(format!(
+            "piece_size {piece_size} is not the layout of a {size}-byte blob"
+        )));
     }
     Ok(layout)
 }
@@ -44,8 +46,12 @@ pub fn fail_reason(v: i32) -> FailReason {
 /// A decision as a scheduler event.
 pub fn decision(d: &Decision) -> pb::SchedulerEvent {
     let event = match d {
-        Decision::BackToSource => pb::scheduler_event::Event::BackToSource(pb::BackToSource { reason: "no parent can serve this peer yet".into() }),
-        Decision::Parents(ps) => pb::scheduler_event::Event::Parents(pb::Parents { parents: ps.iter().map(parent).collect() }),
+        Decision::BackToSource => pb::scheduler_event::Event::BackToSource(pb::BackToSource {
+            reason: "no parent can serve this peer yet".into(),
+        }),
+        Decision::Parents(ps) => {
+            pb::scheduler_event::Event::Parents(pb::Parents { parents: ps.iter().map(parent).collect() })
+        }
     };
     pb::SchedulerEvent { event: Some(event) }
 }

@@ -41,7 +41,12 @@ struct Inner {
 impl SchedulerService {
     /// A service with the given decision rules.
     pub fn new(config: Config, metrics: Arc<SchedulerMetrics>) -> Self {
-        let inner = Inner { core: Mutex::new(Scheduler::new(config)), epoch: Instant::now(), metrics, outboxes: Mutex::new(HashMap::new()) };
+        let inner = Inner {
+            core: Mutex::new(Scheduler::new(config)),
+            epoch: Instant::now(),
+            metrics,
+            outboxes: Mutex::new(HashMap::new()),
+        };
         Self { inner: Arc::new(inner) }
     }
 }
@@ -133,13 +138,24 @@ impl Inner {
 
 #[tonic::async_trait]
 impl pb::scheduler_server::Scheduler for SchedulerService {
-    async fn announce_host(&self, req: Request<pb::HostAnnouncement>) -> Result<Response<pb::AnnounceHostReply>, Status> {
+    async fn announce_host(
+        &self,
+        req: Request<pb::HostAnnouncement>,
+    ) -> Result<Response<pb::AnnounceHostReply>, Status> {
         let a = req.into_inner();
         if a.host_id.is_empty() || a.host_id.len() > 256 {
             return Err(Status::invalid_argument("host_id must be 1 to 256 bytes"));
         }
-        a.peer_addr.parse::<SocketAddr>().map_err(|e| Status::invalid_argument(format!("peer_addr {:?}: {e}", a.peer_addr)))?;
-        let info = HostInfo { id: HostId(a.host_id), addr: a.peer_addr, site: a.site, upload_limit: a.upload_limit, load: a.load };
+        a.peer_addr
+            .parse::<SocketAddr>()
+            .map_err(|e| Status::invalid_argument(format!("peer_addr {:?}: {e}", a.peer_addr)))?;
+        let info = HostInfo {
+            id: HostId(a.host_id),
+            addr: a.peer_addr,
+            site: a.site,
+            upload_limit: a.upload_limit,
+            load: a.load,
+        };
         self.inner.with_core(|c, now| c.announce_host(now, info));
         Ok(Response::new(pb::AnnounceHostReply { reannounce_secs: REANNOUNCE_SECS }))
     }
@@ -149,13 +165,17 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
     async fn peer(&self, req: Request<Streaming<pb::PeerEvent>>) -> Result<Response<Self::PeerStream>, Status> {
         let mut inbound = req.into_inner();
         let first = inbound.message().await?.and_then(|m| m.event);
-        let Some(Event::Register(r)) = first else { return Err(Status::invalid_argument("the first peer event must be register")) };
+        let Some(Event::Register(r)) = first else {
+            return Err(Status::invalid_argument("the first peer event must be register"));
+        };
         let task = convert::task_id(&r.task_id)?;
         let layout = convert::layout(r.size, r.piece_size)?;
         let have = convert::bitmap(layout.count(), &r.have)?;
         let host = HostId(r.host_id);
         let inner = self.inner.clone();
-        let decision = inner.with_core(|c, now| c.register(now, task, &host, layout, have)).map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let decision = inner
+            .with_core(|c, now| c.register(now, task, &host, layout, have))
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
         inner.count(&decision);
         let (outbox, rx) = mpsc::unbounded_channel();
         let known = inner.with_core(|c, _| c.piece_digests(task));

@@ -59,30 +59,21 @@ pub fn run(args: ConfigArgs) -> Result<()> {
         None => Config::default(),
     };
     if !args.registry.is_empty() {
-        config.registry = args
-            .registry
-            .iter()
-            .map(|r| Config::parse_registry_flag(r))
-            .collect::<Result<_, _>>()?;
+        config.registry = args.registry.iter().map(|r| Config::parse_registry_flag(r)).collect::<Result<_, _>>()?;
     }
     let settings = config.validate()?;
     let files = match args.client {
         Client::Containerd => containerd(&settings.registries, &args.mirror),
-        Client::Docker => vec![docker(
-            &read_existing(&args.root, DOCKER_JSON)?,
-            &args.mirror,
-        )?],
+        Client::Docker => vec![docker(&read_existing(&args.root, DOCKER_JSON)?, &args.mirror)?],
         Client::Podman => vec![podman(&settings.registries[0], &args.mirror)],
     };
     for f in &files {
         if args.write {
             let dest = args.root.join(f.path.strip_prefix("/").unwrap_or(&f.path));
             if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("creating {}", parent.display()))?;
+                std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
             }
-            std::fs::write(&dest, &f.contents)
-                .with_context(|| format!("writing {}", dest.display()))?;
+            std::fs::write(&dest, &f.contents).with_context(|| format!("writing {}", dest.display()))?;
             println!("wrote {}", dest.display());
         } else {
             println!("# {}\n{}", f.path.display(), f.contents);
@@ -128,17 +119,9 @@ pub fn docker(existing: &Option<String>, mirror: &str) -> Result<File> {
         }
         _ => serde_json::json!({}),
     };
-    let obj = json
-        .as_object_mut()
-        .context("existing /etc/docker/daemon.json is not a JSON object")?;
-    obj.insert(
-        "registry-mirrors".into(),
-        serde_json::json!([format!("http://{mirror}")]),
-    );
-    Ok(File {
-        path: PathBuf::from(DOCKER_JSON),
-        contents: serde_json::to_string_pretty(&json)? + "\n",
-    })
+    let obj = json.as_object_mut().context("existing /etc/docker/daemon.json is not a JSON object")?;
+    obj.insert("registry-mirrors".into(), serde_json::json!([format!("http://{mirror}")]));
+    Ok(File { path: PathBuf::from(DOCKER_JSON), contents: serde_json::to_string_pretty(&json)? + "\n" })
 }
 
 /// A registries.conf.d drop-in mirroring the default registry.
@@ -157,68 +140,38 @@ mod tests {
     use super::*;
 
     fn reg(name: &str, url: &str) -> Registry {
-        Registry {
-            name: name.into(),
-            url: url.parse().unwrap(),
-            credentials: None,
-        }
+        Registry { name: name.into(), url: url.parse().unwrap(), credentials: None }
     }
 
     #[test]
     fn writes_one_hosts_toml_per_registry() {
         let files = containerd(
-            &[
-                reg("docker.io", "https://registry-1.docker.io"),
-                reg("127.0.0.1:5000", "http://127.0.0.1:5000"),
-            ],
+            &[reg("docker.io", "https://registry-1.docker.io"), reg("127.0.0.1:5000", "http://127.0.0.1:5000")],
             "127.0.0.1:65001",
         );
         assert_eq!(files.len(), 2);
-        assert_eq!(
-            files[1].path,
-            PathBuf::from("/etc/containerd/certs.d/127.0.0.1:5000/hosts.toml")
-        );
+        assert_eq!(files[1].path, PathBuf::from("/etc/containerd/certs.d/127.0.0.1:5000/hosts.toml"));
         let parsed: toml::Value = toml::from_str(&files[0].contents).unwrap();
-        assert_eq!(
-            parsed["server"].as_str(),
-            Some("https://registry-1.docker.io")
-        );
-        assert_eq!(
-            parsed["host"]["http://127.0.0.1:65001"]["capabilities"]
-                .as_array()
-                .unwrap()
-                .len(),
-            2
-        );
+        assert_eq!(parsed["server"].as_str(), Some("https://registry-1.docker.io"));
+        assert_eq!(parsed["host"]["http://127.0.0.1:65001"]["capabilities"].as_array().unwrap().len(), 2);
     }
 
     #[test]
     fn keeps_other_docker_settings() {
-        let f = docker(
-            &Some(r#"{"log-driver":"json-file","registry-mirrors":["http://old"]}"#.into()),
-            "127.0.0.1:65001",
-        )
-        .unwrap();
+        let f =
+            docker(&Some(r#"{"log-driver":"json-file","registry-mirrors":["http://old"]}"#.into()), "127.0.0.1:65001")
+                .unwrap();
         let v: serde_json::Value = serde_json::from_str(&f.contents).unwrap();
         assert_eq!(v["log-driver"], "json-file");
-        assert_eq!(
-            v["registry-mirrors"],
-            serde_json::json!(["http://127.0.0.1:65001"])
-        );
+        assert_eq!(v["registry-mirrors"], serde_json::json!(["http://127.0.0.1:65001"]));
         assert!(docker(&Some("[1]".into()), "x").is_err());
         assert!(docker(&None, "x").is_ok());
     }
 
     #[test]
     fn podman_drop_in_parses() {
-        let f = podman(
-            &reg("docker.io", "https://registry-1.docker.io"),
-            "127.0.0.1:65001",
-        );
+        let f = podman(&reg("docker.io", "https://registry-1.docker.io"), "127.0.0.1:65001");
         let v: toml::Value = toml::from_str(&f.contents).unwrap();
-        assert_eq!(
-            v["registry"][0]["mirror"][0]["location"].as_str(),
-            Some("127.0.0.1:65001")
-        );
+        assert_eq!(v["registry"][0]["mirror"][0]["location"].as_str(), Some("127.0.0.1:65001"));
     }
 }

@@ -105,11 +105,7 @@ impl DaemonArgs {
             }
         }
         if !self.registry.is_empty() {
-            config.registry = self
-                .registry
-                .iter()
-                .map(|r| Config::parse_registry_flag(r))
-                .collect::<Result<_, _>>()?;
+            config.registry = self.registry.iter().map(|r| Config::parse_registry_flag(r)).collect::<Result<_, _>>()?;
         }
         Ok(config.validate()?)
     }
@@ -122,10 +118,7 @@ fn override_opt<T: Clone>(key: &mut Option<T>, flag: &Option<T>) {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")
 }
 
 /// `shoal daemon`.
@@ -148,7 +141,9 @@ pub fn run_up(args: UpArgs) -> Result<()> {
     };
     let settings = args.daemon.settings(base)?;
     runtime()?.block_on(async {
-        let listener = tokio::net::TcpListener::bind(UP_SCHEDULER).await.with_context(|| format!("scheduler cannot listen on {UP_SCHEDULER}"))?;
+        let listener = tokio::net::TcpListener::bind(UP_SCHEDULER)
+            .await
+            .with_context(|| format!("scheduler cannot listen on {UP_SCHEDULER}"))?;
         tokio::spawn(shoal_scheduler::serve(listener, Default::default()));
         let running = shoal_daemon::daemon::start(&settings).await?;
         println!("{}", banner(&settings, running.mirror_addr, running.admin_addr));
@@ -177,11 +172,7 @@ async fn serve_until_signal(running: shoal_daemon::daemon::Running) -> Result<()
 }
 
 fn banner(s: &Settings, mirror: std::net::SocketAddr, admin: std::net::SocketAddr) -> String {
-    let registries: Vec<String> = s
-        .registries
-        .iter()
-        .map(|r| format!("{} ({})", r.name, r.url))
-        .collect();
+    let registries: Vec<String> = s.registries.iter().map(|r| format!("{} ({})", r.name, r.url)).collect();
     format!(
         "Shoal is up.\n  scheduler:  http://{UP_SCHEDULER}  (shoal status --scheduler http://{UP_SCHEDULER})\n  mirror:     http://{mirror}  (registries: {})\n  admin:      http://{admin}/metrics  http://{admin}/healthz\n  data:       {}\n\n\
          Point your clients at it:\n  containerd: shoal config containerd --mirror {mirror} --write   (then restart containerd)\n  \
@@ -201,10 +192,7 @@ mod tests {
     #[test]
     fn the_example_config_validates() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/shoal.toml");
-        let args = DaemonArgs {
-            config: Some(path),
-            ..DaemonArgs::default()
-        };
+        let args = DaemonArgs { config: Some(path), ..DaemonArgs::default() };
         let s = args.settings(Config::default()).unwrap();
         assert_eq!(s.registries.len(), 2);
         assert_eq!(s.cache_size, 20 << 30);
@@ -225,32 +213,15 @@ mod tests {
         assert_eq!(s.mirror_listen.port(), 2);
         assert_eq!(s.registries[0].name, "a.io");
         let args = DaemonArgs {
-            registry: vec![
-                "b.io=http://127.0.0.1:5000".into(),
-                "c.io=https://c.io".into(),
-            ],
+            registry: vec!["b.io=http://127.0.0.1:5000".into(), "c.io=https://c.io".into()],
             ..DaemonArgs::default()
         };
         let s = args.settings(Config::default()).unwrap();
         assert_eq!(s.registries.len(), 2);
         assert_eq!(s.registries[0].name, "b.io");
-        let bad = DaemonArgs {
-            cache_size: Some("big".into()),
-            ..DaemonArgs::default()
-        };
-        assert!(bad
-            .settings(Config::default())
-            .unwrap_err()
-            .to_string()
-            .contains("cache_size"));
-        let bad = DaemonArgs {
-            registry: vec!["nourl".into()],
-            ..DaemonArgs::default()
-        };
-        assert!(bad
-            .settings(Config::default())
-            .unwrap_err()
-            .to_string()
-            .contains("registry"));
+        let bad = DaemonArgs { cache_size: Some("big".into()), ..DaemonArgs::default() };
+        assert!(bad.settings(Config::default()).unwrap_err().to_string().contains("cache_size"));
+        let bad = DaemonArgs { registry: vec!["nourl".into()], ..DaemonArgs::default() };
+        assert!(bad.settings(Config::default()).unwrap_err().to_string().contains("registry"));
     }
 }

@@ -69,7 +69,10 @@ async fn fetch(args: &FetchArgs, t: &Target) -> Result<()> {
     let base = format!("http://{}/v2/{}", args.mirror, t.name);
     let ns = t.ns.as_ref().map(|n| format!("?ns={n}")).unwrap_or_default();
     let started = Instant::now();
-    let blobs = if t.reference.starts_with("sha256:") && t.reference.parse::<Digest>().is_ok() && !is_manifest(&client, &base, &ns, &t.reference).await {
+    let blobs = if t.reference.starts_with("sha256:")
+        && t.reference.parse::<Digest>().is_ok()
+        && !is_manifest(&client, &base, &ns, &t.reference).await
+    {
         vec![(t.reference.parse::<Digest>()?, None)]
     } else {
         image_blobs(&client, &base, &ns, &t.reference).await?
@@ -84,7 +87,12 @@ async fn fetch(args: &FetchArgs, t: &Target) -> Result<()> {
     }
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
-    println!("fetched {} blob(s), {} in {secs:.2} s ({}/s), every sha256 verified", blobs.len(), shoal_core::size::format_size(bytes), shoal_core::size::format_size((bytes as f64 / secs.max(1e-3)) as u64));
+    println!(
+        "fetched {} blob(s), {} in {secs:.2} s ({}/s), every sha256 verified",
+        blobs.len(),
+        shoal_core::size::format_size(bytes),
+        shoal_core::size::format_size((bytes as f64 / secs.max(1e-3)) as u64)
+    );
     Ok(())
 }
 
@@ -112,7 +120,12 @@ async fn manifest(client: &reqwest::Client, base: &str, ns: &str, reference: &st
 }
 
 /// Config and layers of an image (for an index: the linux/amd64 entry, else the first).
-async fn image_blobs(client: &reqwest::Client, base: &str, ns: &str, reference: &str) -> Result<Vec<(Digest, Option<u64>)>> {
+async fn image_blobs(
+    client: &reqwest::Client,
+    base: &str,
+    ns: &str,
+    reference: &str,
+) -> Result<Vec<(Digest, Option<u64>)>> {
     let mut m = manifest(client, base, ns, reference).await?;
     if let Some(list) = m.get("manifests").and_then(|v| v.as_array()) {
         let pick = list
@@ -131,7 +144,13 @@ async fn image_blobs(client: &reqwest::Client, base: &str, ns: &str, reference: 
     Ok(out)
 }
 
-async fn blob(client: &reqwest::Client, url: &str, digest: &Digest, out: Option<&PathBuf>, bar: &ProgressBar) -> Result<u64> {
+async fn blob(
+    client: &reqwest::Client,
+    url: &str,
+    digest: &Digest,
+    out: Option<&PathBuf>,
+    bar: &ProgressBar,
+) -> Result<u64> {
     let resp = client.get(url).send().await.context("mirror unreachable")?;
     let status = resp.status();
     if !status.is_success() {
@@ -153,7 +172,10 @@ async fn blob(client: &reqwest::Client, url: &str, digest: &Digest, out: Option<
         n += chunk.len() as u64;
         bar.inc(chunk.len() as u64);
     }
-    ensure!(Digest::from_bytes(hasher.finalize().into()) == *digest, "blob {digest}: content does not match its digest");
+    ensure!(
+        Digest::from_bytes(hasher.finalize().into()) == *digest,
+        "blob {digest}: content does not match its digest"
+    );
     Ok(n)
 }
 
@@ -164,7 +186,10 @@ mod tests {
     #[test]
     fn parses_references() {
         let t = parse("127.0.0.1:5000/team/app:v1").unwrap();
-        assert_eq!((t.ns.as_deref(), t.name.as_str(), t.reference.as_str()), (Some("127.0.0.1:5000"), "team/app", "v1"));
+        assert_eq!(
+            (t.ns.as_deref(), t.name.as_str(), t.reference.as_str()),
+            (Some("127.0.0.1:5000"), "team/app", "v1")
+        );
         let t = parse("library/alpine").unwrap();
         assert_eq!((t.ns, t.name.as_str(), t.reference.as_str()), (None, "library/alpine", "latest"));
         let d = Digest::of(b"x").to_string();

@@ -67,6 +67,9 @@ mod tests {
         assert_eq!((addr.port(), rules.candidate_parents), (7000, 2));
         let (addr, _) = settings(&SchedulerArgs { config: Some(f), listen: Some("127.0.0.1:7001".into()) }).unwrap();
         assert_eq!(addr.port(), 7001);
-        assert!(settings(&SchedulerArgs { config: None, listen: Some("x".into()) }).unwrap_err().to_string().contains("listen"));
+        assert!(settings(&SchedulerArgs { config: None, listen: Some("x".into()) })
+            .unwrap_err()
+            .to_string()
+            .contains("listen"));
     }
 }

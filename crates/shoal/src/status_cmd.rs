@@ -22,7 +22,11 @@ pub fn run(args: StatusArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let url = format!("http://{}/status", args.admin);
-        let tasks: Vec<TaskStatus> = reqwest::get(&url).await.with_context(|| format!("daemon admin at {} unreachable", args.admin))?.json().await?;
+        let tasks: Vec<TaskStatus> = reqwest::get(&url)
+            .await
+            .with_context(|| format!("daemon admin at {} unreachable", args.admin))?
+            .json()
+            .await?;
         println!("{}", table(&tasks));
         if let Some(s) = &args.scheduler {
             scheduler(s).await?;
@@ -35,7 +39,10 @@ fn table(tasks: &[TaskStatus]) -> String {
     if tasks.is_empty() {
         return "no downloads running".into();
     }
-    let mut out = format!("{:<19} {:>10} {:>7} {:>10} {:>10} {:>7} {:>12}\n", "BLOB", "SIZE", "PIECES", "ORIGIN", "PEERS", "PARENTS", "RATE");
+    let mut out = format!(
+        "{:<19} {:>10} {:>7} {:>10} {:>10} {:>7} {:>12}\n",
+        "BLOB", "SIZE", "PIECES", "ORIGIN", "PEERS", "PARENTS", "RATE"
+    );
     for t in tasks {
         out.push_str(&format!(
             "{:<19} {:>10} {:>7} {:>10} {:>10} {:>7} {:>10}/s\n",
@@ -52,11 +59,22 @@ fn table(tasks: &[TaskStatus]) -> String {
 }
 
 async fn scheduler(url: &str) -> Result<()> {
-    let mut client = shoal_proto::scheduler::scheduler_client::SchedulerClient::connect(url.to_owned()).await.with_context(|| format!("scheduler {url} unreachable"))?;
+    let mut client = shoal_proto::scheduler::scheduler_client::SchedulerClient::connect(url.to_owned())
+        .await
+        .with_context(|| format!("scheduler {url} unreachable"))?;
     let reply = client.stats(shoal_proto::scheduler::StatsRequest { task_id: String::new() }).await?.into_inner();
     println!("scheduler {url}: {} hosts, {} tasks", reply.hosts, reply.tasks.len());
     for t in reply.tasks {
-        println!("  {:<19} {:>10} peers {:>4} done {:>4} from-origin {:>2} digests {}/{}", &t.task_id[..t.task_id.len().min(19)], format_size(t.size), t.peers, t.done_peers, t.back_to_source_peers, t.known_digests, t.pieces);
+        println!(
+            "  {:<19} {:>10} peers {:>4} done {:>4} from-origin {:>2} digests {}/{}",
+            &t.task_id[..t.task_id.len().min(19)],
+            format_size(t.size),
+            t.peers,
+            t.done_peers,
+            t.back_to_source_peers,
+            t.known_digests,
+            t.pieces
+        );
     }
     Ok(())
 }
@@ -67,7 +85,17 @@ mod tests {
 
     #[test]
     fn renders_tasks() {
-        let t = TaskStatus { digest: shoal_core::Digest::of(b"x").to_string(), size: 3 << 20, pieces: 3, have: 2, elapsed_secs: 1.0, origin_bytes: 1 << 20, peer_bytes: 1 << 20, parents: 2, rate: 2.0 * (1 << 20) as f64 };
+        let t = TaskStatus {
+            digest: shoal_core::Digest::of(b"x").to_string(),
+            size: 3 << 20,
+            pieces: 3,
+            have: 2,
+            elapsed_secs: 1.0,
+            origin_bytes: 1 << 20,
+            peer_bytes: 1 << 20,
+            parents: 2,
+            rate: 2.0 * (1 << 20) as f64,
+        };
         let s = table(&[t]);
         assert!(s.contains("2/3") && s.contains("2.0 MiB/s"), "{s}");
         assert_eq!(table(&[]), "no downloads running");

@@ -1,0 +1,145 @@
+//! The Shoal scheduler as a real process: `shoal scheduler --listen 127.0.0.1:PORT [--config FILE]`
+//! (gRPC, `/healthz` and `/metrics` on one port), with kill -9 and restart on the same port.
+
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tempfile::TempDir;
+
+use crate::daemon::{metric_value, Daemon};
+use crate::util::{daemon_command, free_port, kill_child, log_file, tail};
+
+/// How long a scheduler may take to answer `/healthz` after it is spawned.
+const STARTUP_LIMIT: Duration = Duration::from_secs(20);
+
+/// A running (or killed) `shoal scheduler`, killed on drop.
+pub struct Scheduler {
+    dir: TempDir,
+    port: u16,
+    config_toml: Option<String>,
+    child: Option<Child>,
+    http: reqwest::Client,
+}
+
+impl Scheduler {
+    /// Spawns a scheduler with default rules on a free port and waits for `/healthz`.
+    pub async fn start() -> Result<Self> {
+        Self::launch(None).await
+    }
+
+    /// Spawns a scheduler with `--config FILE` holding this TOML (e.g. a `[rules]` table).
+    pub async fn start_with_config(toml: &str) -> Result<Self> {
+        Self::launch(Some(toml.to_string())).await
+    }
+
+    async fn launch(config_toml: Option<String>) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("shoal-scheduler-").tempdir()?;
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+        let mut scheduler = Self { dir, port: free_port(), config_toml, child: None, http };
+        scheduler.restart().await?;
+        Ok(scheduler)
+    }
+
+    /// A scheduler URL on which nobody listens (a port that was free a moment ago).
+    pub fn unreachable_url() -> String {
+        format!("http://127.0.0.1:{}", free_port())
+    }
+
+    /// `http://127.0.0.1:PORT`, what daemons get as `--scheduler`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Path of its stderr (appended across restarts).
+    pub fn stderr_path(&self) -> PathBuf {
+        self.dir.path().join("stderr.log")
+    }
+
+    /// The last few KB of its stderr.
+    pub fn stderr_tail(&self) -> String {
+        tail(&self.stderr_path(), 6000)
+    }
+
+    /// SIGKILL: all its (soft) state is lost.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_child(&mut child);
+        }
+    }
+
+    /// Whether the process is alive.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// (Re)starts it on the same port; waits for `/healthz`.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        let bin = Daemon::bin_path();
+        if !bin.is_file() {
+            bail!("shoal binary not found at {} (run `cargo build --bin shoal` or set SHOAL_BIN)", bin.display());
+        }
+        let mut cmd = daemon_command(&bin);
+        cmd.arg("scheduler").arg("--listen").arg(format!("127.0.0.1:{}", self.port));
+        if let Some(toml) = &self.config_toml {
+            let path = self.dir.path().join("scheduler.toml");
+            std::fs::write(&path, toml)?;
+            cmd.arg("--config").arg(path);
+        }
+        let log = log_file(&self.stderr_path())?;
+        let child = cmd
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawn {} scheduler", bin.display()))?;
+        self.child = Some(child);
+        let client = self.http.clone();
+        let url = format!("{}/healthz", self.url());
+        let deadline = Instant::now() + STARTUP_LIMIT;
+        loop {
+            if matches!(client.get(&url).send().await, Ok(r) if r.status() == 200) {
+                return Ok(());
+            }
+            if !self.is_running() || Instant::now() >= deadline {
+                self.kill9();
+                bail!("shoal scheduler not healthy at {url} within {STARTUP_LIMIT:?}; stderr:\n{}", self.stderr_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `shoal status --admin ADMIN --scheduler URL`: a daemon's downloads and this scheduler's
+    /// tasks (per peer: pieces, back to source, parents, children, bad parents), as printed.
+    pub async fn task_report(&self, daemon: &Daemon) -> Result<String> {
+        let mut cmd = tokio::process::Command::new(Daemon::bin_path());
+        let admin = daemon.admin_url();
+        cmd.args(["status", "--admin", admin.trim_start_matches("http://"), "--scheduler", &self.url()]);
+        let out = crate::util::run(&mut cmd, Duration::from_secs(20)).await?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The `/metrics` text (metrics are prefixed `shoal_scheduler_`).
+    pub async fn metrics(&self) -> Result<String> {
+        let resp = self.http.get(format!("{}/metrics", self.url())).send().await?;
+        if !resp.status().is_success() {
+            bail!("GET /metrics: {}", resp.status());
+        }
+        Ok(resp.text().await?)
+    }
+
+    /// One sample of its metrics (see [`metric_value`]).
+    pub async fn metric(&self, name: &str, labels: &str) -> Result<Option<f64>> {
+        Ok(metric_value(&self.metrics().await?, name, labels))
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
