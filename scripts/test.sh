@@ -33,4 +33,5 @@ if ((${#missing[@]})); then
 fi
 
 cargo build --bin shoal
-cargo test --workspace --all-targets --no-fail-fast
+# Unit, property and end-to-end tests; benchmarks run only with `cargo bench` (scripts/bench*.sh).
+cargo test --workspace --lib --bins --tests --no-fail-fast
