@@ -5,14 +5,16 @@
 //!  --cluster-token T [--site S] [--host-id ID] [--upload-limit R] [--download-limit R]`.
 
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use tempfile::TempDir;
 
 use crate::registry::Registry;
-use crate::util::{daemon_command, free_port, free_udp_port, kill_child, log_file, tail, workspace_root};
+use crate::util::{
+    daemon_command, free_port, free_udp_port, kill_child, spawn_logged, tail, wait_healthy, workspace_root,
+};
 
 /// How long a daemon may take to answer `/healthz` after it is spawned.
 const STARTUP_LIMIT: Duration = Duration::from_secs(20);
@@ -197,29 +199,14 @@ impl Daemon {
         // Only what the test sets: never a token from the environment of the test run.
         cmd.env_remove("SHOAL_CLUSTER_TOKEN");
         cmd.envs(self.config.env.iter().map(|(k, v)| (k, v)));
-        let stderr = log_file(&self.stderr_path())?;
-        let child = cmd
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-            .env("RUST_BACKTRACE", "1")
-            .stdin(Stdio::null())
-            .stdout(stderr.try_clone()?)
-            .stderr(stderr)
-            .spawn()
-            .with_context(|| format!("spawn {}", bin.display()))?;
-        self.child = Some(child);
+        self.child = Some(spawn_logged(&mut cmd, &self.stderr_path(), &bin.display().to_string())?);
         let client = self.admin.clone();
         let url = format!("{}/healthz", self.admin_url());
-        let deadline = Instant::now() + STARTUP_LIMIT;
-        loop {
-            if matches!(client.get(&url).send().await, Ok(r) if r.status() == 200) {
-                return Ok(());
-            }
-            if !self.is_running() || Instant::now() >= deadline {
-                self.kill9();
-                bail!("shoal daemon not healthy at {url} within {STARTUP_LIMIT:?}; stderr:\n{}", self.stderr_tail());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if !wait_healthy(&client, &url, STARTUP_LIMIT, || self.is_running()).await {
+            self.kill9();
+            bail!("shoal daemon not healthy at {url} within {STARTUP_LIMIT:?}; stderr:\n{}", self.stderr_tail());
         }
+        Ok(())
     }
 
     /// The daemon's process id, while it runs.

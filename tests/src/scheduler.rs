@@ -2,14 +2,14 @@
 //! (gRPC, `/healthz` and `/metrics` on one port), with kill -9 and restart on the same port.
 
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use tempfile::TempDir;
 
 use crate::daemon::{metric_value, Daemon};
-use crate::util::{daemon_command, free_port, kill_child, log_file, tail};
+use crate::util::{daemon_command, free_port, kill_child, spawn_logged, tail, wait_healthy};
 
 /// How long a scheduler may take to answer `/healthz` after it is spawned.
 const STARTUP_LIMIT: Duration = Duration::from_secs(20);
@@ -88,29 +88,14 @@ impl Scheduler {
             std::fs::write(&path, toml)?;
             cmd.arg("--config").arg(path);
         }
-        let log = log_file(&self.stderr_path())?;
-        let child = cmd
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-            .env("RUST_BACKTRACE", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("spawn {} scheduler", bin.display()))?;
-        self.child = Some(child);
+        self.child = Some(spawn_logged(&mut cmd, &self.stderr_path(), &format!("{} scheduler", bin.display()))?);
         let client = self.http.clone();
         let url = format!("{}/healthz", self.url());
-        let deadline = Instant::now() + STARTUP_LIMIT;
-        loop {
-            if matches!(client.get(&url).send().await, Ok(r) if r.status() == 200) {
-                return Ok(());
-            }
-            if !self.is_running() || Instant::now() >= deadline {
-                self.kill9();
-                bail!("shoal scheduler not healthy at {url} within {STARTUP_LIMIT:?}; stderr:\n{}", self.stderr_tail());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if !wait_healthy(&client, &url, STARTUP_LIMIT, || self.is_running()).await {
+            self.kill9();
+            bail!("shoal scheduler not healthy at {url} within {STARTUP_LIMIT:?}; stderr:\n{}", self.stderr_tail());
         }
+        Ok(())
     }
 
     /// `shoal status --admin ADMIN --scheduler URL`: a daemon's downloads and this scheduler's

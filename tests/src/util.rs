@@ -119,6 +119,37 @@ pub(crate) fn kill_child(child: &mut std::process::Child) {
 }
 
 /// Opens (creating, appending) a log file usable as a child's stdout/stderr.
+/// Spawns `cmd` (a shoal process) with stdout and stderr appended to `log`.
+pub(crate) fn spawn_logged(cmd: &mut std::process::Command, log: &Path, what: &str) -> Result<std::process::Child> {
+    let log = log_file(log)?;
+    cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .env("RUST_BACKTRACE", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("spawn {what}"))
+}
+
+/// Polls `url` until it answers 200 while `alive()` holds, for at most `limit`.
+pub(crate) async fn wait_healthy(
+    client: &reqwest::Client,
+    url: &str,
+    limit: Duration,
+    mut alive: impl FnMut() -> bool,
+) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if matches!(client.get(url).send().await, Ok(r) if r.status() == 200) {
+            return true;
+        }
+        if !alive() || Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub(crate) fn log_file(path: &Path) -> Result<std::fs::File> {
     std::fs::OpenOptions::new()
         .create(true)
