@@ -141,11 +141,6 @@ impl Origins {
             .cloned()
             .ok_or_else(|| UnknownRegistry(ns.to_owned()))
     }
-
-    /// Every upstream, default first.
-    pub fn all(&self) -> &[Arc<Upstream>] {
-        &self.upstreams
-    }
 }
 
 /// Credentials to attach to a request.

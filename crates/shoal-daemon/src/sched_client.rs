@@ -5,7 +5,6 @@
 //! and the caller falls back (to current parents or the origin). Nothing here decides anything.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,8 +40,6 @@ pub enum SchedError {
 pub struct Schedulers {
     clients: Vec<(Url, SchedulerClient<Channel>)>,
     host: HostAnnouncement,
-    /// Uploads in progress, announced as load.
-    pub load: Arc<AtomicU32>,
 }
 
 /// An open peer stream for one task.
@@ -78,9 +75,10 @@ impl Schedulers {
             peer_addr: SocketAddr::new(swarm.advertise_ip, peer_addr.port()).to_string(),
             site: swarm.site.clone(),
             upload_limit,
+            // Not measured yet: the scheduler counts announced load against a cap of children.
             load: 0,
         };
-        Ok(Self { clients, host, load: Arc::new(AtomicU32::new(0)) })
+        Ok(Self { clients, host })
     }
 
     /// This host's id.
@@ -97,8 +95,7 @@ impl Schedulers {
     }
 
     async fn announce_to(&self, url: &Url, client: &SchedulerClient<Channel>) -> Result<(), SchedError> {
-        let mut host = self.host.clone();
-        host.load = self.load.load(Ordering::Relaxed);
+        let host = self.host.clone();
         let mut c = client.clone();
         match tokio::time::timeout(SCHEDULER_TIMEOUT, c.announce_host(host)).await {
             Ok(Ok(_)) => Ok(()),

@@ -246,14 +246,6 @@ impl Tasks {
             .collect()
     }
 
-    /// The size of a blob known locally (complete or partial), if any.
-    pub fn known_size(&self, digest: &Digest) -> Option<u64> {
-        if let Some(t) = self.lock().get(digest) {
-            return Some(t.layout.size);
-        }
-        self.meta.blob(digest).ok().flatten().map(|r| r.layout.size)
-    }
-
     /// Joins the running download of `digest`, if there is one.
     pub fn join(&self, digest: &Digest) -> Option<(Arc<Task>, Pin)> {
         let pin = self.pins.pin(*digest);

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -282,6 +281,10 @@ impl PieceWriter {
             self.whole_pos = offset + data.len() as u64;
         }
         let available = self.available();
+        if self.whole_pos >= available {
+            return Ok(());
+        }
+        // Only resumed or out-of-order pieces get here: read them back once.
         let mut buf = vec![0u8; 1 << 20];
         while self.whole_pos < available {
             let n = ((available - self.whole_pos) as usize).min(buf.len());
@@ -364,24 +367,25 @@ fn verify_pieces(file: &File, record: &mut BlobRecord) -> Result<Bitmap, WriteEr
     Ok(have)
 }
 
-/// Reads a whole local file into its digest (used to re-verify complete blobs on demand).
-pub fn digest_file(path: &std::path::Path) -> std::io::Result<Digest> {
-    let mut f = File::open(path)?;
-    let mut h = Hasher::default();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok(h.finish());
-        }
-        h.update(&buf[..n]);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::meta::MemMeta;
+
+    /// Reads a whole local file into its digest (used to re-verify complete blobs on demand).
+    pub fn digest_file(path: &std::path::Path) -> std::io::Result<Digest> {
+        use std::io::Read;
+        let mut f = File::open(path)?;
+        let mut h = Hasher::default();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                return Ok(h.finish());
+            }
+            h.update(&buf[..n]);
+        }
+    }
 
     const MIB: usize = 1 << 20;
 
