@@ -17,6 +17,7 @@
 //! - `SHOAL_BENCH_P2P_MB` (512): blob size of the loopback peer-rate part; 0 skips it.
 //! - `SHOAL_BENCH_SWARM` (1): 0 skips the namespace part.
 //! - `SHOAL_BENCH_IPERF` (1): 0 skips the iperf3 check of the cap.
+//! - `SHOAL_BENCH_DIRECT` (1): 0 skips the direct run (for quick P2P iterations; no speedup then).
 //! - `SHOAL_BENCH_VERIFY` (1): 0 skips re-hashing the blobs each daemon stored.
 //! - `SHOAL_BENCH_KEEP` (0): 1 keeps the swarm's logs and data dirs (the path is printed).
 //! - `SHOAL_BENCH_PERF=DIR`: `perf record -g` of both loopback daemons during the peer pull.
@@ -271,6 +272,13 @@ async fn push(image: &Image) -> Result<()> {
 struct Pull {
     total: Duration,
     blob_secs: Vec<f64>,
+}
+
+impl Pull {
+    /// A run that was not made (reported as 0 s).
+    fn skipped(blobs: usize) -> Self {
+        Self { total: Duration::ZERO, blob_secs: vec![0.0; blobs] }
+    }
 }
 
 async fn pull_in_ns(ns: String, base: String, blobs: Vec<Blob>, parallel: u64, limit: Duration) -> Result<Pull> {
@@ -588,8 +596,12 @@ async fn swarm(bin: &Path, report: &mut String) -> Result<()> {
     eprintln!("swarm: run B — the same {nodes} namespaces pull straight from the origin…");
     let mark = origin.settle().await;
     let mach_b0 = machine_cpu();
-    let direct_pulls =
-        pull_all(nodes, |_| format!("http://{ORIGIN_IP}:{REGISTRY_PORT}"), &blobs, parallel, limit).await?;
+    let direct_pulls = if env_on("SHOAL_BENCH_DIRECT") {
+        pull_all(nodes, |_| format!("http://{ORIGIN_IP}:{REGISTRY_PORT}"), &blobs, parallel, limit).await?
+    } else {
+        eprintln!("swarm: direct run skipped (SHOAL_BENCH_DIRECT=0)");
+        p2p_pulls.iter().map(|_| Pull::skipped(blobs.len())).collect()
+    };
     let direct: Vec<Duration> = direct_pulls.iter().map(|p| p.total).collect();
     let mach_b1 = machine_cpu();
     origin.settle().await;

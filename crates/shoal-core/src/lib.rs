@@ -16,6 +16,7 @@ pub mod piece;
 pub mod range;
 pub mod route;
 pub mod sched;
+pub mod seeding;
 pub mod size;
 
 pub use bitmap::Bitmap;

@@ -22,8 +22,10 @@ use crate::paths::Paths;
 use crate::peer::client::PeerClient;
 use crate::peer::server::ServerCtx;
 use crate::sched_client::Schedulers;
+use crate::seeding::Seeds;
 use crate::swarm::Swarm;
 use crate::task::{Pins, Tasks};
+use shoal_core::seeding::SeedingConfig;
 
 /// Environment switch of a test-only fault: serve corrupted pieces to peers (`=1`), so tests can
 /// prove children detect and avoid such a parent. Never set it in production.
@@ -100,6 +102,7 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
     let mut handles = Vec::new();
     let mut peer_addr = None;
     let mut endpoint = None;
+    let seeds = Arc::new(Seeds::new(SeedingConfig::default()));
     if let Some(swarm) = &settings.swarm {
         let ep = crate::peer::client::endpoint(swarm.peer_listen).map_err(StartError::Peer)?;
         let addr = ep.local_addr().map_err(|source| StartError::Bind {
@@ -117,7 +120,8 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
             schedulers,
             peers,
             picker: PickerConfig { urgent_window: 2, ..PickerConfig::default() },
-            seeds: Default::default(),
+            sessions: Default::default(),
+            seeds: seeds.clone(),
         }));
         peer_addr = Some(addr);
         endpoint = Some(ep);
@@ -131,6 +135,7 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
             store: tasks.clone(),
             upload: Arc::new(Limiter::new(settings.limits.upload)),
             uploaded: metrics.uploaded_bytes.clone(),
+            seeds,
             corrupt: std::env::var_os(FAULT_CORRUPT_UPLOADS).is_some_and(|v| v == "1"),
         };
         if ctx.corrupt {

@@ -22,6 +22,7 @@ pub mod origin_fetch;
 pub mod paths;
 pub mod peer;
 pub mod sched_client;
+pub mod seeding;
 pub mod serve_pieces;
 pub mod swarm;
 pub mod task;

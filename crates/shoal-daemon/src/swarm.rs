@@ -14,6 +14,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use shoal_core::picker::{pick, ParentPieces, PickInput, PickerConfig};
+use shoal_core::seeding::SeedingConfig;
 use shoal_core::{Bitmap, Digest, PieceLayout};
 use shoal_proto::scheduler::{peer_event, scheduler_event, FailReason, PieceFailed, PieceFinished, SchedulerEvent};
 use tokio::sync::{mpsc, watch};
@@ -23,6 +24,7 @@ use crate::origin_fetch::{runs_of, Chunk, OriginSource};
 use crate::peer::client::PeerClient;
 use crate::peer::PeerError;
 use crate::sched_client::{Schedulers, Session};
+use crate::seeding::Seeds;
 use crate::task::TaskCounters;
 use crate::writer::Progress;
 
@@ -38,6 +40,10 @@ const PARENT_FAILURES: u32 = 3;
 const MAX_IN_FLIGHT: usize = 16;
 /// Completed blobs this daemon keeps announcing as a parent (seed), most recent first.
 const MAX_SEEDS: usize = 512;
+/// A piece a parent refused as "busy" (it seeds it and just gave it to a sibling) is not asked
+/// of that parent again for this long; the sibling announces it meanwhile. Matches the
+/// parent's seeding window.
+const BUSY_BACKOFF: Duration = Duration::from_millis(SeedingConfig::DEFAULT_WINDOW_MS);
 
 /// What a daemon needs to download through the swarm.
 pub struct Swarm {
@@ -49,14 +55,17 @@ pub struct Swarm {
     pub picker: PickerConfig,
     /// Open sessions of completed blobs: the scheduler keeps offering this daemon as a parent
     /// while they stay open. The oldest is closed past [`MAX_SEEDS`].
-    pub seeds: std::sync::Mutex<std::collections::VecDeque<Session>>,
+    pub sessions: std::sync::Mutex<std::collections::VecDeque<Session>>,
+    /// Blobs fetched from the origin here, whose pieces the peer server hands out one child
+    /// at a time.
+    pub seeds: Arc<Seeds>,
 }
 
 impl Swarm {
     fn keep_seeding(&self, session: Session) {
-        let mut seeds = self.seeds.lock().unwrap_or_else(|p| p.into_inner());
-        seeds.push_front(session);
-        seeds.truncate(MAX_SEEDS);
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.push_front(session);
+        sessions.truncate(MAX_SEEDS);
     }
 }
 
@@ -67,9 +76,13 @@ struct Parent {
     in_flight: u32,
     failures: u32,
     bad: bool,
+    /// Pieces it refused as busy, and until when they are not asked of it again.
+    refused: HashMap<u32, Instant>,
 }
 
-type Fetch<'a> = BoxFuture<'a, (usize, u32, Result<Bytes, PeerError>)>;
+/// A piece from a parent and its sha256 (computed off the async workers).
+type Fetched = Result<(Bytes, Digest), PeerError>;
+type Fetch<'a> = BoxFuture<'a, (usize, u32, Fetched)>;
 
 struct Download<'a> {
     swarm: &'a Swarm,
@@ -207,6 +220,7 @@ impl<'a> Download<'a> {
             self.from_origin.set(i);
             self.in_flight.insert(i);
         }
+        self.swarm.seeds.mark(&self.digest);
         let origin = self.origin;
         Some(async move { origin.fetch(runs, &mut have, &tx).await }.boxed())
     }
@@ -221,10 +235,24 @@ impl<'a> Download<'a> {
         self.digests.keys().for_each(|&i| {
             known.set(i);
         });
+        let now = Instant::now();
         let masked: Vec<Bitmap> = self
             .parents
-            .iter()
-            .map(|p| if p.bad { Bitmap::new(self.layout.count()) } else { p.have.and(&known) })
+            .iter_mut()
+            .map(|p| {
+                if p.bad {
+                    return Bitmap::new(self.layout.count());
+                }
+                let mut usable = p.have.and(&known);
+                p.refused.retain(|&i, until| {
+                    let live = *until > now;
+                    if live {
+                        usable.unset(i);
+                    }
+                    live
+                });
+                usable
+            })
             .collect();
         let inputs: Vec<ParentPieces<'_>> =
             masked.iter().zip(&self.parents).map(|(have, p)| ParentPieces { have, in_flight: p.in_flight }).collect();
@@ -252,7 +280,8 @@ impl<'a> Download<'a> {
                 let limit = Duration::from_secs(10) + Duration::from_millis(want / 1024);
                 async move {
                     let r = match tokio::time::timeout(limit, peers.fetch_piece(addr, &digest, p.piece, want)).await {
-                        Ok(r) => r,
+                        Ok(Ok(bytes)) => hash_off_workers(bytes).await,
+                        Ok(Err(e)) => Err(e),
                         Err(_) => Err(PeerError::Stream("timed out".into())),
                     };
                     (p.parent, p.piece, r)
@@ -266,14 +295,14 @@ impl<'a> Download<'a> {
         &mut self,
         p: usize,
         index: u32,
-        result: Result<Bytes, PeerError>,
+        result: Fetched,
         tx: &mpsc::Sender<Chunk>,
     ) -> Result<(), String> {
         let parent = &mut self.parents[p];
         parent.in_flight = parent.in_flight.saturating_sub(1);
         let trusted = self.digests.get(&index).copied();
         let failure = match result {
-            Ok(bytes) if trusted.is_some_and(|t| t == crate::hash::digest(&bytes)) => {
+            Ok((bytes, got)) if trusted == Some(got) => {
                 self.metrics.fetched_bytes.get_or_create(&SourceLabels { source: "peer" }).inc_by(bytes.len() as u64);
                 self.counters.peer_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 let digest = trusted.unwrap_or_else(|| unreachable!("guarded above"));
@@ -288,7 +317,14 @@ impl<'a> Download<'a> {
                 parent.bad = true;
                 FailReason::Refused
             }
-            Err(PeerError::NotFound | PeerError::Busy) => {
+            Err(PeerError::Busy) => {
+                // Not a failure: the parent seeds this piece and a sibling has it soon.
+                parent.refused.insert(index, Instant::now() + BUSY_BACKOFF);
+                self.in_flight.remove(&index);
+                self.metrics.piece_failures.get_or_create(&ReasonLabels { reason: "busy" }).inc();
+                return Ok(());
+            }
+            Err(PeerError::NotFound) => {
                 parent.have.unset(index);
                 FailReason::Refused
             }
@@ -359,7 +395,15 @@ impl<'a> Download<'a> {
         }
         let have = Bitmap::from_bytes(self.layout.count(), have).unwrap_or_else(|_| Bitmap::new(self.layout.count()));
         let index = self.parents.len();
-        self.parents.push(Parent { host_id, addr, have, in_flight: 0, failures: 0, bad: false });
+        self.parents.push(Parent {
+            host_id,
+            addr,
+            have,
+            in_flight: 0,
+            failures: 0,
+            bad: false,
+            refused: HashMap::new(),
+        });
         self.counters.parents.fetch_add(1, Ordering::Relaxed);
         let (peers, digest, tx, count) =
             (self.swarm.peers.clone(), self.digest, self.have_tx.clone(), self.layout.count());
@@ -378,6 +422,21 @@ impl<'a> Download<'a> {
     /// Stalled: ask the scheduler again (re-registering if it went away); after a few stalls,
     /// or with no scheduler and no usable parent, the origin takes over.
     async fn on_tick(&mut self, held: &Bitmap) {
+        if !self.origin_mode && self.orphaned(held) {
+            // The scheduler is gone and every piece still missing lacks a trusted digest:
+            // parents cannot help. Re-register at once, else take the rest from the origin.
+            match self.swarm.schedulers.open(&self.digest, self.layout, held).await {
+                Ok(s) => {
+                    tracing::info!(digest = %self.digest, "re-registered with the scheduler");
+                    self.session = Some(s);
+                }
+                Err(e) => {
+                    tracing::info!(digest = %self.digest, error = %e, "scheduler gone and no digest for the missing pieces; fetching them from the origin");
+                    self.origin_mode = true;
+                }
+            }
+            return;
+        }
         if self.origin_mode || self.last_progress.elapsed() < STALL {
             return;
         }
@@ -398,6 +457,27 @@ impl<'a> Download<'a> {
             self.origin_mode = true;
         }
     }
+}
+
+impl Download<'_> {
+    /// No scheduler, nothing in flight from parents, and no digest known for any missing piece.
+    fn orphaned(&self, held: &Bitmap) -> bool {
+        self.session.is_none()
+            && self.in_flight.is_empty()
+            && !held.is_full()
+            && held.missing().all(|i| !self.digests.contains_key(&i))
+    }
+}
+
+/// The piece and its sha256, hashed on a blocking thread: a piece takes milliseconds to hash
+/// and the async workers also drive the QUIC connections.
+async fn hash_off_workers(bytes: Bytes) -> Fetched {
+    tokio::task::spawn_blocking(move || {
+        let digest = crate::hash::digest(&bytes);
+        (bytes, digest)
+    })
+    .await
+    .map_err(|e| PeerError::Stream(format!("hashing a piece: {e}")))
 }
 
 /// Where this host starts among equally rare pieces: its own place, so siblings differ.

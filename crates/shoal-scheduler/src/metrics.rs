@@ -29,6 +29,8 @@ pub struct SchedulerMetrics {
     pub decision_seconds: Histogram,
     /// Piece failures reported, by reason.
     pub piece_failures: Family<KindLabels, Counter>,
+    /// Parents offered back to peers that did not ask (newcomers to downloading parents).
+    pub offers: Counter,
 }
 
 impl Default for SchedulerMetrics {
@@ -40,13 +42,15 @@ impl Default for SchedulerMetrics {
         let decisions = Family::default();
         let decision_seconds = Histogram::new(exponential_buckets(1e-6, 4.0, 12));
         let piece_failures = Family::default();
+        let offers = Counter::default();
         registry.register("hosts", "Hosts known", hosts.clone());
         registry.register("peers", "Peer streams open", peers.clone());
         registry.register("tasks", "Tasks known", tasks.clone());
         registry.register("decisions", "Decisions by kind", decisions.clone());
         registry.register("decision_seconds", "Time to take a decision", decision_seconds.clone());
         registry.register("piece_failures", "Piece failures reported by peers, by reason", piece_failures.clone());
-        Self { registry, hosts, peers, tasks, decisions, decision_seconds, piece_failures }
+        registry.register("offers", "Parents offered back to downloading peers that did not ask", offers.clone());
+        Self { registry, hosts, peers, tasks, decisions, decision_seconds, piece_failures, offers }
     }
 }
 

@@ -90,6 +90,21 @@ impl Inner {
         }
     }
 
+    /// Sends the parents the core offered back to peers that did not ask (see `Offer`).
+    fn send_offers(&self) {
+        let offers = self.with_core(|c, _| c.take_offers());
+        if offers.is_empty() {
+            return;
+        }
+        self.metrics.offers.inc_by(offers.len() as u64);
+        let boxes = self.outboxes();
+        for offer in offers {
+            if let Some(outbox) = boxes.get(&offer.task).and_then(|peers| peers.get(&offer.peer)) {
+                let _ = outbox.send(Ok(convert::decision(&Decision::Parents(vec![offer.parent]))));
+            }
+        }
+    }
+
     /// Applies one event of a peer's stream.
     fn apply(&self, task: Digest, host: &HostId, event: Event, outbox: &Outbox) {
         match event {
@@ -112,6 +127,7 @@ impl Inner {
                     self.count(&d);
                     let _ = outbox.send(Ok(convert::decision(&d)));
                 }
+                self.send_offers();
             }
             Event::Done(_) => {
                 let _ = self.with_core(|c, now| c.done(now, task, host));
@@ -184,6 +200,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         }
         let _ = outbox.send(Ok(convert::decision(&decision)));
         inner.outboxes().entry(task).or_default().insert(host.clone(), outbox.clone());
+        inner.send_offers();
         inner.metrics.peers.inc();
         tokio::spawn(async move {
             while let Ok(Some(msg)) = inbound.message().await {

@@ -20,6 +20,10 @@ pub struct Config {
     /// A parent whose children in this task (as assigned by this scheduler) or announced active
     /// uploads reach this number is not offered for the task. Default 8.
     pub max_children_per_parent: u32,
+    /// Parents a peer is linked to at most when others are offered back to it (see
+    /// [`Offer`](super::Offer)); its own decisions still give it `candidate_parents`. Default 8;
+    /// 0 turns offers off. More: a denser mesh (more "have" streams per peer).
+    pub max_parents: usize,
     /// A peer that asks [`reschedule`](super::Scheduler::reschedule) this many times without
     /// finishing a piece in between is sent back to source, even beyond the site's budget, so
     /// a pull never hangs. Default 2 (0: every reschedule goes back to source).
@@ -52,6 +56,7 @@ impl Default for Config {
             candidate_parents: 4,
             back_to_source_per_site: 1,
             max_children_per_parent: 8,
+            max_parents: 8,
             reschedule_b2s_after: 2,
             bad_after_failures: 3,
             quarantine_after_reports: 3,

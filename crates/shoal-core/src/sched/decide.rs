@@ -28,9 +28,17 @@ pub(super) enum Ask {
 ///    source, even beyond the site's budget;
 /// 4. a free origin slot in the child's site, and either no candidate at all or no done peer in
 ///    the site yet (the first peer of a site): back to source;
-/// 5. candidates: parents, best first;
+/// 5. candidates: parents, best first; the child is offered back to those that are still
+///    downloading (pushed to `offers` as (peer, new parent));
 /// 6. otherwise: wait (empty parents).
-pub(super) fn decide(task: &mut Task, hosts: &mut Hosts, config: &Config, child: &HostId, ask: Ask) -> Decision {
+pub(super) fn decide(
+    task: &mut Task,
+    hosts: &mut Hosts,
+    config: &Config,
+    child: &HostId,
+    ask: Ask,
+    offers: &mut Vec<(HostId, Candidate)>,
+) -> Decision {
     let Some(peer) = task.peers.get(child) else {
         return Decision::Parents(Vec::new());
     };
@@ -56,11 +64,47 @@ pub(super) fn decide(task: &mut Task, hosts: &mut Hosts, config: &Config, child:
         } else {
             let ids: Vec<HostId> = candidates.iter().map(|c| c.host.clone()).collect();
             task.link(hosts, child, &ids);
+            offer_back(task, hosts, config, child, &ids, offers);
             Decision::Parents(candidates)
         }
     };
     task.decisions.add(decision.kind());
     decision
+}
+
+/// Offers `child` as a parent to each of its new `parents` that is still downloading (not done,
+/// not at the origin), has room for parents, did not report it bad and is not its parent
+/// already; links them. Stops when the child reaches the children cap.
+fn offer_back(
+    task: &mut Task,
+    hosts: &mut Hosts,
+    config: &Config,
+    child: &HostId,
+    parents: &[HostId],
+    offers: &mut Vec<(HostId, Candidate)>,
+) {
+    let Some(me) = task.peers.get(child) else { return };
+    let Some(host) = hosts.at(me.host) else { return };
+    if config.max_parents == 0 || config.quarantined(me.mismatch_reports) {
+        return;
+    }
+    let offered = Candidate { host: child.clone(), addr: host.info.addr.clone(), have: me.have.clone() };
+    for parent in parents {
+        let children = task.peers.get(child).map_or(0, |c| c.children.len());
+        if u32::try_from(children).unwrap_or(u32::MAX) >= config.max_children_per_parent {
+            return;
+        }
+        let Some(p) = task.peers.get(parent) else { continue };
+        let wants = !p.done
+            && !p.back_to_source
+            && p.parents.len() < config.max_parents
+            && !p.parents.contains(child)
+            && !p.bad.contains(child);
+        if wants {
+            task.link(hosts, parent, std::slice::from_ref(child));
+            offers.push((parent.clone(), offered.clone()));
+        }
+    }
 }
 
 /// How a parent ranks for a child; smaller is better.

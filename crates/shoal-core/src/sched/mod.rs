@@ -33,7 +33,9 @@ use std::collections::BTreeMap;
 pub use config::Config;
 pub use error::{PeerError, PieceError, RegisterError};
 pub use stats::{Counters, DecisionCounts, FailureCounts, PeerStats, TaskStats};
-pub use types::{Candidate, Decision, DecisionKind, FailReason, HostId, HostInfo, ParentStatus, PieceRecorded, TaskId};
+pub use types::{
+    Candidate, Decision, DecisionKind, FailReason, HostId, HostInfo, Offer, ParentStatus, PieceRecorded, TaskId,
+};
 
 use crate::{Bitmap, Digest, PieceLayout};
 use decide::Ask;
@@ -47,6 +49,7 @@ pub struct Scheduler {
     hosts: Hosts,
     tasks: BTreeMap<TaskId, Task>,
     counters: Counters,
+    offers: Vec<Offer>,
 }
 
 impl Scheduler {
@@ -124,8 +127,10 @@ impl Scheduler {
             t.mark_done(&mut self.hosts, host);
             return Ok(Decision::Parents(Vec::new()));
         }
-        let decision = decide::decide(t, &mut self.hosts, config, host, Ask::Register);
+        let mut offers = Vec::new();
+        let decision = decide::decide(t, &mut self.hosts, config, host, Ask::Register, &mut offers);
         self.counters.decisions.add(decision.kind());
+        self.queue_offers(task, offers);
         Ok(decision)
     }
 
@@ -164,11 +169,26 @@ impl Scheduler {
         if let Some(peer) = t.peers.get_mut(host) {
             peer.reschedules = peer.reschedules.saturating_add(1);
         }
-        let decision = decide::decide(t, &mut self.hosts, config, host, Ask::Reschedule);
+        let mut offers = Vec::new();
+        let decision = decide::decide(t, &mut self.hosts, config, host, Ask::Reschedule, &mut offers);
         if !t.peers.get(host).is_some_and(|p| p.done) {
             self.counters.decisions.add(decision.kind());
         }
+        self.queue_offers(task, offers);
         Ok(decision)
+    }
+
+    fn queue_offers(&mut self, task: TaskId, offers: Vec<(HostId, Candidate)>) {
+        self.counters.offers += offers.len() as u64;
+        self.offers.extend(offers.into_iter().map(|(peer, parent)| Offer { task, peer, parent }));
+    }
+
+    /// Parents offered to peers that did not ask, since the last call (see [`Offer`]). Send each
+    /// to its peer like a decision's parents. Call it after every
+    /// [`register`](Self::register) and [`reschedule`](Self::reschedule); offers to a peer that
+    /// left meanwhile can be dropped.
+    pub fn take_offers(&mut self) -> Vec<Offer> {
+        std::mem::take(&mut self.offers)
     }
 
     /// A peer holds piece `index`, verified, with sha256 `digest`; `from_origin` when it came

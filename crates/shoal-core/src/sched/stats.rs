@@ -88,6 +88,8 @@ pub struct Counters {
     pub peers_failed: u64,
     /// Peers that left (reported, or with their expired host).
     pub peers_left: u64,
+    /// Parents offered back to peers that did not ask (see [`Offer`](super::Offer)).
+    pub offers: u64,
 }
 
 /// One peer of a task, as seen by the scheduler.

@@ -175,8 +175,8 @@ fn a_parent_at_the_children_cap_is_not_offered() {
     reg_with(&mut s, "a1", &[0, 1, 2]);
     assert_eq!(names(&reg(&mut s, "a2")), vec!["a1"]);
     assert_eq!(names(&reg(&mut s, "a3")), vec!["a1", "a2"]);
-    // a1 has two children now; a3 (no child) ranks before a2 (one child).
-    assert_eq!(names(&reg(&mut s, "a4")), vec!["a3", "a2"]);
+    // a1 has two children now; a2 and a3 have one each (a3 was offered back to a2).
+    assert_eq!(names(&reg(&mut s, "a4")), vec!["a2", "a3"]);
     // A child that finishes frees its parents' capacity.
     s.done(2, task(), &h("a2")).unwrap();
     assert_eq!(names(&s.reschedule(3, task(), &h("a4")).unwrap()), vec!["a2", "a1", "a3"]);
@@ -363,4 +363,71 @@ fn a_parent_caught_by_several_peers_ranks_last_then_is_quarantined() {
     assert!(!names(&s.reschedule(3, task(), &h("a6")).unwrap()).contains(&"a2"));
     // Every report counts for metrics.
     assert_eq!(s.counters().failures.digest_mismatch, 3);
+}
+
+#[test]
+fn newcomers_are_offered_back_to_their_downloading_parents() {
+    let hosts = [("a1", "A"), ("a2", "A"), ("a3", "A"), ("a4", "A")];
+    let mut s = sched(Config::default(), &hosts);
+    assert_eq!(reg(&mut s, "a1"), Decision::BackToSource);
+    assert_eq!(names(&reg(&mut s, "a2")), vec!["a1"]);
+    // a1 fetches from the origin: it needs no parent, nothing is offered.
+    assert!(s.take_offers().is_empty());
+    assert_eq!(names(&reg(&mut s, "a3")), vec!["a2", "a1"]);
+    // a2 registered before a3 existed: a3 is offered back to it, and only to it.
+    let offers = s.take_offers();
+    assert_eq!(offers.len(), 1);
+    assert_eq!((offers[0].task, offers[0].peer.as_str(), offers[0].parent.host.as_str()), (task(), "a2", "a3"));
+    assert_eq!(offers[0].parent.addr, info("a3", "A").addr);
+    assert!(s.take_offers().is_empty(), "drained");
+    let st = s.stats(task()).unwrap();
+    let a2 = st.per_peer.iter().find(|p| p.host.as_str() == "a2").unwrap();
+    let a3 = st.per_peer.iter().find(|p| p.host.as_str() == "a3").unwrap();
+    assert_eq!((a2.parents, a3.children), (2, 1));
+    // A done parent is not offered anyone.
+    s.done(2, task(), &h("a2")).unwrap();
+    reg(&mut s, "a4");
+    let to: Vec<String> = s.take_offers().iter().map(|o| o.peer.as_str().to_owned()).collect();
+    assert!(!to.contains(&"a2".to_owned()) && !to.contains(&"a1".to_owned()), "{to:?}");
+    assert_eq!(s.counters().offers, 2);
+}
+
+#[test]
+fn offers_respect_bad_parents_and_the_parent_limit() {
+    let hosts = [("a1", "A"), ("a2", "A"), ("a3", "A"), ("a4", "A")];
+    let config = Config { max_parents: 2, ..Config::default() };
+    let mut s = sched(config, &hosts);
+    reg(&mut s, "a1");
+    reg(&mut s, "a2"); // parents: a1
+    reg(&mut s, "a3"); // parents a2, a1; offered to a2 (now at 2 parents)
+    assert_eq!(s.take_offers().len(), 1);
+    reg(&mut s, "a4"); // a2 and a3 hold two parents each: no offer
+    assert!(s.take_offers().is_empty());
+    let mut s = sched(Config::default(), &hosts);
+    for id in ["a1", "a2", "a3"] {
+        reg(&mut s, id);
+    }
+    s.take_offers();
+    reg(&mut s, "a4"); // with room, a4 is offered to both
+    let mut to: Vec<String> = s.take_offers().iter().map(|o| o.peer.as_str().to_owned()).collect();
+    to.sort();
+    assert_eq!(to, vec!["a2", "a3"]);
+    // a peer that found a newcomer bad is never offered it.
+    let mut s = sched(Config::default(), &hosts);
+    reg(&mut s, "a1");
+    reg(&mut s, "a2");
+    reg(&mut s, "a3");
+    s.take_offers();
+    let st = s.piece_failed(2, task(), &h("a2"), 0, &h("a3"), FailReason::DigestMismatch).unwrap();
+    assert_eq!(st, ParentStatus::Bad);
+    s.left(3, task(), &h("a3")).unwrap();
+    reg(&mut s, "a3");
+    assert!(s.take_offers().iter().all(|o| o.peer.as_str() != "a2"));
+    s.check_invariants();
+    // Turned off.
+    let mut s = sched(Config { max_parents: 0, ..Config::default() }, &hosts);
+    for id in ["a1", "a2", "a3", "a4"] {
+        reg(&mut s, id);
+    }
+    assert!(s.take_offers().is_empty());
 }

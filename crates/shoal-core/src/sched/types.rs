@@ -74,6 +74,19 @@ pub struct Candidate {
     pub have: Bitmap,
 }
 
+/// A parent offered to a peer that did not ask: a newcomer that chose the peer as its parent is
+/// offered back to it, so peers that arrive together trade with each other instead of all
+/// leaning on the first one. Drained with [`take_offers`](super::Scheduler::take_offers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    /// The task.
+    pub task: TaskId,
+    /// The peer that gets a new parent.
+    pub peer: HostId,
+    /// The new parent.
+    pub parent: Candidate,
+}
+
 /// The scheduler's answer to [`register`](super::Scheduler::register) and
 /// [`reschedule`](super::Scheduler::reschedule).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,6 +12,7 @@ use shoal_proto::peer::{request, HaveUpdate, Hello, PieceHeader, PieceRequest, P
 use super::auth::{self, Role};
 use super::{exporter, frame, PieceStore};
 use crate::limits::Limiter;
+use crate::seeding::Seeds;
 
 /// Bytes read and sent per write.
 const CHUNK: u64 = 256 << 10;
@@ -30,6 +31,9 @@ pub struct ServerCtx {
     pub upload: Arc<Limiter>,
     /// Bytes uploaded to peers.
     pub uploaded: Counter,
+    /// Blobs this daemon seeds from the origin: each of their pieces goes to one child at a
+    /// time, the others are told "busy".
+    pub seeds: Arc<Seeds>,
     /// Test-only fault: flip a byte in every piece served (to test that children catch it).
     pub corrupt: bool,
 }
@@ -59,10 +63,10 @@ async fn connection(incoming: quinn::Incoming, ctx: Arc<ServerCtx>) -> Result<()
         let reply = Hello { host_id: ctx.host_id.clone(), proof: auth::prove(&ctx.token, Role::Server, &secret) };
         frame::write(&mut send, &reply).await.map_err(|e| e.to_string())?;
         let _ = send.finish();
-        Ok(())
+        Ok(hello.host_id)
     };
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-        Ok(Ok(())) => {}
+    let child: Arc<str> = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(host_id)) => host_id.into(),
         Ok(Err(e)) => {
             tracing::warn!(%remote, error = %e, "refused peer");
             conn.close(quinn::VarInt::from_u32(1), b"unauthorized");
@@ -72,22 +76,27 @@ async fn connection(incoming: quinn::Incoming, ctx: Arc<ServerCtx>) -> Result<()
             conn.close(quinn::VarInt::from_u32(2), b"handshake timeout");
             return Err(format!("peer {remote} handshake timed out"));
         }
-    }
+    };
     loop {
         let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
-        let ctx = ctx.clone();
+        let (ctx, child) = (ctx.clone(), child.clone());
         tokio::spawn(async move {
-            if let Err(e) = request(send, recv, ctx).await {
+            if let Err(e) = request(send, recv, ctx, &child).await {
                 tracing::debug!(error = %e, "peer request failed");
             }
         });
     }
 }
 
-async fn request(mut send: quinn::SendStream, mut recv: quinn::RecvStream, ctx: Arc<ServerCtx>) -> Result<(), String> {
+async fn request(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    ctx: Arc<ServerCtx>,
+    child: &str,
+) -> Result<(), String> {
     let req: Request = frame::read(&mut recv).await.map_err(|e| e.to_string())?;
     match req.request {
-        Some(request::Request::Piece(p)) => piece(&mut send, p, &ctx).await,
+        Some(request::Request::Piece(p)) => piece(&mut send, p, &ctx, child).await,
         Some(request::Request::Have(h)) => have(&mut send, &h.task_id, &ctx).await,
         None => Err("empty request".into()),
     }?;
@@ -95,12 +104,19 @@ async fn request(mut send: quinn::SendStream, mut recv: quinn::RecvStream, ctx: 
     Ok(())
 }
 
-async fn piece(send: &mut quinn::SendStream, p: PieceRequest, ctx: &ServerCtx) -> Result<(), String> {
-    let found = p.task_id.parse::<Digest>().ok().and_then(|d| ctx.store.piece(&d, p.index));
-    let Some((file, range)) = found else {
-        let header = PieceHeader { status: PieceStatus::NotFound as i32, length: 0 };
-        return frame::write(send, &header).await.map_err(|e| e.to_string());
+/// Serves one piece: "not found" if it is not held, "busy" if it is a piece this daemon
+/// seeds from the origin and another child got it moments ago (that child has it soon).
+async fn piece(send: &mut quinn::SendStream, p: PieceRequest, ctx: &ServerCtx, child: &str) -> Result<(), String> {
+    let refuse = |status: PieceStatus| PieceHeader { status: status as i32, length: 0 };
+    let Ok(task) = p.task_id.parse::<Digest>() else {
+        return frame::write(send, &refuse(PieceStatus::NotFound)).await.map_err(|e| e.to_string());
     };
+    let Some((file, range)) = ctx.store.piece(&task, p.index) else {
+        return frame::write(send, &refuse(PieceStatus::NotFound)).await.map_err(|e| e.to_string());
+    };
+    if !ctx.seeds.admit(&task, p.index, child) {
+        return frame::write(send, &refuse(PieceStatus::Busy)).await.map_err(|e| e.to_string());
+    }
     let header = PieceHeader { status: PieceStatus::Ok as i32, length: range.len() };
     frame::write(send, &header).await.map_err(|e| e.to_string())?;
     let mut pos = range.start;

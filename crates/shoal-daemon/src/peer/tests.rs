@@ -10,7 +10,9 @@ use super::client::{endpoint, PeerClient};
 use super::server::{serve, ServerCtx};
 use super::{PeerError, PieceStore};
 use crate::limits::Limiter;
+use crate::seeding::Seeds;
 use crate::writer::Progress;
+use shoal_core::seeding::SeedingConfig;
 
 const MIB: u64 = 1 << 20;
 
@@ -45,6 +47,10 @@ impl PieceStore for OneBlob {
 }
 
 fn start_server(store: Arc<OneBlob>, token: &[u8], corrupt: bool) -> std::net::SocketAddr {
+    start_seeding(store, token, corrupt, Arc::new(Seeds::new(SeedingConfig::default())))
+}
+
+fn start_seeding(store: Arc<OneBlob>, token: &[u8], corrupt: bool, seeds: Arc<Seeds>) -> std::net::SocketAddr {
     let ep = endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = ep.local_addr().unwrap();
     let ctx = ServerCtx {
@@ -53,6 +59,7 @@ fn start_server(store: Arc<OneBlob>, token: &[u8], corrupt: bool) -> std::net::S
         store,
         upload: Arc::new(Limiter::unlimited()),
         uploaded: Default::default(),
+        seeds,
         corrupt,
     };
     tokio::spawn(serve(ep, Arc::new(ctx)));
@@ -60,8 +67,12 @@ fn start_server(store: Arc<OneBlob>, token: &[u8], corrupt: bool) -> std::net::S
 }
 
 fn client(token: &[u8]) -> PeerClient {
+    named_client("child", token)
+}
+
+fn named_client(name: &str, token: &[u8]) -> PeerClient {
     let ep = endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
-    PeerClient::new(ep, "child".into(), token.to_vec(), Arc::new(Limiter::unlimited()))
+    PeerClient::new(ep, name.into(), token.to_vec(), Arc::new(Limiter::unlimited()))
 }
 
 fn data(len: u64) -> Vec<u8> {
@@ -95,4 +106,17 @@ async fn the_fault_switch_corrupts_what_is_served() {
     let addr = start_server(blob.clone(), b"t", true);
     let bytes = client(b"t").fetch_piece(addr, &blob.digest, 0, MIB).await.unwrap();
     assert_ne!(Digest::of(&bytes), blob.digest);
+}
+
+#[tokio::test]
+async fn a_seeded_blob_goes_to_one_child_per_piece_at_a_time() {
+    let blob = Arc::new(OneBlob::new(&data(2 * MIB)));
+    let seeds = Arc::new(Seeds::new(SeedingConfig { window_ms: 60_000 }));
+    seeds.mark(&blob.digest);
+    let addr = start_seeding(blob.clone(), b"t", false, seeds);
+    let (a, b) = (named_client("a", b"t"), named_client("b", b"t"));
+    assert!(a.fetch_piece(addr, &blob.digest, 0, MIB).await.is_ok());
+    assert!(matches!(b.fetch_piece(addr, &blob.digest, 0, MIB).await, Err(PeerError::Busy)), "b gets piece 0 from a");
+    assert!(b.fetch_piece(addr, &blob.digest, 1, MIB).await.is_ok(), "piece 1 is b's");
+    assert!(a.fetch_piece(addr, &blob.digest, 0, MIB).await.is_ok(), "a may retry");
 }
