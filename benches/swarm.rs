@@ -371,6 +371,7 @@ struct Counters {
     uploaded: f64,
     back_to_source: f64,
     piece_failures: f64,
+    piece_busy: f64,
     tasks: f64,
     parents: f64,
 }
@@ -394,6 +395,7 @@ fn read_counters(ns: &str) -> Counters {
         uploaded: metric_value(&text, "shoal_uploaded_bytes_total", "").unwrap_or(0.0),
         back_to_source: metric_value(&text, "shoal_back_to_source_total", "").unwrap_or(0.0),
         piece_failures: metric_sum(&text, "shoal_piece_failures_total"),
+        piece_busy: metric_value(&text, "shoal_piece_busy_total", "").unwrap_or(0.0),
         tasks: metric_value(&text, "shoal_task_parents_count", "").unwrap_or(0.0),
         parents: metric_value(&text, "shoal_task_parents_sum", "").unwrap_or(0.0),
     }
@@ -660,20 +662,21 @@ async fn swarm(bin: &Path, report: &mut String) -> Result<()> {
     let _ = writeln!(report, "Per node (P2P run: the daemon's own counters; direct run: completion only):\n");
     let _ = writeln!(
         report,
-        "| node | P2P time | from origin (MB) | from peers (MB) | uploaded (MB) | back-to-source grants | failed pieces | parents per task | direct time |"
+        "| node | P2P time | from origin (MB) | from peers (MB) | uploaded (MB) | back-to-source grants | failed pieces | busy answers | parents per task | direct time |"
     );
-    let _ = writeln!(report, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(report, "|---|---|---|---|---|---|---|---|---|---|");
     for i in 0..nodes {
         let c = counters[i];
         let _ = writeln!(
             report,
-            "| node{i} | {:.1} s | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} s |",
+            "| node{i} | {:.1} s | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} s |",
             p2p[i].as_secs_f64(),
             c.origin / MB as f64,
             c.peer / MB as f64,
             c.uploaded / MB as f64,
             c.back_to_source + 0.0,
             c.piece_failures + 0.0,
+            c.piece_busy + 0.0,
             if c.tasks > 0.0 { c.parents / c.tasks } else { 0.0 },
             direct[i].as_secs_f64()
         );
@@ -683,7 +686,7 @@ async fn swarm(bin: &Path, report: &mut String) -> Result<()> {
     let sum_up: f64 = counters.iter().map(|c| c.uploaded).sum();
     let _ = writeln!(
         report,
-        "| sum | | {:.1} ({:.3}× S) | {:.1} | {:.1} | | | | |\n",
+        "| sum | | {:.1} ({:.3}× S) | {:.1} | {:.1} | | | | | |\n",
         sum_origin / MB as f64,
         sum_origin / s_bytes as f64,
         sum_peer / MB as f64,

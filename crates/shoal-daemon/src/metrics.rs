@@ -81,6 +81,8 @@ pub struct Metrics {
     pub piece_failures: Family<ReasonLabels, Counter>,
     /// Back-to-source grants received from the scheduler.
     pub back_to_source: Counter,
+    /// Piece requests a seeding parent answered "busy" (it just gave the piece to a sibling).
+    pub piece_busy: Counter,
     /// Parents used per task.
     pub task_parents: Histogram,
 }
@@ -101,10 +103,16 @@ impl Default for Metrics {
         let uploaded_bytes = Counter::default();
         let piece_failures = Family::default();
         let back_to_source = Counter::default();
+        let piece_busy = Counter::default();
         let task_parents = Histogram::new([0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0]);
         registry.register("uploaded_bytes", "Bytes uploaded to peers", uploaded_bytes.clone());
         registry.register("piece_failures", "Pieces from parents that failed, by reason", piece_failures.clone());
         registry.register("back_to_source", "Back-to-source grants from the scheduler", back_to_source.clone());
+        registry.register(
+            "piece_busy",
+            "Piece requests a seeding parent answered busy (the piece went to a sibling; not a failure)",
+            piece_busy.clone(),
+        );
         registry.register("task_parents", "Parents used per task", task_parents.clone());
         registry.register("mirror_requests", "Mirror requests by route, method and status", requests.clone());
         registry.register("served_bytes", "Bytes sent to clients", served_bytes.clone());
@@ -127,6 +135,7 @@ impl Default for Metrics {
             uploaded_bytes,
             piece_failures,
             back_to_source,
+            piece_busy,
             task_parents,
         }
     }

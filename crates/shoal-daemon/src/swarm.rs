@@ -321,7 +321,7 @@ impl<'a> Download<'a> {
                 // Not a failure: the parent seeds this piece and a sibling has it soon.
                 parent.refused.insert(index, Instant::now() + BUSY_BACKOFF);
                 self.in_flight.remove(&index);
-                self.metrics.piece_failures.get_or_create(&ReasonLabels { reason: "busy" }).inc();
+                self.metrics.piece_busy.inc();
                 return Ok(());
             }
             Err(PeerError::NotFound) => {
