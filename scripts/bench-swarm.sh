@@ -7,7 +7,7 @@
 #   SHOAL_BENCH_NODES=4 SHOAL_BENCH_MB=64 ./scripts/bench-swarm.sh
 #
 # Other knobs: SHOAL_BENCH_RATE, SHOAL_BENCH_PARALLEL, SHOAL_BENCH_DAEMON_ARGS, SHOAL_BENCH_P2P_MB,
-# SHOAL_BENCH_SWARM, SHOAL_BENCH_IPERF, SHOAL_BENCH_VERIFY (see the top of benches/swarm.rs).
+# SHOAL_BENCH_SWARM, SHOAL_BENCH_IPERF, SHOAL_BENCH_DIRECT, SHOAL_BENCH_VERIFY (see the top of benches/swarm.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
