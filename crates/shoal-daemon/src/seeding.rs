@@ -7,7 +7,7 @@
 //! bounded (least recently used blobs are forgotten) and holds no bytes.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use shoal_core::seeding::{Seeding, SeedingConfig};
@@ -16,11 +16,14 @@ use shoal_core::Digest;
 /// Blobs remembered at most; the least recently used is dropped beyond.
 const MAX_BLOBS: usize = 256;
 
+/// Per blob: its record (children named by host id) and when it was last used (ms).
+type Blobs = HashMap<Digest, (Seeding<Arc<str>>, u64)>;
+
 /// The seeding record of every blob this daemon fetches (or fetched) from the origin.
 pub struct Seeds {
     config: SeedingConfig,
     epoch: Instant,
-    blobs: Mutex<HashMap<Digest, (Seeding<String>, u64)>>,
+    blobs: Mutex<Blobs>,
 }
 
 impl Seeds {
@@ -33,7 +36,7 @@ impl Seeds {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, (Seeding<String>, u64)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Blobs> {
         self.blobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -53,12 +56,12 @@ impl Seeds {
     }
 
     /// Whether `child` may fetch `piece` of `blob` now. Always yes for a blob not marked.
-    pub fn admit(&self, blob: &Digest, piece: u32, child: &str) -> bool {
+    pub fn admit(&self, blob: &Digest, piece: u32, child: &Arc<str>) -> bool {
         let now = self.now();
         let mut blobs = self.lock();
         let Some((seeding, used)) = blobs.get_mut(blob) else { return true };
         *used = now;
-        seeding.admit(piece, &child.to_owned(), now)
+        seeding.admit(piece, child, now)
     }
 }
 
@@ -71,13 +74,14 @@ mod tests {
         let seeds = Seeds::new(SeedingConfig { window_ms: 60_000 });
         let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
         seeds.mark(&a);
-        assert!(seeds.admit(&a, 0, "child-1"));
-        assert!(!seeds.admit(&a, 0, "child-2"));
-        assert!(seeds.admit(&a, 0, "child-1"));
-        assert!(seeds.admit(&b, 0, "child-1") && seeds.admit(&b, 0, "child-2"), "b is not marked");
+        let (c1, c2): (Arc<str>, Arc<str>) = ("child-1".into(), "child-2".into());
+        assert!(seeds.admit(&a, 0, &c1));
+        assert!(!seeds.admit(&a, 0, &c2));
+        assert!(seeds.admit(&a, 0, &c1));
+        assert!(seeds.admit(&b, 0, &c1) && seeds.admit(&b, 0, &c2), "b is not marked");
         let off = Seeds::new(SeedingConfig { window_ms: 0 });
         off.mark(&a);
-        assert!(off.admit(&a, 0, "child-1") && off.admit(&a, 0, "child-2"));
+        assert!(off.admit(&a, 0, &c1) && off.admit(&a, 0, &c2));
     }
 
     #[test]

@@ -457,9 +457,7 @@ impl<'a> Download<'a> {
             self.origin_mode = true;
         }
     }
-}
 
-impl Download<'_> {
     /// No scheduler, nothing in flight from parents, and no digest known for any missing piece.
     fn orphaned(&self, held: &Bitmap) -> bool {
         self.session.is_none()

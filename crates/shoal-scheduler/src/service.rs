@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::routing::get;
-use shoal_core::sched::{Config, Decision, HostId, HostInfo, PieceRecorded, Scheduler};
+use shoal_core::sched::{Config, Decision, HostId, HostInfo, Offer, PieceRecorded, Scheduler};
 use shoal_core::Digest;
 use shoal_proto::scheduler as pb;
 use shoal_proto::scheduler::peer_event::Event;
@@ -90,9 +90,9 @@ impl Inner {
         }
     }
 
-    /// Sends the parents the core offered back to peers that did not ask (see `Offer`).
-    fn send_offers(&self) {
-        let offers = self.with_core(|c, _| c.take_offers());
+    /// Sends the parents the core offered back to peers that did not ask (see `Offer`), as
+    /// taken by the same core call as the decision that made them.
+    fn send_offers(&self, offers: Vec<Offer>) {
         if offers.is_empty() {
             return;
         }
@@ -123,11 +123,12 @@ impl Inner {
                 let _ = self.with_core(|c, now| c.piece_failed(now, task, host, f.index, &parent, reason));
             }
             Event::Reschedule(_) => {
-                if let Ok(d) = self.with_core(|c, now| c.reschedule(now, task, host)) {
+                let decided = self.with_core(|c, now| c.reschedule(now, task, host).map(|d| (d, c.take_offers())));
+                if let Ok((d, offers)) = decided {
                     self.count(&d);
                     let _ = outbox.send(Ok(convert::decision(&d)));
+                    self.send_offers(offers);
                 }
-                self.send_offers();
             }
             Event::Done(_) => {
                 let _ = self.with_core(|c, now| c.done(now, task, host));
@@ -189,8 +190,8 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         let have = convert::bitmap(layout.count(), &r.have)?;
         let host = HostId(r.host_id);
         let inner = self.inner.clone();
-        let decision = inner
-            .with_core(|c, now| c.register(now, task, &host, layout, have))
+        let (decision, offers) = inner
+            .with_core(|c, now| c.register(now, task, &host, layout, have).map(|d| (d, c.take_offers())))
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
         inner.count(&decision);
         let (outbox, rx) = mpsc::unbounded_channel();
@@ -200,7 +201,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         }
         let _ = outbox.send(Ok(convert::decision(&decision)));
         inner.outboxes().entry(task).or_default().insert(host.clone(), outbox.clone());
-        inner.send_offers();
+        inner.send_offers(offers);
         inner.metrics.peers.inc();
         tokio::spawn(async move {
             while let Ok(Some(msg)) = inbound.message().await {

@@ -81,7 +81,7 @@ async fn connection(incoming: quinn::Incoming, ctx: Arc<ServerCtx>) -> Result<()
         let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
         let (ctx, child) = (ctx.clone(), child.clone());
         tokio::spawn(async move {
-            if let Err(e) = request(send, recv, ctx, &child).await {
+            if let Err(e) = request(send, recv, ctx, child).await {
                 tracing::debug!(error = %e, "peer request failed");
             }
         });
@@ -92,11 +92,11 @@ async fn request(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     ctx: Arc<ServerCtx>,
-    child: &str,
+    child: Arc<str>,
 ) -> Result<(), String> {
     let req: Request = frame::read(&mut recv).await.map_err(|e| e.to_string())?;
     match req.request {
-        Some(request::Request::Piece(p)) => piece(&mut send, p, &ctx, child).await,
+        Some(request::Request::Piece(p)) => piece(&mut send, p, &ctx, &child).await,
         Some(request::Request::Have(h)) => have(&mut send, &h.task_id, &ctx).await,
         None => Err("empty request".into()),
     }?;
@@ -106,16 +106,13 @@ async fn request(
 
 /// Serves one piece: "not found" if it is not held, "busy" if it is a piece this daemon
 /// seeds from the origin and another child got it moments ago (that child has it soon).
-async fn piece(send: &mut quinn::SendStream, p: PieceRequest, ctx: &ServerCtx, child: &str) -> Result<(), String> {
-    let refuse = |status: PieceStatus| PieceHeader { status: status as i32, length: 0 };
-    let Ok(task) = p.task_id.parse::<Digest>() else {
-        return frame::write(send, &refuse(PieceStatus::NotFound)).await.map_err(|e| e.to_string());
-    };
-    let Some((file, range)) = ctx.store.piece(&task, p.index) else {
-        return frame::write(send, &refuse(PieceStatus::NotFound)).await.map_err(|e| e.to_string());
+async fn piece(send: &mut quinn::SendStream, p: PieceRequest, ctx: &ServerCtx, child: &Arc<str>) -> Result<(), String> {
+    let task = p.task_id.parse::<Digest>().ok();
+    let Some((task, (file, range))) = task.and_then(|t| Some((t, ctx.store.piece(&t, p.index)?))) else {
+        return refuse(send, PieceStatus::NotFound).await;
     };
     if !ctx.seeds.admit(&task, p.index, child) {
-        return frame::write(send, &refuse(PieceStatus::Busy)).await.map_err(|e| e.to_string());
+        return refuse(send, PieceStatus::Busy).await;
     }
     let header = PieceHeader { status: PieceStatus::Ok as i32, length: range.len() };
     frame::write(send, &header).await.map_err(|e| e.to_string())?;
@@ -140,6 +137,11 @@ async fn piece(send: &mut quinn::SendStream, p: PieceRequest, ctx: &ServerCtx, c
         pos += len as u64;
     }
     Ok(())
+}
+
+/// Answers a piece request with `status` and no bytes.
+async fn refuse(send: &mut quinn::SendStream, status: PieceStatus) -> Result<(), String> {
+    frame::write(send, &PieceHeader { status: status as i32, length: 0 }).await.map_err(|e| e.to_string())
 }
 
 async fn have(send: &mut quinn::SendStream, task_id: &str, ctx: &ServerCtx) -> Result<(), String> {
