@@ -32,6 +32,7 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-cargo build --bin shoal
+# The e2e tests play bad members with test-only faults: only this build has them.
+cargo build -p shoal --bin shoal --features fault-injection
 # Unit, property and end-to-end tests; benchmarks run only with `cargo bench` (scripts/bench*.sh).
 cargo test --workspace --lib --bins --tests --no-fail-fast

@@ -202,3 +202,5 @@ mod fallback;
 mod faults;
 #[path = "swarm/limits.rs"]
 mod limits;
+#[path = "swarm/poison.rs"]
+mod poison;

@@ -43,7 +43,7 @@ pub struct DaemonConfig {
     pub upload_limit: Option<String>,
     pub download_limit: Option<String>,
     pub origin_limit: Option<String>,
-    /// Extra environment variables (e.g. `SHOAL_FAULT_CORRUPT_UPLOADS=1`).
+    /// Extra environment variables (e.g. `SHOAL_FAULT_CORRUPT_UPLOADS=1`; the binary must be built with the `fault-injection` feature).
     pub env: Vec<(String, String)>,
 }
 

@@ -2,7 +2,9 @@
 //!
 //! A body of a download streams bytes as the writer lands them and holds back the blob's last
 //! byte until the whole blob is verified, so a client never receives a complete body that did not
-//! hash to its digest: on failure the response is cut short instead.
+//! hash to its digest: on failure the response is cut short instead. While the download runs,
+//! only bytes that came from the origin itself go out; bytes from peers follow once the whole
+//! blob has verified (a lying member's pieces are dropped and fetched again meanwhile).
 
 use std::fs::File;
 use std::io;
@@ -105,7 +107,7 @@ impl Reader {
                 match &p.state {
                     State::Complete => *size,
                     State::Failed(why) => return Err(io::Error::other(format!("blob download failed: {why}"))),
-                    State::Running => p.available.min(size.saturating_sub(1)),
+                    State::Running => p.confirmed.min(size.saturating_sub(1)),
                 }
             };
             if ready > self.pos {

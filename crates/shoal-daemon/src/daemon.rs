@@ -27,10 +27,6 @@ use crate::swarm::Swarm;
 use crate::task::{Pins, Tasks};
 use shoal_core::seeding::SeedingConfig;
 
-/// Environment switch of a test-only fault: serve corrupted pieces to peers (`=1`), so tests can
-/// prove children detect and avoid such a parent. Never set it in production.
-pub const FAULT_CORRUPT_UPLOADS: &str = "SHOAL_FAULT_CORRUPT_UPLOADS";
-
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -97,8 +93,10 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::default());
     metrics.cache_bytes.set(cached as i64);
     let pins = Pins::default();
+    let faults = crate::fault::Faults::from_env();
     let mut tasks = Tasks::new(paths.clone(), meta.clone(), metrics.clone(), pins.clone())
-        .with_origin_limit(Limiter::new(settings.limits.origin));
+        .with_origin_limit(Limiter::new(settings.limits.origin))
+        .with_faults(faults);
     let mut handles = Vec::new();
     let mut peer_addr = None;
     let mut endpoint = None;
@@ -136,11 +134,8 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
             upload: Arc::new(Limiter::new(settings.limits.upload)),
             uploaded: metrics.uploaded_bytes.clone(),
             seeds,
-            corrupt: std::env::var_os(FAULT_CORRUPT_UPLOADS).is_some_and(|v| v == "1"),
+            corrupt: faults.corrupt_uploads,
         };
-        if ctx.corrupt {
-            tracing::warn!("{FAULT_CORRUPT_UPLOADS}=1: serving CORRUPTED pieces to peers (test-only fault)");
-        }
         handles.push(tokio::spawn(crate::peer::server::serve(ep, Arc::new(ctx))));
     }
     let origins = Origins::new(&settings.registries)?;

@@ -10,6 +10,7 @@
 pub mod body;
 pub mod config;
 pub mod daemon;
+pub mod fault;
 pub mod gc;
 pub mod hash;
 pub mod limits;

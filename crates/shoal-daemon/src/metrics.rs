@@ -85,6 +85,13 @@ pub struct Metrics {
     pub piece_busy: Counter,
     /// Parents used per task.
     pub task_parents: Histogram,
+    /// Blobs that did not hash to their digest although every piece matched a trusted digest
+    /// (a forged digest table): their pieces from parents were fetched again.
+    pub blob_mismatches: Counter,
+    /// Blob responses served straight from the origin without caching, by reason
+    /// (`no_space`: no room under the quota or the free-space floor; `store_failed`: the store
+    /// failed mid-download; `download_failed`: the download gave up).
+    pub uncached: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -105,6 +112,18 @@ impl Default for Metrics {
         let back_to_source = Counter::default();
         let piece_busy = Counter::default();
         let task_parents = Histogram::new([0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0]);
+        let blob_mismatches = Counter::default();
+        let uncached = Family::default();
+        registry.register(
+            "blob_mismatches",
+            "Blobs that failed their sha256 although every piece matched its trusted digest",
+            blob_mismatches.clone(),
+        );
+        registry.register(
+            "uncached",
+            "Blob responses served from the origin without caching, by reason",
+            uncached.clone(),
+        );
         registry.register("uploaded_bytes", "Bytes uploaded to peers", uploaded_bytes.clone());
         registry.register("piece_failures", "Pieces from parents that failed, by reason", piece_failures.clone());
         registry.register("back_to_source", "Back-to-source grants from the scheduler", back_to_source.clone());
@@ -137,6 +156,8 @@ impl Default for Metrics {
             back_to_source,
             piece_busy,
             task_parents,
+            blob_mismatches,
+            uncached,
         }
     }
 }

@@ -10,12 +10,12 @@ use http::header::{CONTENT_RANGE, RANGE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use prometheus_client::metrics::counter::Counter;
 use shoal_core::{Bitmap, Digest, PieceLayout};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::limits::Limiter;
 use crate::origin::error_chain;
 use crate::task::OriginFetch;
-use crate::writer::Progress;
+use crate::writer::{Progress, Verified};
 
 /// Attempts at fetching a set of pieces before giving up.
 const MAX_ATTEMPTS: u32 = 4;
@@ -26,6 +26,15 @@ pub enum Chunk {
     Stream(u64, Bytes),
     /// A whole piece, already verified against its trusted digest (given).
     Piece(u32, Bytes, Digest),
+    /// Every piece was sent: check the whole blob and answer (see [`Verified`]).
+    Verify(oneshot::Sender<Result<Verified, String>>),
+}
+
+/// Asks the writer behind `tx` to check the whole blob once every chunk before has landed.
+pub async fn verify(tx: &mpsc::Sender<Chunk>) -> Result<Verified, String> {
+    let (reply, answer) = oneshot::channel();
+    tx.send(Chunk::Verify(reply)).await.map_err(|_| "blob writer stopped".to_owned())?;
+    answer.await.map_err(|_| "blob writer stopped".to_owned())?
 }
 
 /// One blob's origin download.

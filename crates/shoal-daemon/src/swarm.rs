@@ -16,17 +16,19 @@ use futures::{FutureExt, StreamExt};
 use shoal_core::picker::{pick, ParentPieces, PickInput, PickerConfig};
 use shoal_core::seeding::SeedingConfig;
 use shoal_core::{Bitmap, Digest, PieceLayout};
-use shoal_proto::scheduler::{peer_event, scheduler_event, FailReason, PieceFailed, PieceFinished, SchedulerEvent};
+use shoal_proto::scheduler::{
+    peer_event, scheduler_event, BlobMismatch, FailReason, PieceFailed, PieceFinished, SchedulerEvent,
+};
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::{Metrics, ReasonLabels, SourceLabels};
-use crate::origin_fetch::{runs_of, Chunk, OriginSource};
+use crate::origin_fetch::{runs_of, verify, Chunk, OriginSource};
 use crate::peer::client::PeerClient;
 use crate::peer::PeerError;
 use crate::sched_client::{Schedulers, Session};
 use crate::seeding::Seeds;
 use crate::task::TaskCounters;
-use crate::writer::Progress;
+use crate::writer::{Progress, Verified};
 
 /// Without a new piece for this long, ask the scheduler again. Generous: behind a capped link a
 /// parent shared by many children legitimately takes seconds per round of pieces, and every
@@ -94,6 +96,14 @@ struct Download<'a> {
     session: Option<Session>,
     parents: Vec<Parent>,
     digests: HashMap<u32, Digest>,
+    /// Generation of `digests` (see the scheduler's `PieceDigests.epoch`).
+    digest_epoch: u32,
+    /// The oldest table generation a piece from a parent was accepted with.
+    used_epoch: Option<u32>,
+    /// Which parent each piece held came from.
+    from_parent: HashMap<u32, usize>,
+    /// Times the whole blob did not verify.
+    mismatches: u32,
     in_flight: HashSet<u32>,
     from_origin: Bitmap,
     origin_mode: bool,
@@ -132,6 +142,10 @@ pub async fn download(
         session: session.ok(),
         parents: Vec::new(),
         digests: HashMap::new(),
+        digest_epoch: 0,
+        used_epoch: None,
+        from_parent: HashMap::new(),
+        mismatches: 0,
         in_flight: HashSet::new(),
         from_origin: Bitmap::new(layout.count()),
         origin_mode: false,
@@ -169,6 +183,10 @@ impl<'a> Download<'a> {
                 // scheduler before Done, or children cannot verify them.
                 while let Ok((index, digest)) = finished.try_recv() {
                     self.on_finished(index, digest);
+                }
+                if let Verified::Dropped { pieces, kept } = verify(tx).await? {
+                    self.on_blob_mismatch(&pieces, &kept);
+                    continue;
                 }
                 self.report(peer_event::Event::Done(Default::default()));
                 if let Some(session) = self.session.take() {
@@ -307,6 +325,8 @@ impl<'a> Download<'a> {
                 self.counters.peer_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 let digest = trusted.unwrap_or_else(|| unreachable!("guarded above"));
                 tx.send(Chunk::Piece(index, bytes, digest)).await.map_err(|_| "blob writer stopped".to_owned())?;
+                self.from_parent.insert(index, p);
+                self.used_epoch = Some(self.used_epoch.map_or(self.digest_epoch, |e| e.min(self.digest_epoch)));
                 return Ok(());
             }
             Ok(_) => {
@@ -378,6 +398,14 @@ impl<'a> Download<'a> {
                 }
             }
             Some(scheduler_event::Event::PieceDigests(ds)) => {
+                if ds.epoch < self.digest_epoch {
+                    return;
+                }
+                if ds.epoch > self.digest_epoch {
+                    // The scheduler dropped a forged table: none of its digests count any more.
+                    self.digests.clear();
+                    self.digest_epoch = ds.epoch;
+                }
                 for d in ds.digests {
                     if let Ok(bytes) = <[u8; 32]>::try_from(d.digest.as_slice()) {
                         self.digests.insert(d.index, Digest::from_bytes(bytes));
@@ -455,6 +483,45 @@ impl<'a> Download<'a> {
         if self.stalls >= STALLS_BEFORE_ORIGIN || (self.session.is_none() && !usable) {
             tracing::info!(digest = %self.digest, stalls = self.stalls, "swarm stalled; fetching the rest from the origin");
             self.origin_mode = true;
+        }
+    }
+
+    /// Every piece matched its trusted digest, yet the blob did not: the writer dropped
+    /// `pieces` (from parents, or resumed). Stop trusting the digest table, tell the scheduler (which drops the table and decides again, usually sending this
+    /// daemon to the origin), or go to the origin at once without a scheduler or the second
+    /// time. The client's request waits meanwhile: it has only been sent origin bytes.
+    fn on_blob_mismatch(&mut self, pieces: &[u32], kept: &[(u32, Digest)]) {
+        self.mismatches += 1;
+        self.metrics.blob_mismatches.inc();
+        let mut parents: Vec<String> = Vec::new();
+        for i in pieces {
+            // A parent that relayed a forged piece is not banned: it cannot be told from a
+            // victim, and every piece is checked against the new table from now on.
+            if let Some(parent) = self.from_parent.remove(i).and_then(|p| self.parents.get(p)) {
+                if !parents.contains(&parent.host_id) {
+                    parents.push(parent.host_id.clone());
+                }
+            }
+        }
+        let epoch = self.used_epoch.take();
+        tracing::warn!(digest = %self.digest, pieces = pieces.len(), ?parents, ?epoch, table = self.digest_epoch, "blob did not verify; dropped the pieces from parents and their digests");
+        if epoch.is_none_or(|e| e >= self.digest_epoch) {
+            // Else a newer table arrived already: it is not the forged one, keep it.
+            self.digests.clear();
+        }
+        self.in_flight.clear();
+        match (epoch, &self.session) {
+            (Some(epoch), Some(_)) if self.mismatches < 2 => {
+                self.report(peer_event::Event::BlobMismatch(BlobMismatch { epoch, parent_host_ids: parents }));
+                // The pieces kept came from the origin here: if the scheduler sends this daemon
+                // back to source, their digests start the new table (else they are ignored).
+                for &(index, digest) in kept {
+                    let digest = digest.as_bytes().to_vec();
+                    self.report(peer_event::Event::PieceFinished(PieceFinished { index, digest, from_origin: true }));
+                }
+                self.last_progress = Instant::now();
+            }
+            _ => self.origin_mode = true,
         }
     }
 

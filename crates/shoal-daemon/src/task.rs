@@ -20,10 +20,10 @@ use crate::limits::Limiter;
 use crate::meta::{Durability, MetaStore};
 use crate::metrics::{Metrics, ResultLabels, SourceLabels};
 use crate::origin::Upstream;
-use crate::origin_fetch::{runs_of, Chunk, OriginSource};
+use crate::origin_fetch::{runs_of, verify, Chunk, OriginSource};
 use crate::paths::Paths;
 use crate::swarm::Swarm;
-use crate::writer::{PieceWriter, Progress, State, WriteError};
+use crate::writer::{PieceWriter, Progress, State, Verified, WriteError};
 
 /// Chunks queued between the network and the writer thread.
 const WRITER_QUEUE: usize = 64;
@@ -168,6 +168,7 @@ pub struct Tasks {
     running: Mutex<HashMap<Digest, Arc<Task>>>,
     origin_limit: Limiter,
     swarm: Option<Arc<Swarm>>,
+    faults: crate::fault::Faults,
 }
 
 impl Tasks {
@@ -181,12 +182,19 @@ impl Tasks {
             running: Mutex::new(HashMap::new()),
             origin_limit: Limiter::unlimited(),
             swarm: None,
+            faults: crate::fault::Faults::default(),
         }
     }
 
     /// Paces origin fetches.
     pub fn with_origin_limit(mut self, limiter: Limiter) -> Self {
         self.origin_limit = limiter;
+        self
+    }
+
+    /// Test-only faults (see [`crate::fault`]).
+    pub fn with_faults(mut self, faults: crate::fault::Faults) -> Self {
+        self.faults = faults;
         self
     }
 
@@ -302,6 +310,7 @@ impl Tasks {
         let (finished_tx, finished) = mpsc::unbounded_channel();
         writer.report_to(finished_tx);
         writer.set_piece_hashing(self.swarm.is_some() && !layout.is_single_piece());
+        writer.set_poison(self.faults.poison);
         let (tx, rx) = mpsc::channel::<Chunk>(WRITER_QUEUE);
         let thread = tokio::task::spawn_blocking(move || write_all(writer, rx));
         let origin = OriginSource {
@@ -316,10 +325,7 @@ impl Tasks {
             Some(swarm) if !layout.is_single_piece() => {
                 crate::swarm::download(swarm, &self.metrics, &counters, &origin, &mut have, &tx, finished).await
             }
-            _ => {
-                let all = runs_of(layout.count(), |_| true);
-                origin.fetch(all, &mut have, &tx).await
-            }
+            _ => from_origin(&origin, &mut have, &tx).await,
         };
         drop(tx);
         let result = match thread.await {
@@ -349,9 +355,40 @@ fn write_all(mut writer: PieceWriter, mut rx: mpsc::Receiver<Chunk>) -> Result<(
         match chunk {
             Chunk::Stream(offset, bytes) => writer.write(offset, &bytes)?,
             Chunk::Piece(index, bytes, digest) => writer.write_piece(index, &bytes, digest)?,
+            Chunk::Verify(reply) => match writer.verify() {
+                Ok(Verified::Complete) => {
+                    let _ = reply.send(Ok(Verified::Complete));
+                    return Ok(());
+                }
+                Ok(dropped) => {
+                    let _ = reply.send(Ok(dropped));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.to_string()));
+                    return Err(e);
+                }
+            },
         }
     }
     writer.finish()
+}
+
+/// Every piece from the origin, then the whole-blob check; pieces resumed from disk that fail
+/// it are fetched once more.
+async fn from_origin(
+    origin: &OriginSource<'_>,
+    have: &mut watch::Receiver<Progress>,
+    tx: &mpsc::Sender<Chunk>,
+) -> Result<(), String> {
+    let mut missing = runs_of(origin.layout.count(), |_| true);
+    for _ in 0..2 {
+        origin.fetch(missing, have, tx).await?;
+        match verify(tx).await? {
+            Verified::Complete => return Ok(()),
+            Verified::Dropped { pieces, .. } => missing = runs_of(origin.layout.count(), |i| pieces.contains(&i)),
+        }
+    }
+    Err("blob did not verify after fetching its pieces again from the origin".into())
 }
 
 #[cfg(test)]

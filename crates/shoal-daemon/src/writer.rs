@@ -57,11 +57,31 @@ pub enum WriteError {
     },
 }
 
+/// What a whole-blob check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verified {
+    /// The blob hashes to its digest and is recorded complete.
+    Complete,
+    /// It does not: the pieces that came from peers (or were resumed from disk) were dropped;
+    /// fetch them again, from the origin or from parents whose digests are trusted.
+    Dropped {
+        /// The pieces dropped.
+        pieces: Vec<u32>,
+        /// The pieces kept (they came from this node's origin stream), with their digests.
+        kept: Vec<(u32, Digest)>,
+    },
+}
+
 /// Where a blob download stands, as its readers see it.
 #[derive(Debug, Clone)]
 pub struct Progress {
     /// Bytes present from offset 0 without a gap (not yet verified as a whole).
     pub available: u64,
+    /// Bytes from offset 0 without a gap that came from the origin itself: the prefix a
+    /// client may receive before the whole blob is verified. Bytes from peers count only once
+    /// the whole blob hashes to its digest, because a piece digest is only as honest as the
+    /// member that reported it.
+    pub confirmed: u64,
     /// Pieces present and hashed.
     pub have: Bitmap,
     /// Running, complete or failed.
@@ -88,9 +108,14 @@ pub struct PieceWriter {
     file: File,
     record: BlobRecord,
     have: Bitmap,
+    /// Present pieces that did not come from this node's own origin stream (from peers, or
+    /// resumed from disk): dropped if the whole blob does not verify.
+    unconfirmed: Bitmap,
     inflight: HashMap<u32, (Option<Hasher>, u64)>,
     whole: Hasher,
     hash_pieces: bool,
+    /// Test-only fault: report forged digests (see [`crate::fault::POISON`]).
+    poison: bool,
     whole_pos: u64,
     last_sync: Option<Instant>,
     progress: watch::Sender<Progress>,
@@ -121,7 +146,8 @@ impl PieceWriter {
         };
         let have = verify_pieces(&file, &mut record)?;
         meta.put_blob(&digest, &record, Durability::Sync)?;
-        let (progress, _) = watch::channel(Progress { available: 0, have: have.clone(), state: State::Running });
+        let progress = Progress { available: 0, confirmed: 0, have: have.clone(), state: State::Running };
+        let (progress, _) = watch::channel(progress);
         let w = Self {
             digest,
             layout,
@@ -129,10 +155,12 @@ impl PieceWriter {
             meta,
             file,
             record,
+            unconfirmed: have.clone(),
             have,
             inflight: HashMap::new(),
             whole: Hasher::default(),
             hash_pieces: true,
+            poison: false,
             whole_pos: 0,
             last_sync: None,
             progress,
@@ -178,6 +206,12 @@ impl PieceWriter {
         self.hash_pieces = on;
     }
 
+    /// Test-only fault: the digests reported for pieces streamed here are those of the
+    /// corrupted pieces the peer server then serves.
+    pub fn set_poison(&mut self, on: bool) {
+        self.poison = on;
+    }
+
     /// Writes a whole piece already verified against its trusted `digest` (from a parent), so
     /// it is not hashed again. It replaces any partial stream of the same piece; ignored if the
     /// piece is present.
@@ -192,6 +226,7 @@ impl PieceWriter {
         self.inflight.insert(index, (None, 0));
         self.file.write_all_at(data, piece.start)?;
         self.inflight.remove(&index);
+        self.unconfirmed.set(index);
         self.complete_piece(index, Some(digest))?;
         self.advance_whole(piece.start, data)?;
         self.publish();
@@ -239,7 +274,14 @@ impl PieceWriter {
         entry.1 += slice.len() as u64;
         if entry.1 == piece.len() {
             let hasher = self.inflight.remove(&index).and_then(|(h, _)| h);
-            self.complete_piece(index, hasher.map(Hasher::finish))?;
+            let mut digest = hasher.map(Hasher::finish);
+            if self.poison && digest.is_some() {
+                let mut bytes = vec![0u8; piece.len() as usize];
+                self.file.read_exact_at(&mut bytes, piece.start)?;
+                crate::fault::corrupt_piece(&mut bytes);
+                digest = Some(crate::hash::digest(&bytes));
+            }
+            self.complete_piece(index, digest)?;
         }
         Ok(())
     }
@@ -295,28 +337,80 @@ impl PieceWriter {
         Ok(())
     }
 
+    /// Bytes from offset 0 without a gap that came from this node's origin stream.
+    fn confirmed(&self) -> u64 {
+        let mut i = 0;
+        while i < self.layout.count() && self.have.get(i) && !self.unconfirmed.get(i) {
+            i += 1;
+        }
+        if i >= self.layout.count() {
+            return self.layout.size;
+        }
+        let partial = if self.have.get(i) { 0 } else { self.inflight.get(&i).map_or(0, |(_, n)| *n) };
+        self.layout.piece(i).start + partial
+    }
+
     fn publish(&self) {
         let available = self.available();
+        let confirmed = self.confirmed();
         self.progress.send_if_modified(|p| {
-            let changed = p.available != available || p.have.count() != self.have.count();
+            let changed = p.available != available || p.have.count() != self.have.count() || p.confirmed != confirmed;
             p.available = available;
+            p.confirmed = confirmed;
             p.have.clone_from(&self.have);
             changed
         });
     }
 
-    /// Verifies the whole blob, syncs it and moves it to its final path, then records it
-    /// complete. On a digest mismatch the partial file and record are removed.
-    pub fn finish(mut self) -> Result<(), WriteError> {
+    /// Verifies the whole blob; see [`Verified`]. On success the blob is synced, moved to its
+    /// final path and recorded complete, and the writer must not be used again.
+    pub fn verify(&mut self) -> Result<Verified, WriteError> {
         if !self.have.is_full() {
             return Err(WriteError::Incomplete { have: self.have.count(), total: self.have.len() });
         }
         self.advance_whole(self.layout.size, &[])?;
         let actual = self.whole.clone().finish();
-        if actual != self.digest {
+        if actual == self.digest {
+            self.complete()?;
+            return Ok(Verified::Complete);
+        }
+        let dropped: Vec<u32> = (0..self.layout.count()).filter(|&i| self.unconfirmed.get(i)).collect();
+        if dropped.is_empty() {
             self.discard();
             return Err(WriteError::DigestMismatch { expected: self.digest, actual });
         }
+        tracing::warn!(digest = %self.digest, %actual, pieces = dropped.len(), "blob does not hash to its digest; dropping the pieces that came from peers");
+        for &i in &dropped {
+            self.have.unset(i);
+            self.record.piece_digests[i as usize].clear();
+        }
+        self.unconfirmed = Bitmap::new(self.layout.count());
+        self.record.state = BlobState::Partial { bitmap: self.have.as_bytes().to_vec() };
+        self.meta.put_blob(&self.digest, &self.record, Durability::Sync)?;
+        self.whole = Hasher::default();
+        self.whole_pos = 0;
+        self.advance_whole(0, &[])?;
+        self.publish();
+        let kept = (0..self.layout.count())
+            .filter(|&i| self.have.get(i))
+            .filter_map(|i| Some((i, format!("sha256:{}", self.record.piece_digests[i as usize]).parse().ok()?)))
+            .collect();
+        Ok(Verified::Dropped { pieces: dropped, kept })
+    }
+
+    /// Verifies the whole blob and completes it (see [`PieceWriter::verify`]); a blob that does
+    /// not verify is an error.
+    pub fn finish(mut self) -> Result<(), WriteError> {
+        match self.verify()? {
+            Verified::Complete => Ok(()),
+            Verified::Dropped { pieces, .. } => Err(WriteError::Incomplete {
+                have: self.layout.count() - pieces.len() as u32,
+                total: self.layout.count(),
+            }),
+        }
+    }
+
+    fn complete(&mut self) -> Result<(), WriteError> {
         self.file.sync_all()?;
         let dest = self.paths.blob(&self.digest);
         if let Some(parent) = dest.parent() {
@@ -470,6 +564,31 @@ mod tests {
         assert!(matches!(w.write(2 * MIB as u64 - 1, b"xy"), Err(WriteError::OutOfOrder { .. })));
         assert!(matches!(w.write(u64::MAX, b"x"), Err(WriteError::OutOfOrder { .. })));
         assert!(matches!(w.finish(), Err(WriteError::Incomplete { have: 0, total: 2 })));
+    }
+
+    #[test]
+    fn peer_pieces_are_not_confirmed_and_a_poisoned_blob_drops_them() {
+        let data = blob(4 * MIB);
+        let (_d, paths, meta, digest, layout) = setup(&data);
+        let mut w = PieceWriter::open(&paths, meta.clone(), digest, layout, 0).unwrap();
+        let rx = w.subscribe();
+        w.write(0, &data[..MIB]).unwrap();
+        assert_eq!(rx.borrow().confirmed, MIB as u64);
+        // Piece 1 from a parent whose (forged) digest matched its (wrong) bytes.
+        let mut bad = data[MIB..2 * MIB].to_vec();
+        bad[0] ^= 0xff;
+        w.write_piece(1, &bad, crate::hash::digest(&bad)).unwrap();
+        w.write(2 * MIB as u64, &data[2 * MIB..]).unwrap();
+        let p = rx.borrow().clone();
+        assert_eq!((p.available, p.confirmed), (data.len() as u64, MIB as u64));
+        let kept = [0u32, 2, 3].map(|i| (i, crate::hash::digest(&data[i as usize * MIB..(i as usize + 1) * MIB])));
+        assert_eq!(w.verify().unwrap(), Verified::Dropped { pieces: vec![1], kept: kept.to_vec() });
+        assert!(!w.have().get(1) && w.have().get(2));
+        assert_eq!(meta.blob(&digest).unwrap().unwrap().bitmap().count(), 3);
+        w.write(MIB as u64, &data[MIB..2 * MIB]).unwrap();
+        assert_eq!(rx.borrow().confirmed, data.len() as u64);
+        assert_eq!(w.verify().unwrap(), Verified::Complete);
+        assert_eq!(std::fs::read(paths.blob(&digest)).unwrap(), data);
     }
 
     #[test]

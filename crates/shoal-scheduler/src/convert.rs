@@ -60,10 +60,10 @@ fn parent(c: &Candidate) -> pb::Parent {
     pb::Parent { host_id: c.host.0.clone(), peer_addr: c.addr.clone(), have: c.have.as_bytes().to_vec() }
 }
 
-/// Known piece digests as a scheduler event.
-pub fn digests(ds: &[(u32, Digest)]) -> pb::SchedulerEvent {
+/// Known piece digests of the table generation `epoch`, as a scheduler event.
+pub fn digests(epoch: u32, ds: &[(u32, Digest)]) -> pb::SchedulerEvent {
     let digests = ds.iter().map(|(i, d)| pb::PieceDigest { index: *i, digest: d.as_bytes().to_vec() }).collect();
-    pb::SchedulerEvent { event: Some(pb::scheduler_event::Event::PieceDigests(pb::PieceDigests { digests })) }
+    pb::SchedulerEvent { event: Some(pb::scheduler_event::Event::PieceDigests(pb::PieceDigests { digests, epoch })) }
 }
 
 /// Task statistics.

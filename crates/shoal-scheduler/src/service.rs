@@ -20,6 +20,8 @@ use crate::metrics::{KindLabels, SchedulerMetrics};
 
 /// How often daemons re-announce their host.
 const REANNOUNCE_SECS: u32 = 10;
+/// Parents a blob-mismatch report may name (more are ignored).
+const MAX_REPORTED_PARENTS: usize = 64;
 /// How often expired hosts are dropped and gauges refreshed.
 const EXPIRE_EVERY: Duration = Duration::from_secs(5);
 
@@ -80,7 +82,8 @@ impl Inner {
 
     /// Sends a newly trusted piece digest to every other peer of the task.
     fn broadcast_digest(&self, task: Digest, from: &HostId, index: u32, digest: Digest) {
-        let event = convert::digests(&[(index, digest)]);
+        let epoch = self.with_core(|c, _| c.digest_epoch(task));
+        let event = convert::digests(epoch, &[(index, digest)]);
         if let Some(peers) = self.outboxes().get(&task) {
             for (host, outbox) in peers {
                 if host != from {
@@ -124,6 +127,20 @@ impl Inner {
             }
             Event::Reschedule(_) => {
                 let decided = self.with_core(|c, now| c.reschedule(now, task, host).map(|d| (d, c.take_offers())));
+                if let Ok((d, offers)) = decided {
+                    self.count(&d);
+                    let _ = outbox.send(Ok(convert::decision(&d)));
+                    self.send_offers(offers);
+                }
+            }
+            Event::BlobMismatch(m) => {
+                self.metrics.piece_failures.get_or_create(&KindLabels { kind: "blob_mismatch" }).inc();
+                let parents: Vec<HostId> =
+                    m.parent_host_ids.into_iter().take(MAX_REPORTED_PARENTS).map(HostId).collect();
+                tracing::warn!(%task, host = %host.0, epoch = m.epoch, "a peer found the blob forged; dropping the digest table it was built from");
+                let decided = self.with_core(|c, now| {
+                    c.blob_mismatch(now, task, host, m.epoch, &parents).map(|d| (d, c.take_offers()))
+                });
                 if let Ok((d, offers)) = decided {
                     self.count(&d);
                     let _ = outbox.send(Ok(convert::decision(&d)));
@@ -195,9 +212,9 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
         inner.count(&decision);
         let (outbox, rx) = mpsc::unbounded_channel();
-        let known = inner.with_core(|c, _| c.piece_digests(task));
+        let (epoch, known) = inner.with_core(|c, _| (c.digest_epoch(task), c.piece_digests(task)));
         if !known.is_empty() {
-            let _ = outbox.send(Ok(convert::digests(&known)));
+            let _ = outbox.send(Ok(convert::digests(epoch, &known)));
         }
         let _ = outbox.send(Ok(convert::decision(&decision)));
         inner.outboxes().entry(task).or_default().insert(host.clone(), outbox.clone());

@@ -146,6 +146,9 @@ pub(super) fn survey(task: &Task, hosts: &Hosts, config: &Config, child: &HostId
         let Some(host) = hosts.at(peer.host) else {
             continue;
         };
+        if task.distrusted.contains(id) {
+            continue;
+        }
         let other_site = host.site != site;
         if !other_site {
             survey.back_to_source_in_site += u32::from(peer.back_to_source);

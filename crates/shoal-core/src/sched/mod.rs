@@ -178,6 +178,44 @@ impl Scheduler {
         Ok(decision)
     }
 
+    /// `host` proved the blob forged although every piece matched the digest table of `epoch`
+    /// (see [`Scheduler::digest_epoch`]); it dropped its pieces from `parents`. Drops the table
+    /// and distrusts its authors when it is still the current one, then decides for `host`
+    /// again within the origin budget: back to source for the first reporter (the authors'
+    /// origin slots are free now), parents for those who report the same table later.
+    pub fn blob_mismatch(
+        &mut self,
+        now: u64,
+        task: TaskId,
+        host: &HostId,
+        epoch: u32,
+        parents: &[HostId],
+    ) -> Result<Decision, PeerError> {
+        self.hosts.touch(now, host);
+        let config = &self.config;
+        let t = peer_task(&mut self.tasks, task, host)?;
+        let dropped = t.blob_mismatch(&mut self.hosts, host, epoch, parents);
+        if dropped {
+            self.counters.forged_tables += 1;
+        }
+        // Within the site's origin budget: a reporter of an already dropped table waits for
+        // the peer that went back to source, instead of each reporter fetching the blob again.
+        let mut offers = Vec::new();
+        let decision = decide::decide(t, &mut self.hosts, config, host, Ask::Register, &mut offers);
+        if dropped && decision == Decision::BackToSource {
+            // Everyone else holds the forged table too: the new origin peer is their parent.
+            offers.extend(t.offer_to_all(&mut self.hosts, config, host));
+        }
+        self.counters.decisions.add(decision.kind());
+        self.queue_offers(task, offers);
+        Ok(decision)
+    }
+
+    /// The generation of a task's digest table (0 for an unknown task).
+    pub fn digest_epoch(&self, task: TaskId) -> u32 {
+        self.tasks.get(&task).map_or(0, |t| t.epoch)
+    }
+
     fn queue_offers(&mut self, task: TaskId, offers: Vec<(HostId, Candidate)>) {
         self.counters.offers += offers.len() as u64;
         self.offers.extend(offers.into_iter().map(|(peer, parent)| Offer { task, peer, parent }));

@@ -90,6 +90,8 @@ pub struct Counters {
     pub peers_left: u64,
     /// Parents offered back to peers that did not ask (see [`Offer`](super::Offer)).
     pub offers: u64,
+    /// Digest tables a child proved forged (dropped, their authors distrusted).
+    pub forged_tables: u64,
 }
 
 /// One peer of a task, as seen by the scheduler.

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::host::{Hosts, Slot};
 use super::peers::{Peer, Peers};
 use super::stats::{DecisionCounts, FailureCounts, PeerStats, TaskStats};
-use super::{Config, FailReason, HostId, ParentStatus, PeerError, PieceError, PieceRecorded, TaskId};
+use super::{Candidate, Config, FailReason, HostId, ParentStatus, PeerError, PieceError, PieceRecorded, TaskId};
 use crate::{Bitmap, Digest, PieceLayout};
 
 /// One blob being pulled by some peers.
@@ -22,6 +22,13 @@ pub(super) struct Task {
     /// Per parent, the peers that reported a digest mismatch from it (kept until the task is
     /// dropped, even if the parent leaves and comes back).
     pub mismatch_reports: BTreeMap<HostId, BTreeSet<HostId>>,
+    /// Generation of `digests`: bumped whenever a table was found forged and dropped.
+    pub epoch: u32,
+    /// Peers whose reports are in `digests`.
+    pub authors: BTreeSet<HostId>,
+    /// Peers whose digest table a child proved forged: never parents, never trusted again
+    /// for this task.
+    pub distrusted: BTreeSet<HostId>,
     pub decisions: DecisionCounts,
     pub failures: FailureCounts,
     pub digest_conflicts: u64,
@@ -34,6 +41,9 @@ impl Task {
             peers: Peers::default(),
             digests: BTreeMap::new(),
             mismatch_reports: BTreeMap::new(),
+            epoch: 0,
+            authors: BTreeSet::new(),
+            distrusted: BTreeSet::new(),
             decisions: DecisionCounts::default(),
             failures: FailureCounts::default(),
             digest_conflicts: 0,
@@ -153,8 +163,9 @@ impl Task {
                 return Err(PieceError::DigestConflict { index, kept, reported: digest });
             }
             Some(_) => PieceRecorded::Verified,
-            None if from_origin => {
+            None if from_origin && !self.distrusted.contains(host) => {
                 self.digests.insert(index, digest);
+                self.authors.insert(host.clone());
                 PieceRecorded::DigestKept
             }
             None => PieceRecorded::Unverified,
@@ -198,6 +209,58 @@ impl Task {
         let newly = peer.bad.insert(parent.clone());
         self.unlink(hosts, child, parent);
         (ParentStatus::Bad, newly)
+    }
+
+    /// A child found the blob forged although every piece matched the digest table of `epoch`:
+    /// if that is the current table, drop it and distrust its authors (they lose their origin
+    /// slots, so a new peer goes back to source). The child dropped its pieces from `parents`
+    /// and holds none of them now. True when the table was dropped just now.
+    pub fn blob_mismatch(&mut self, hosts: &mut Hosts, child: &HostId, epoch: u32, parents: &[HostId]) -> bool {
+        self.failures.add(FailReason::DigestMismatch);
+        // Parents that relayed the forged pieces cannot be told apart from their victims: they
+        // are unlinked, not banned (pieces are checked against the new table from now on); the
+        // table's authors are the ones distrusted.
+        for parent in parents.iter().filter(|p| *p != child) {
+            self.unlink(hosts, child, parent);
+        }
+        let count = self.layout.count();
+        if let Some(c) = self.peers.get_mut(child) {
+            c.have = Bitmap::new(count);
+            c.pieces = 0;
+        }
+        if epoch != self.epoch || self.digests.is_empty() {
+            return false;
+        }
+        self.digests.clear();
+        self.epoch = self.epoch.wrapping_add(1);
+        for author in std::mem::take(&mut self.authors) {
+            if let Some(p) = self.peers.get_mut(&author) {
+                p.back_to_source = false;
+            }
+            self.distrusted.insert(author);
+        }
+        true
+    }
+
+    /// Offers `parent` to every other peer still downloading (not done, not distrusted, not
+    /// already its child), up to the children cap; links them. Returns the offers.
+    pub fn offer_to_all(&mut self, hosts: &mut Hosts, config: &Config, parent: &HostId) -> Vec<(HostId, Candidate)> {
+        let Some(p) = self.peers.get(parent) else { return Vec::new() };
+        let Some(addr) = hosts.at(p.host).map(|h| h.info.addr.clone()) else { return Vec::new() };
+        let offered = Candidate { host: parent.clone(), addr, have: p.have.clone() };
+        let children: Vec<HostId> = self
+            .peers
+            .iter()
+            .filter(|(id, c)| *id != parent && !c.done && !self.distrusted.contains(*id) && !p.children.contains(*id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let room = config.max_children_per_parent.saturating_sub(count(p.children.len())) as usize;
+        let mut offers = Vec::new();
+        for child in children.into_iter().take(room) {
+            self.link(hosts, &child, std::slice::from_ref(parent));
+            offers.push((child, offered.clone()));
+        }
+        offers
     }
 
     /// A snapshot for metrics.

@@ -272,3 +272,34 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_forged_digest_table_is_dropped_once_and_its_author_distrusted() {
+    let mut s = sched(Config::default(), &[("a1", "A"), ("a2", "A"), ("a3", "A")]);
+    assert_eq!(reg(&mut s, "a1"), Decision::BackToSource);
+    assert_eq!(finished(&mut s, "a1", 0, b"forged", true), Ok(PieceRecorded::DigestKept));
+    let _ = reg(&mut s, "a2");
+    let _ = reg(&mut s, "a3");
+    assert_eq!(s.digest_epoch(task()), 0);
+    // a2's blob did not verify: the table goes, a1 is distrusted and a2 takes the origin slot.
+    let d = s.blob_mismatch(6, task(), &h("a2"), 0, &[h("a1")]).unwrap();
+    s.check_invariants();
+    assert_eq!(d, Decision::BackToSource);
+    assert!(s.piece_digests(task()).is_empty());
+    assert_eq!((s.digest_epoch(task()), s.counters().forged_tables), (1, 1));
+    // a3 holds the forged table too: a2, the new origin peer, is its parent at once; no one is
+    // offered the distrusted a1.
+    let a3 = s.tasks[&task()].peers.get(&h("a3")).unwrap();
+    assert!(a3.parents.contains(&h("a2")), "{:?}", a3.parents);
+    assert!(!s.take_offers().iter().any(|o| o.parent.host == h("a1")));
+    // a1's origin reports no longer count, and it is never a parent again.
+    assert_eq!(finished(&mut s, "a1", 1, b"forged", true), Ok(PieceRecorded::Unverified));
+    assert_eq!(finished(&mut s, "a2", 0, b"real", true), Ok(PieceRecorded::DigestKept));
+    // a3 found the same old table forged later: the new table stays, a3 gets a2 as parent.
+    let d = s.blob_mismatch(7, task(), &h("a3"), 0, &[h("a1")]).unwrap();
+    s.check_invariants();
+    assert_eq!(s.piece_digests(task()), vec![(0, Digest::of(b"real"))]);
+    assert_eq!(s.counters().forged_tables, 1);
+    let Decision::Parents(ps) = d else { panic!("{d:?}") };
+    assert_eq!(ps.iter().map(|p| p.host.clone()).collect::<Vec<_>>(), vec![h("a2")]);
+}

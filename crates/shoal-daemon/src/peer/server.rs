@@ -14,8 +14,8 @@ use super::{exporter, frame, PieceStore};
 use crate::limits::Limiter;
 use crate::seeding::Seeds;
 
-/// Bytes read and sent per write.
-const CHUNK: u64 = 256 << 10;
+/// Bytes read and sent per write (the corrupt-uploads fault flips the first byte of each).
+const CHUNK: u64 = crate::fault::CHUNK;
 /// Time a peer has to complete the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
