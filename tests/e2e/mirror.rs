@@ -38,6 +38,8 @@ async fn get_blob(client: &reqwest::Client, url: &str) -> Result<(String, u64)> 
 mod auth;
 #[path = "mirror/crash.rs"]
 mod crash;
+#[path = "mirror/disk.rs"]
+mod disk;
 #[path = "mirror/freshness.rs"]
 mod freshness;
 #[path = "mirror/malformed.rs"]

@@ -43,6 +43,8 @@ pub struct DaemonConfig {
     pub upload_limit: Option<String>,
     pub download_limit: Option<String>,
     pub origin_limit: Option<String>,
+    /// Mount a tmpfs of this many bytes as the data dir (root only).
+    pub data_tmpfs: Option<u64>,
     /// Extra environment variables (e.g. `SHOAL_FAULT_CORRUPT_UPLOADS=1`; the binary must be built with the `fault-injection` feature).
     pub env: Vec<(String, String)>,
 }
@@ -74,6 +76,8 @@ impl DaemonConfig {
 
 /// A running `shoal daemon`, killed on drop.
 pub struct Daemon {
+    /// Unmounted before `dir` is removed (fields drop in order).
+    tmpfs: Option<crate::tmpfs::Tmpfs>,
     dir: TempDir,
     config: DaemonConfig,
     mirror_port: u16,
@@ -101,7 +105,9 @@ impl Daemon {
         let dir = tempfile::Builder::new().prefix("shoal-daemon-").tempdir()?;
         let (mirror_port, admin_port, peer_port) = (free_port(), free_port(), free_udp_port());
         let admin = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
-        let mut daemon = Self { dir, config, mirror_port, admin_port, peer_port, child: None, admin };
+        let tmpfs =
+            config.data_tmpfs.map(|size| crate::tmpfs::Tmpfs::mount(&dir.path().join("data"), size)).transpose()?;
+        let mut daemon = Self { tmpfs, dir, config, mirror_port, admin_port, peer_port, child: None, admin };
         // Another process may take a port between `free_port` and the daemon's bind: retry then.
         for _ in 0..3 {
             match daemon.restart().await {
@@ -114,6 +120,11 @@ impl Daemon {
         }
         daemon.restart().await?;
         Ok(daemon)
+    }
+
+    /// The tmpfs under the data dir, with [`DaemonConfig::data_tmpfs`].
+    pub fn tmpfs(&self) -> Option<&crate::tmpfs::Tmpfs> {
+        self.tmpfs.as_ref()
     }
 
     /// The data directory (kept across restarts).
@@ -224,6 +235,15 @@ impl Daemon {
         let resp = self.admin.get(format!("{}/metrics", self.admin_url())).send().await?;
         if !resp.status().is_success() {
             bail!("GET /metrics: {}", resp.status());
+        }
+        Ok(resp.text().await?)
+    }
+
+    /// The body of `GET /healthz` (`ok`, or why the cache is degraded).
+    pub async fn healthz(&self) -> Result<String> {
+        let resp = self.admin.get(format!("{}/healthz", self.admin_url())).send().await?;
+        if !resp.status().is_success() {
+            bail!("GET /healthz: {}", resp.status());
         }
         Ok(resp.text().await?)
     }

@@ -8,7 +8,8 @@
 //! - [`Scheduler`]: the `shoal scheduler` binary, with kill -9 and restart on the same port;
 //! - [`Swarm`]: N daemons sharing a scheduler (QUIC peer listeners on loopback, one cluster token);
 //! - [`Skopeo`], [`Podman`], [`Containerd`]: real clients pulling through the daemon as a mirror;
-//! - [`SlowProxy`]: a rate-limited link to the origin that can also turn into a black hole.
+//! - [`SlowProxy`]: a rate-limited link to the origin that can also turn into a black hole;
+//! - [`Tmpfs`]: a small file system for a data dir that fills up.
 //!
 //! Every process is killed and every temp dir removed on drop (long-running children also get
 //! SIGKILL if the test process dies, through `setpriv --pdeathsig`); every wait is bounded.
@@ -28,6 +29,7 @@ mod proxy;
 mod registry;
 mod scheduler;
 mod swarm;
+mod tmpfs;
 mod util;
 
 pub use clients::{registries_conf, Podman, Skopeo};
@@ -40,6 +42,7 @@ pub use proxy::SlowProxy;
 pub use registry::{AccessLogLine, Registry};
 pub use scheduler::Scheduler;
 pub use swarm::{strip_ansi, KeepLogs, Swarm, CLUSTER_TOKEN};
+pub use tmpfs::Tmpfs;
 pub use util::{free_port, free_udp_port, run, sha256_hex, tail, wait_until, workspace_root};
 
 /// Tools the end-to-end tests need on PATH.

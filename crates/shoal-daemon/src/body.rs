@@ -2,9 +2,13 @@
 //!
 //! A body of a download streams bytes as the writer lands them and holds back the blob's last
 //! byte until the whole blob is verified, so a client never receives a complete body that did not
-//! hash to its digest: on failure the response is cut short instead. While the download runs,
-//! only bytes that came from the origin itself go out; bytes from peers follow once the whole
-//! blob has verified (a lying member's pieces are dropped and fetched again meanwhile).
+//! hash to its digest. While the download runs, only bytes that came from the origin itself go
+//! out; bytes from peers follow once the whole blob has verified (a lying member's pieces are
+//! dropped and fetched again meanwhile).
+//!
+//! When the download or the cache file fails (a full or failing disk, a download that gave up),
+//! a body with a [`Fallback`] goes on from its position with bytes straight from the origin
+//! ([`crate::direct`]), so the client's response still completes; without one it is cut short.
 
 use std::fs::File;
 use std::io;
@@ -14,47 +18,46 @@ use std::sync::Arc;
 use axum::body::Body;
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
-use shoal_core::ByteRange;
+use prometheus_client::metrics::family::Family;
+use shoal_core::{ByteRange, Digest};
 use tokio::sync::watch;
 
+use crate::direct::{Direct, Origin};
+use crate::hash::Hasher;
+use crate::metrics::ReasonLabels;
 use crate::task::{LocalBlob, Pin, Task};
 use crate::writer::{Progress, State};
 
 /// Bytes read per chunk sent to a client.
 const CHUNK: u64 = 1 << 20;
 
+/// Where a body goes on when its file fails.
+pub struct Fallback {
+    /// The origin, for this client.
+    pub origin: Origin,
+    /// The blob.
+    pub digest: Digest,
+    /// Responses finished from the origin, by reason.
+    pub uncached: Family<ReasonLabels, Counter>,
+}
+
 /// The body of a complete local blob, for `range`.
-pub fn local(blob: LocalBlob, range: ByteRange, served: Counter) -> Body {
-    let LocalBlob { mut file, pin, .. } = blob;
+pub fn local(blob: LocalBlob, range: ByteRange, served: Counter, fallback: Option<Fallback>) -> Body {
+    let LocalBlob { mut file, size, pin } = blob;
     // This response owns the file: read it sequentially from `range.start`.
-    if let Err(e) = std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(range.start)) {
+    if let Err(e) = io::Seek::seek(&mut file, io::SeekFrom::Start(range.start)) {
         return Body::from_stream(futures::stream::once(async move { Err::<Bytes, _>(e) }));
     }
-    stream(Arc::new(file), range, served, pin, None)
+    stream(Reader::new(Arc::new(file), range, size, served, pin, None, fallback))
 }
 
 /// The body of a blob still downloading, for `range`.
-pub fn downloading(task: &Task, pin: Pin, range: ByteRange, served: Counter) -> Body {
-    stream(task.file.clone(), range, served, pin, Some((task.progress(), task.layout.size)))
+pub fn downloading(task: &Task, pin: Pin, range: ByteRange, served: Counter, fallback: Option<Fallback>) -> Body {
+    let size = task.layout.size;
+    stream(Reader::new(task.file.clone(), range, size, served, pin, Some(task.progress()), fallback))
 }
 
-struct Reader {
-    file: Arc<File>,
-    pos: u64,
-    end: u64,
-    served: Counter,
-    progress: Option<(watch::Receiver<Progress>, u64)>,
-    _pin: Pin,
-}
-
-fn stream(
-    file: Arc<File>,
-    range: ByteRange,
-    served: Counter,
-    pin: Pin,
-    progress: Option<(watch::Receiver<Progress>, u64)>,
-) -> Body {
-    let reader = Reader { file, pos: range.start, end: range.end, served, progress, _pin: pin };
+fn stream(reader: Reader) -> Body {
     Body::from_stream(futures::stream::unfold(Some(reader), |state| async move {
         let mut r = state?;
         match r.next().await {
@@ -63,6 +66,120 @@ fn stream(
             Err(e) => Some((Err(e), None)),
         }
     }))
+}
+
+struct Reader {
+    file: Arc<File>,
+    start: u64,
+    pos: u64,
+    end: u64,
+    size: u64,
+    served: Counter,
+    progress: Option<watch::Receiver<Progress>>,
+    fallback: Option<Fallback>,
+    direct: Option<Direct>,
+    _pin: Pin,
+}
+
+/// Why a body stopped reading its file.
+struct Broken {
+    reason: &'static str,
+    error: io::Error,
+}
+
+impl Broken {
+    fn store(error: io::Error) -> Self {
+        Self { reason: "store_failed", error }
+    }
+}
+
+impl Reader {
+    fn new(
+        file: Arc<File>,
+        range: ByteRange,
+        size: u64,
+        served: Counter,
+        pin: Pin,
+        progress: Option<watch::Receiver<Progress>>,
+        fallback: Option<Fallback>,
+    ) -> Self {
+        let (start, pos, end) = (range.start, range.start, range.end);
+        Self { file, start, pos, end, size, served, progress, fallback, direct: None, _pin: pin }
+    }
+
+    async fn next(&mut self) -> io::Result<Option<Bytes>> {
+        if self.direct.is_none() && self.pos < self.end {
+            match self.read_file().await {
+                Ok(bytes) => return Ok(Some(self.count(bytes))),
+                Err(broken) => self.go_direct(broken).await?,
+            }
+        }
+        let Some(direct) = &mut self.direct else { return Ok(None) };
+        let bytes = direct.next().await?;
+        Ok(bytes.map(|b| self.count(b)))
+    }
+
+    fn count(&mut self, bytes: Bytes) -> Bytes {
+        self.pos += bytes.len() as u64;
+        self.served.inc_by(bytes.len() as u64);
+        bytes
+    }
+
+    async fn read_file(&mut self) -> Result<Bytes, Broken> {
+        let ready = self.wait_ready().await?;
+        let len = (ready.min(self.end) - self.pos).min(CHUNK) as usize;
+        let (file, pos, shared) = (self.file.clone(), self.pos, self.progress.is_some());
+        match tokio::task::spawn_blocking(move || read_chunk(&file, pos, len, shared)).await {
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(e)) => Err(Broken::store(e)),
+            Err(e) => Err(Broken::store(io::Error::other(e))),
+        }
+    }
+
+    /// Goes on from the origin, or gives up when there is no fallback.
+    async fn go_direct(&mut self, broken: Broken) -> io::Result<()> {
+        let Some(fallback) = self.fallback.take() else { return Err(broken.error) };
+        tracing::debug!(digest = %fallback.digest, pos = self.pos, error = %broken.error, "finishing the response from the origin");
+        fallback.uncached.get_or_create(&ReasonLabels { reason: broken.reason }).inc();
+        let whole = if self.start == 0 && self.end == self.size {
+            let (file, pos) = (self.file.clone(), self.pos);
+            tokio::task::spawn_blocking(move || hash_prefix(&file, pos)).await.ok().flatten()
+        } else {
+            None
+        };
+        let rest = ByteRange { start: self.pos, end: self.end };
+        self.direct = Some(Direct::new(fallback.origin, fallback.digest, self.size, rest, whole));
+        Ok(())
+    }
+
+    /// Waits until bytes past `pos` may be served; returns how far.
+    async fn wait_ready(&mut self) -> Result<u64, Broken> {
+        let (size, end) = (self.size, self.end);
+        let Some(rx) = &mut self.progress else {
+            return Ok(end);
+        };
+        loop {
+            let ready = {
+                let p = rx.borrow_and_update();
+                match &p.state {
+                    State::Complete => size,
+                    State::Failed(why) => return Err(failed("download_failed", why)),
+                    State::StoreFailed(why) => return Err(failed("store_failed", why)),
+                    State::Running => p.confirmed.min(size.saturating_sub(1)),
+                }
+            };
+            if ready > self.pos {
+                return Ok(ready);
+            }
+            if rx.changed().await.is_err() && rx.borrow().state != State::Complete {
+                return Err(failed("download_failed", "blob download ended before the blob was complete"));
+            }
+        }
+    }
+}
+
+fn failed(reason: &'static str, why: &str) -> Broken {
+    Broken { reason, error: io::Error::other(format!("blob download failed: {why}")) }
 }
 
 /// Reads `len` bytes at `pos`: positioned from a file shared with other readers, else
@@ -80,45 +197,16 @@ fn read_chunk(file: &File, pos: u64, len: usize, shared: bool) -> io::Result<Byt
     Ok(Bytes::from(buf))
 }
 
-impl Reader {
-    async fn next(&mut self) -> io::Result<Option<Bytes>> {
-        if self.pos >= self.end {
-            return Ok(None);
-        }
-        let ready = self.wait_ready().await?;
-        let len = (ready.min(self.end) - self.pos).min(CHUNK) as usize;
-        let (file, pos, shared) = (self.file.clone(), self.pos, self.progress.is_some());
-        let bytes = tokio::task::spawn_blocking(move || read_chunk(&file, pos, len, shared))
-            .await
-            .map_err(io::Error::other)??;
-        self.pos += len as u64;
-        self.served.inc_by(len as u64);
-        Ok(Some(bytes))
+/// The sha256 of the file's first `len` bytes, if they can be read.
+fn hash_prefix(file: &File, len: u64) -> Option<Hasher> {
+    let mut h = Hasher::default();
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut pos = 0;
+    while pos < len {
+        let n = (len - pos).min(CHUNK) as usize;
+        file.read_exact_at(&mut buf[..n], pos).ok()?;
+        h.update(&buf[..n]);
+        pos += n as u64;
     }
-
-    /// Waits until bytes past `pos` may be served; returns how far.
-    async fn wait_ready(&mut self) -> io::Result<u64> {
-        let Some((rx, size)) = &mut self.progress else {
-            return Ok(self.end);
-        };
-        loop {
-            let ready = {
-                let p = rx.borrow_and_update();
-                match &p.state {
-                    State::Complete => *size,
-                    State::Failed(why) => return Err(io::Error::other(format!("blob download failed: {why}"))),
-                    State::Running => p.confirmed.min(size.saturating_sub(1)),
-                }
-            };
-            if ready > self.pos {
-                return Ok(ready);
-            }
-            if rx.changed().await.is_err() {
-                let p = rx.borrow();
-                if p.state != State::Complete {
-                    return Err(io::Error::other("blob download ended before the blob was complete"));
-                }
-            }
-        }
-    }
+    Some(h)
 }

@@ -74,6 +74,9 @@ pub struct Config {
     pub registry: Vec<RegistryConfig>,
     /// Cache size quota, e.g. `20GiB`; least recently used blobs are evicted beyond it.
     pub cache_size: String,
+    /// Free space the file system under `data_dir` keeps, e.g. `1GiB`: a blob that would take
+    /// it below this is served from the origin without being cached.
+    pub min_free_space: String,
     /// Scheduler URLs (`http://host:65000`); tasks are spread over them by rendezvous hashing.
     /// Empty: no scheduler (pulls go to the origin).
     pub scheduler: Vec<String>,
@@ -113,6 +116,7 @@ impl Default for Config {
                 password: None,
             }],
             cache_size: "20GiB".into(),
+            min_free_space: "1GiB".into(),
             scheduler: Vec::new(),
             peer_listen: "0.0.0.0:65002".into(),
             advertise_addr: None,
@@ -140,6 +144,8 @@ pub struct Settings {
     pub registries: Vec<Registry>,
     /// See [`Config::cache_size`], in bytes.
     pub cache_size: u64,
+    /// See [`Config::min_free_space`], in bytes.
+    pub min_free_space: u64,
     /// The swarm settings; `None` without a scheduler.
     pub swarm: Option<Swarm>,
     /// Byte rates; 0 is unlimited.
@@ -232,6 +238,7 @@ impl Config {
             admin_listen: addr("admin_listen", &self.admin_listen)?,
             registries,
             cache_size: parse_size(&self.cache_size).map_err(|e| invalid("cache_size", e.to_string()))?,
+            min_free_space: parse_size(&self.min_free_space).map_err(|e| invalid("min_free_space", e.to_string()))?,
             swarm: self.validate_swarm()?,
             limits: Limits {
                 upload: rate("upload_limit", &self.upload_limit)?,
@@ -348,6 +355,7 @@ mod tests {
         let s = Config::default().validate().unwrap();
         assert_eq!(s.mirror_listen.port(), 65001);
         assert_eq!(s.cache_size, 20 << 30);
+        assert_eq!(s.min_free_space, 1 << 30);
         assert_eq!(s.registries[0].authority(), "registry-1.docker.io");
     }
 
@@ -366,6 +374,7 @@ mod tests {
             assert!(e.contains(key), "{e}");
         };
         bad(Config { cache_size: "lots".into(), ..Config::default() }, "cache_size");
+        bad(Config { min_free_space: "some".into(), ..Config::default() }, "min_free_space");
         bad(Config { mirror_listen: "nope".into(), ..Config::default() }, "mirror_listen");
         bad(Config { registry: vec![], ..Config::default() }, "registry");
         let mut c = Config::default();

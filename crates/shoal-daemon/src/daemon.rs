@@ -23,8 +23,10 @@ use crate::peer::client::PeerClient;
 use crate::peer::server::ServerCtx;
 use crate::sched_client::Schedulers;
 use crate::seeding::Seeds;
+use crate::space::Space;
 use crate::swarm::Swarm;
 use crate::task::{Pins, Tasks};
+use shoal_core::evict::Limits;
 use shoal_core::seeding::SeedingConfig;
 
 /// Why the daemon could not start.
@@ -92,9 +94,10 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
     let cached = crate::gc::recover(&paths, meta.as_ref())?;
     let metrics = Arc::new(Metrics::default());
     metrics.cache_bytes.set(cached as i64);
-    let pins = Pins::default();
+    let limits = Limits { quota: settings.cache_size, min_free: settings.min_free_space };
+    let space = Arc::new(Space::new(paths.clone(), meta.clone(), Pins::default(), limits, cached));
     let faults = crate::fault::Faults::from_env();
-    let mut tasks = Tasks::new(paths.clone(), meta.clone(), metrics.clone(), pins.clone())
+    let mut tasks = Tasks::new(paths.clone(), meta.clone(), metrics.clone(), space.clone())
         .with_origin_limit(Limiter::new(settings.limits.origin))
         .with_faults(faults);
     let mut handles = Vec::new();
@@ -167,14 +170,15 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
     };
     handles.push(serve(mirror_listener, mirror::router(mirror)));
     handles.push(serve(admin_listener, admin_router(metrics.clone(), tasks_for_status)));
-    handles.push(tokio::spawn(crate::gc::run(paths, meta, pins, settings.cache_size, metrics)));
+    handles.push(tokio::spawn(crate::gc::run(space, metrics)));
     tracing::info!(%mirror_addr, %admin_addr, ?peer_addr, data_dir = %settings.data_dir.display(), "shoal daemon started");
     Ok(Running { mirror_addr, admin_addr, peer_addr, tasks: handles })
 }
 
 fn admin_router(metrics: Arc<Metrics>, tasks: Arc<Tasks>) -> Router {
+    let space = tasks.space().clone();
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(move || async move { healthz(&space) }))
         .route(
             "/status",
             get(move || {
@@ -191,4 +195,13 @@ fn admin_router(metrics: Arc<Metrics>, tasks: Arc<Tasks>) -> Router {
                 }
             }),
         )
+}
+
+/// `ok`, or why the cache is degraded. Always 200: the daemon still serves every pull (from the
+/// origin), and a restart would not give the disk back.
+fn healthz(space: &Space) -> String {
+    match space.health.degraded() {
+        None => "ok\n".into(),
+        Some((reason, secs)) => format!("degraded: cache: {reason} (for {secs} s)\n"),
+    }
 }

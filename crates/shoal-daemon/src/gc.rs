@@ -1,23 +1,20 @@
-//! The cache on disk: recovery after a crash, and eviction under the size quota.
+//! The cache on disk: recovery after a crash, and the periodic check of the cache's limits.
 //!
 //! Recovery makes metadata and files agree (nothing the metadata calls complete without its
-//! file; no file without a record). Eviction removes least recently used complete blobs, never a
-//! pinned one (served or downloading), record first so no new reader can open it.
+//! file; no file without a record). Eviction itself is [`crate::space`]'s: this module runs it on
+//! a timer, for what changes outside the daemon (such as the file system's free space).
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_core::evict::{plan, Candidate};
-use shoal_core::Digest;
-
 use crate::meta::{MetaError, MetaStore};
 use crate::metrics::Metrics;
 use crate::paths::Paths;
-use crate::task::Pins;
+use crate::space::Space;
 
-/// How often the quota is enforced.
+/// How often the limits are checked.
 pub const GC_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Makes files and records agree after a restart. Returns the bytes of complete blobs.
@@ -62,38 +59,13 @@ fn remove_unknown(dir: &Path, known: &HashSet<String>) {
     }
 }
 
-/// Evicts until complete blobs fit in `quota` bytes. Returns (bytes kept, blobs evicted).
-pub fn enforce_quota(paths: &Paths, meta: &dyn MetaStore, pins: &Pins, quota: u64) -> Result<(u64, usize), MetaError> {
-    pins.with_locked(|pinned| {
-        let blobs: Vec<(Digest, u64, u64)> = meta
-            .blobs()?
-            .into_iter()
-            .filter(|(_, r)| r.is_complete())
-            .map(|(d, r)| (d, r.layout.size, r.last_access))
-            .collect();
-        let total: u64 = blobs.iter().map(|b| b.1).sum();
-        let candidates = blobs
-            .iter()
-            .map(|&(key, size, last_access)| Candidate { key, size, last_access, in_use: pinned.contains_key(&key) })
-            .collect();
-        let evict = plan(candidates, quota);
-        let mut freed = 0;
-        for digest in &evict {
-            meta.remove_blob(digest)?;
-            let _ = std::fs::remove_file(paths.blob(digest));
-            freed += blobs.iter().find(|b| b.0 == *digest).map_or(0, |b| b.1);
-            tracing::info!(%digest, "evicted to stay under the cache quota");
-        }
-        Ok((total - freed, evict.len()))
-    })
-}
-
-/// Enforces the quota forever, every [`GC_INTERVAL`].
-pub async fn run(paths: Paths, meta: Arc<dyn MetaStore>, pins: Pins, quota: u64, metrics: Arc<Metrics>) {
+/// Keeps the cache within its limits forever, every [`GC_INTERVAL`] (reservations keep them at
+/// every moment; this catches what changes outside the daemon, such as the free space).
+pub async fn run(space: Arc<Space>, metrics: Arc<Metrics>) {
     loop {
         tokio::time::sleep(GC_INTERVAL).await;
-        let (paths, meta, pins) = (paths.clone(), meta.clone(), pins.clone());
-        match tokio::task::spawn_blocking(move || enforce_quota(&paths, meta.as_ref(), &pins, quota)).await {
+        let space = space.clone();
+        match tokio::task::spawn_blocking(move || space.trim()).await {
             Ok(Ok((kept, evicted))) => {
                 metrics.cache_bytes.set(kept as i64);
                 metrics.evictions.inc_by(evicted as u64);
@@ -108,6 +80,7 @@ pub async fn run(paths: Paths, meta: Arc<dyn MetaStore>, pins: Pins, quota: u64,
 mod tests {
     use super::*;
     use crate::meta::{BlobRecord, BlobState, Durability, MemMeta};
+    use shoal_core::Digest;
     use shoal_core::PieceLayout;
 
     fn put_complete(paths: &Paths, meta: &MemMeta, data: &[u8], access: u64) -> Digest {
@@ -136,23 +109,5 @@ mod tests {
         assert!(meta.blob(&kept).unwrap().is_some());
         assert!(meta.blob(&lost).unwrap().is_none());
         assert!(!paths.partial(&stray).exists());
-    }
-
-    #[test]
-    fn evicts_lru_but_never_pinned() {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = Paths::new(dir.path());
-        paths.create().unwrap();
-        let meta = MemMeta::default();
-        let old = put_complete(&paths, &meta, &[1; 100], 1);
-        let pinned = put_complete(&paths, &meta, &[2; 100], 2);
-        let new = put_complete(&paths, &meta, &[3; 100], 3);
-        let pins = Pins::default();
-        let _pin = pins.pin(pinned);
-        assert_eq!(enforce_quota(&paths, &meta, &pins, 200).unwrap(), (100 + 100, 1));
-        assert!(!paths.blob(&old).exists() && meta.blob(&old).unwrap().is_none());
-        assert!(paths.blob(&pinned).exists() && paths.blob(&new).exists());
-        assert_eq!(enforce_quota(&paths, &meta, &pins, 0).unwrap(), (100, 1));
-        assert!(paths.blob(&pinned).exists());
     }
 }

@@ -4,15 +4,19 @@
 //! Module map: `config` (keys and validation), `paths` (every on-disk path), `meta` and
 //! `meta_redb` (metadata), `writer` (piece assembly into a partial file), `task` (one download per
 //! blob, shared by every reader), `origin` (upstream registries and their auth), `mirror` (the
-//! OCI distribution HTTP API), `metrics` and `admin`, `gc` (cache quota), `daemon` (wiring).
+//! OCI distribution HTTP API), `metrics` and `admin`, `space` (the cache's quota and free-space floor, at every moment), `gc`
+//! (recovery and the periodic check), `health` (whether the cache can store), `direct` (blob
+//! bytes straight from the origin, uncached), `daemon` (wiring).
 #![warn(missing_docs)]
 
 pub mod body;
 pub mod config;
 pub mod daemon;
+pub mod direct;
 pub mod fault;
 pub mod gc;
 pub mod hash;
+pub mod health;
 pub mod limits;
 pub mod meta;
 pub mod meta_redb;
@@ -25,6 +29,7 @@ pub mod peer;
 pub mod sched_client;
 pub mod seeding;
 pub mod serve_pieces;
+pub mod space;
 pub mod swarm;
 pub mod task;
 pub mod writer;

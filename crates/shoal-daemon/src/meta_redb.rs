@@ -3,8 +3,13 @@
 //! Writes that make a blob complete are committed with full durability; progress updates use
 //! redb's non-durable commits (lost in a crash, redone on resume) so per-piece bookkeeping
 //! does not cost an fsync per piece.
+//!
+//! After an I/O error redb refuses every later operation until the file is reopened (a full
+//! disk would otherwise stop caching until a restart): the next operation reopens it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use shoal_core::Digest;
@@ -17,29 +22,68 @@ const TAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("tags_v1");
 
 /// Metadata in a redb database file.
 pub struct RedbMeta {
-    db: Database,
+    path: PathBuf,
+    /// `None` while a reopen after an I/O error has not succeeded yet.
+    db: RwLock<Option<Database>>,
+    /// An operation failed with an I/O error: reopen before the next one.
+    failed: AtomicBool,
 }
 
 fn db_err(e: impl Into<redb::Error>) -> MetaError {
     MetaError::Db(e.into().to_string())
 }
 
+fn create(path: &Path) -> Result<Database, MetaError> {
+    let db = Database::create(path).map_err(db_err)?;
+    let txn = db.begin_write().map_err(db_err)?;
+    for table in [BLOBS, MANIFESTS, TAGS] {
+        txn.open_table(table).map_err(db_err)?;
+    }
+    txn.commit().map_err(db_err)?;
+    Ok(db)
+}
+
 impl RedbMeta {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, MetaError> {
-        let db = Database::create(path).map_err(db_err)?;
-        let txn = db.begin_write().map_err(db_err)?;
-        for table in [BLOBS, MANIFESTS, TAGS] {
-            txn.open_table(table).map_err(db_err)?;
+        let db = create(path)?;
+        Ok(Self { path: path.to_owned(), db: RwLock::new(Some(db)), failed: AtomicBool::new(false) })
+    }
+
+    /// The open database, reopened first if the last operation hit an I/O error.
+    fn db(&self) -> Result<RwLockReadGuard<'_, Option<Database>>, MetaError> {
+        if self.failed.load(Ordering::Acquire) {
+            let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+            if self.failed.load(Ordering::Acquire) {
+                // redb holds a lock on the file: the old handle must go before the new one opens.
+                drop(db.take());
+                *db = Some(create(&self.path)?);
+                self.failed.store(false, Ordering::Release);
+                tracing::info!(path = %self.path.display(), "metadata store reopened after an I/O error");
+            }
         }
-        txn.commit().map_err(db_err)?;
-        Ok(Self { db })
+        Ok(self.db.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Runs `op` on the database; an I/O error makes the next call reopen it.
+    fn with<T>(&self, op: impl FnOnce(&Database) -> Result<T, MetaError>) -> Result<T, MetaError> {
+        let guard = self.db()?;
+        let Some(db) = guard.as_ref() else {
+            return Err(MetaError::Db("closed after an I/O error; reopening failed".into()));
+        };
+        let result = op(db);
+        if let Err(MetaError::Db(_)) = &result {
+            self.failed.store(true, Ordering::Release);
+        }
+        result
     }
 
     fn get(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<Option<Vec<u8>>, MetaError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let t = txn.open_table(table).map_err(db_err)?;
-        Ok(t.get(key).map_err(db_err)?.map(|v| v.value().to_vec()))
+        self.with(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let t = txn.open_table(table).map_err(db_err)?;
+            Ok(t.get(key).map_err(db_err)?.map(|v| v.value().to_vec()))
+        })
     }
 
     fn put(
@@ -49,12 +93,14 @@ impl RedbMeta {
         value: &[u8],
         durability: Durability,
     ) -> Result<(), MetaError> {
-        let mut txn = self.db.begin_write().map_err(db_err)?;
-        if durability == Durability::Lazy {
-            txn.set_durability(redb::Durability::None).map_err(|e| MetaError::Db(e.to_string()))?;
-        }
-        txn.open_table(table).map_err(db_err)?.insert(key, value).map_err(db_err)?;
-        txn.commit().map_err(db_err)
+        self.with(|db| {
+            let mut txn = db.begin_write().map_err(db_err)?;
+            if durability == Durability::Lazy {
+                txn.set_durability(redb::Durability::None).map_err(|e| MetaError::Db(e.to_string()))?;
+            }
+            txn.open_table(table).map_err(db_err)?.insert(key, value).map_err(db_err)?;
+            txn.commit().map_err(db_err)
+        })
     }
 }
 
@@ -74,25 +120,29 @@ impl MetaStore for RedbMeta {
     }
 
     fn remove_blob(&self, digest: &Digest) -> Result<(), MetaError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
-        txn.open_table(BLOBS).map_err(db_err)?.remove(digest.to_string().as_str()).map_err(db_err)?;
-        txn.commit().map_err(db_err)
+        self.with(|db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            txn.open_table(BLOBS).map_err(db_err)?.remove(digest.to_string().as_str()).map_err(db_err)?;
+            txn.commit().map_err(db_err)
+        })
     }
 
     fn blobs(&self) -> Result<Vec<(Digest, BlobRecord)>, MetaError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let t = txn.open_table(BLOBS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for row in t.iter().map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            let key = k.value();
-            let digest = key.parse().map_err(|e: shoal_core::digest::DigestError| MetaError::Corrupt {
-                key: key.to_owned(),
-                message: e.to_string(),
-            })?;
-            out.push((digest, decode_blob(key, v.value())?));
-        }
-        Ok(out)
+        self.with(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let t = txn.open_table(BLOBS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                let key = k.value();
+                let digest = key.parse().map_err(|e: shoal_core::digest::DigestError| MetaError::Corrupt {
+                    key: key.to_owned(),
+                    message: e.to_string(),
+                })?;
+                out.push((digest, decode_blob(key, v.value())?));
+            }
+            Ok(out)
+        })
     }
 
     fn manifest(&self, digest: &Digest) -> Result<Option<ManifestRecord>, MetaError> {
@@ -143,6 +193,18 @@ mod tests {
     fn redb_meta_conforms() {
         let dir = tempfile::tempdir().unwrap();
         crate::meta::conformance::run(&RedbMeta::open(&dir.path().join("m.redb")).unwrap());
+    }
+
+    #[test]
+    fn reopens_after_an_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = RedbMeta::open(&dir.path().join("m.redb")).unwrap();
+        let d = Digest::of(b"x");
+        m.failed.store(true, Ordering::Release);
+        let rec = BlobRecord::new(shoal_core::PieceLayout::for_size(10), 1);
+        m.put_blob(&d, &rec, Durability::Sync).unwrap();
+        assert!(!m.failed.load(Ordering::Acquire));
+        assert!(m.blob(&d).unwrap().is_some());
     }
 
     #[test]

@@ -16,12 +16,15 @@ use http::HeaderMap;
 use shoal_core::{Digest, PieceLayout, RepoName};
 use tokio::sync::{mpsc, watch};
 
+use crate::body::Fallback;
+use crate::direct::Origin;
 use crate::limits::Limiter;
 use crate::meta::{Durability, MetaStore};
 use crate::metrics::{Metrics, ResultLabels, SourceLabels};
 use crate::origin::Upstream;
 use crate::origin_fetch::{runs_of, verify, Chunk, OriginSource};
 use crate::paths::Paths;
+use crate::space::{NoRoom, Reservation, Space};
 use crate::swarm::Swarm;
 use crate::writer::{PieceWriter, Progress, State, Verified, WriteError};
 
@@ -74,12 +77,25 @@ impl Drop for Pin {
     }
 }
 
-/// Why a task could not be started.
+/// Why a blob is not being cached: the caller serves it straight from the origin.
 #[derive(Debug, thiserror::Error)]
-pub enum TaskError {
-    /// The partial file or its record could not be set up.
+pub enum Uncached {
+    /// No room under the quota or the free-space floor.
     #[error(transparent)]
-    Write(#[from] WriteError),
+    NoRoom(#[from] NoRoom),
+    /// The partial file or its record could not be set up (full, failing or read-only disk).
+    #[error(transparent)]
+    Store(#[from] WriteError),
+}
+
+impl Uncached {
+    /// The `reason` label of `shoal_uncached_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoRoom(_) => "no_space",
+            Self::Store(_) => "store_failed",
+        }
+    }
 }
 
 /// A download in progress that readers can join.
@@ -140,6 +156,7 @@ impl Task {
 
 /// Where a download's bytes come from: the origin, for one repository, with one client's
 /// credentials.
+#[derive(Clone)]
 pub struct OriginFetch {
     /// The registry.
     pub upstream: Arc<Upstream>,
@@ -165,22 +182,24 @@ pub struct Tasks {
     meta: Arc<dyn MetaStore>,
     metrics: Arc<Metrics>,
     pins: Pins,
+    space: Arc<Space>,
     running: Mutex<HashMap<Digest, Arc<Task>>>,
-    origin_limit: Limiter,
+    origin_limit: Arc<Limiter>,
     swarm: Option<Arc<Swarm>>,
     faults: crate::fault::Faults,
 }
 
 impl Tasks {
-    /// A task registry over a data directory.
-    pub fn new(paths: Paths, meta: Arc<dyn MetaStore>, metrics: Arc<Metrics>, pins: Pins) -> Self {
+    /// A task registry over a data directory whose room is `space`.
+    pub fn new(paths: Paths, meta: Arc<dyn MetaStore>, metrics: Arc<Metrics>, space: Arc<Space>) -> Self {
         Self {
             paths,
             meta,
             metrics,
-            pins,
+            pins: space.pins().clone(),
+            space,
             running: Mutex::new(HashMap::new()),
-            origin_limit: Limiter::unlimited(),
+            origin_limit: Arc::new(Limiter::unlimited()),
             swarm: None,
             faults: crate::fault::Faults::default(),
         }
@@ -188,7 +207,7 @@ impl Tasks {
 
     /// Paces origin fetches.
     pub fn with_origin_limit(mut self, limiter: Limiter) -> Self {
-        self.origin_limit = limiter;
+        self.origin_limit = Arc::new(limiter);
         self
     }
 
@@ -260,13 +279,21 @@ impl Tasks {
         self.lock().get(digest).map(|t| (t.clone(), pin))
     }
 
-    /// Joins the running download of `digest`, or starts one of `size` bytes from `fetch`.
-    pub fn join_or_start(
+    /// Joins the running download of `digest`, or starts one of `size` bytes from `fetch`
+    /// once the cache has room for it.
+    pub async fn join_or_start(
         self: &Arc<Self>,
         digest: Digest,
         size: u64,
         fetch: OriginFetch,
-    ) -> Result<(Arc<Task>, Pin), TaskError> {
+    ) -> Result<(Arc<Task>, Pin), Uncached> {
+        if let Some(joined) = self.join(&digest) {
+            return Ok(joined);
+        }
+        let space = self.space.clone();
+        let reservation = tokio::task::spawn_blocking(move || space.reserve(size))
+            .await
+            .map_err(|e| NoRoom::Measure(std::io::Error::other(e)))??;
         let pin = self.pins.pin(digest);
         let mut running = self.lock();
         if let Some(task) = running.get(&digest) {
@@ -289,18 +316,40 @@ impl Tasks {
         let counters = task.counters.clone();
         let download_pin = self.pins.pin(digest);
         tokio::spawn(async move {
-            tasks.run(writer, fetch, counters).await;
+            tasks.run(writer, fetch, counters, reservation).await;
             tasks.lock().remove(&digest);
             drop(download_pin);
         });
         Ok((task, pin))
     }
 
+    /// The origin as a direct source for `fetch`'s client (see [`crate::direct`]).
+    pub fn direct_origin(&self, fetch: OriginFetch) -> Origin {
+        let fetched = self.metrics.fetched_bytes.get_or_create(&SourceLabels { source: "origin" }).clone();
+        Origin { fetch, limiter: self.origin_limit.clone(), fetched }
+    }
+
+    /// Where a response of `digest` goes on when its file fails.
+    pub fn fallback(&self, fetch: OriginFetch, digest: Digest) -> Fallback {
+        Fallback { origin: self.direct_origin(fetch), digest, uncached: self.metrics.uncached.clone() }
+    }
+
+    /// The cache's room and health.
+    pub fn space(&self) -> &Arc<Space> {
+        &self.space
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Arc<Task>>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn run(&self, mut writer: PieceWriter, fetch: OriginFetch, counters: Arc<TaskCounters>) {
+    async fn run(
+        &self,
+        mut writer: PieceWriter,
+        fetch: OriginFetch,
+        counters: Arc<TaskCounters>,
+        reservation: Reservation,
+    ) {
         let started = Instant::now();
         self.metrics.downloads_running.inc();
         let digest = writer.digest();
@@ -329,12 +378,21 @@ impl Tasks {
         };
         drop(tx);
         let result = match thread.await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(e) => Err(format!("writer thread: {e}")),
+            Ok(r) => r,
+            Err(e) => Err(WriteError::Io(std::io::Error::other(format!("writer thread: {e}")))),
         };
         let outcome = match (fetched, result) {
-            (_, Ok(())) => "complete",
-            (Err(why), Err(_)) | (Ok(()), Err(why)) => {
+            (_, Ok(())) => {
+                reservation.commit();
+                "complete"
+            }
+            (_, Err(e)) if e.is_store() => {
+                self.store_failed(&digest, &e);
+                progress.send_modify(|p| p.state = State::StoreFailed(e.to_string().into()));
+                "failed"
+            }
+            (fetched, Err(e)) => {
+                let why = fetched.err().unwrap_or_else(|| e.to_string());
                 tracing::warn!(%digest, error = %why, "blob download failed");
                 progress.send_modify(|p| p.state = State::Failed(why.into()));
                 "failed"
@@ -345,6 +403,16 @@ impl Tasks {
             .download_seconds
             .get_or_create(&ResultLabels { result: outcome })
             .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+impl Tasks {
+    /// The disk could not hold `digest`: forget what was written (it frees the space, and a
+    /// partial file that failed to be written is not worth resuming) and report it.
+    fn store_failed(&self, digest: &Digest, e: &WriteError) {
+        let _ = self.meta.remove_blob(digest);
+        let _ = std::fs::remove_file(self.paths.partial(digest));
+        self.space.health.failed(digest, &e.to_string());
     }
 }
 

@@ -97,6 +97,15 @@ pub enum State {
     Complete,
     /// Given up; the message says why.
     Failed(Arc<str>),
+    /// The disk could not hold it (full, failing, read-only): nothing was kept.
+    StoreFailed(Arc<str>),
+}
+
+impl WriteError {
+    /// True when the disk or the metadata store failed, not the bytes.
+    pub fn is_store(&self) -> bool {
+        matches!(self, Self::Io(_) | Self::Meta(_))
+    }
 }
 
 /// Assembles one blob. Created by [`PieceWriter::open`]; consumed by [`PieceWriter::finish`].

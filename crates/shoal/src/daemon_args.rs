@@ -28,6 +28,9 @@ pub struct DaemonArgs {
     /// Cache quota such as 20GiB (`cache_size`).
     #[arg(long, value_name = "SIZE")]
     pub cache_size: Option<String>,
+    /// Free space the data_dir's file system keeps, such as 1GiB (`min_free_space`, default 1GiB).
+    #[arg(long, value_name = "SIZE")]
+    pub min_free_space: Option<String>,
     /// Scheduler URL, repeatable (`scheduler`); tasks are spread over them by rendezvous hashing.
     #[arg(long, value_name = "URL")]
     pub scheduler: Vec<String>,
@@ -85,6 +88,9 @@ impl DaemonArgs {
         }
         if let Some(v) = &self.cache_size {
             config.cache_size.clone_from(v);
+        }
+        if let Some(v) = &self.min_free_space {
+            config.min_free_space.clone_from(v);
         }
         if !self.scheduler.is_empty() {
             config.scheduler.clone_from(&self.scheduler);

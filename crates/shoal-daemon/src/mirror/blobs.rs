@@ -1,5 +1,6 @@
 //! Blobs: authorize with the origin, then serve from the local cache, or join (or start) the
-//! blob's download and stream it as it arrives. HEAD never starts a download.
+//! blob's download and stream it as it arrives. HEAD never starts a download. A blob the cache
+//! has no room for, or cannot store, is streamed straight from the origin.
 
 use axum::body::Body;
 use axum::response::Response;
@@ -12,7 +13,9 @@ use super::authz::{Kind, Verdict};
 use super::error::ApiError;
 use super::{relay, Mirror};
 use crate::body;
-use crate::metrics::KindLabels;
+use crate::direct::{self, Direct};
+use crate::hash::Hasher;
+use crate::metrics::{KindLabels, ReasonLabels};
 use crate::origin::Upstream;
 use crate::task::OriginFetch;
 
@@ -31,23 +34,35 @@ pub(super) async fn serve(
         Verdict::Unreachable(e) => return serve_without_origin(m, digest, method, spec).ok_or(e)?,
     };
     let served = m.metrics.served_bytes.get_or_create(&KindLabels { kind: "blob" }).clone();
+    let mut forwarded = HeaderMap::new();
+    if let Some(a) = headers.get(AUTHORIZATION) {
+        forwarded.insert(AUTHORIZATION, a.clone());
+    }
+    let fetch = OriginFetch { upstream: up.clone(), name: name.clone(), headers: forwarded };
+    let fallback = Some(m.tasks.fallback(fetch.clone(), *digest));
     if let Some(local) = m.tasks.local(digest) {
         m.metrics.cache_lookup("blob", true);
-        return respond(method, digest, local.size, spec, |r| body::local(local, r, served));
+        return respond(method, digest, local.size, spec, |r| body::local(local, r, served, fallback));
     }
     m.metrics.cache_lookup("blob", false);
     let size = size.ok_or_else(|| ApiError::new(ErrorCode::OriginError, "origin gave no size for the blob"))?;
     if method == Method::HEAD {
         return respond(method, digest, size, spec, |_| Body::empty());
     }
-    let mut forwarded = HeaderMap::new();
-    if let Some(a) = headers.get(AUTHORIZATION) {
-        forwarded.insert(AUTHORIZATION, a.clone());
+    match m.tasks.join_or_start(*digest, size, fetch.clone()).await {
+        Ok((task, pin)) => {
+            respond(method, digest, task.layout.size, spec, |r| body::downloading(&task, pin, r, served, fallback))
+        }
+        Err(why) => {
+            m.tasks.space().health.failed(digest, &why.to_string());
+            m.metrics.uncached.get_or_create(&ReasonLabels { reason: why.reason() }).inc();
+            let origin = m.tasks.direct_origin(fetch);
+            respond(method, digest, size, spec, |r| {
+                let whole = (r.start == 0).then(Hasher::default);
+                direct::body(Direct::new(origin, *digest, size, r, whole))
+            })
+        }
     }
-    let fetch = OriginFetch { upstream: up.clone(), name: name.clone(), headers: forwarded };
-    let (task, pin) =
-        m.tasks.join_or_start(*digest, size, fetch).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
-    respond(method, digest, task.layout.size, spec, |r| body::downloading(&task, pin, r, served))
 }
 
 /// With the origin unreachable, a blob this node already holds (or is downloading) is still
@@ -61,10 +76,10 @@ fn serve_without_origin(
     let served = m.metrics.served_bytes.get_or_create(&KindLabels { kind: "blob" }).clone();
     if let Some(local) = m.tasks.local(digest) {
         m.metrics.cache_lookup("blob", true);
-        return Some(respond(method, digest, local.size, spec, |r| body::local(local, r, served)));
+        return Some(respond(method, digest, local.size, spec, |r| body::local(local, r, served, None)));
     }
     let (task, pin) = m.tasks.join(digest)?;
-    Some(respond(method, digest, task.layout.size, spec, |r| body::downloading(&task, pin, r, served)))
+    Some(respond(method, digest, task.layout.size, spec, |r| body::downloading(&task, pin, r, served, None)))
 }
 
 fn range_spec(headers: &HeaderMap) -> Result<Option<RangeSpec>, ApiError> {

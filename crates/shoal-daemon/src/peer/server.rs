@@ -159,7 +159,7 @@ async fn have(send: &mut quinn::SendStream, task_id: &str, ctx: &ServerCtx) -> R
             (
                 p.have.as_bytes().to_vec(),
                 p.state == crate::writer::State::Complete,
-                matches!(p.state, crate::writer::State::Failed(_)),
+                matches!(p.state, crate::writer::State::Failed(_) | crate::writer::State::StoreFailed(_)),
             )
         };
         frame::write(send, &HaveUpdate { have: bytes, complete }).await.map_err(|e| e.to_string())?;
