@@ -54,6 +54,8 @@ const TAG: &str = "v1";
 const TOKEN: &str = "0123456789abcdef0123";
 const REGISTRY_PORT: u16 = 5000;
 const SCHED_PORT: u16 = 65000;
+/// The scheduler's admin listener (`/metrics`, `/healthz`), inside its namespace.
+const SCHED_ADMIN_PORT: u16 = 65004;
 const MIRROR: &str = "127.0.0.1:5001";
 const ADMIN: &str = "127.0.0.1:5003";
 const PEER_PORT: u16 = 65002;
@@ -503,12 +505,20 @@ async fn swarm(bin: &Path, report: &mut String) -> Result<()> {
         "scheduler",
         Some(SCHED),
         bin,
-        &["scheduler".into(), "--listen".into(), format!("{SCHED_IP}:{SCHED_PORT}")],
+        &[
+            "scheduler".into(),
+            "--listen".into(),
+            format!("{SCHED_IP}:{SCHED_PORT}"),
+            "--admin-listen".into(),
+            format!("127.0.0.1:{SCHED_ADMIN_PORT}"),
+            "--cluster-token".into(),
+            TOKEN.into(),
+        ],
         &[("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))],
         &sched_log,
     )?;
     scheduler
-        .wait_http(Some(SCHED), &format!("http://{SCHED_IP}:{SCHED_PORT}/healthz"), Duration::from_secs(20))
+        .wait_http(Some(SCHED), &format!("http://127.0.0.1:{SCHED_ADMIN_PORT}/healthz"), Duration::from_secs(20))
         .await?;
     let mut daemons = Vec::new();
     for i in 0..nodes {
@@ -568,9 +578,13 @@ async fn swarm(bin: &Path, report: &mut String) -> Result<()> {
     };
     let (cpu_a1, mach_a1) = (daemon_cpu(&pids), machine_cpu());
     let sched_cpu = cpu_seconds(scheduler.pid());
-    let sched_metrics =
-        sh(in_ns(SCHED, "curl").args(["-sf", "--max-time", "5", &format!("http://{SCHED_IP}:{SCHED_PORT}/metrics")]))
-            .unwrap_or_default();
+    let sched_metrics = sh(in_ns(SCHED, "curl").args([
+        "-sf",
+        "--max-time",
+        "5",
+        &format!("http://127.0.0.1:{SCHED_ADMIN_PORT}/metrics"),
+    ]))
+    .unwrap_or_default();
     let decision = |kind: &str| {
         metric_value(&sched_metrics, "shoal_scheduler_decisions_total", &format!("kind=\"{kind}\"")).unwrap_or(0.0)
     };

@@ -21,16 +21,24 @@ pub(crate) async fn loopback(bin: &Path, mb: u64, report: &mut String) -> Result
     let path = format!("/v2/bench/p2p/blobs/{}", blob.digest);
     let dir = tempfile::Builder::new().prefix("shoal-bench-loopback-").tempdir()?;
 
-    let sched_port = shoal_e2e::free_port();
+    let (sched_port, sched_admin) = (shoal_e2e::free_port(), shoal_e2e::free_port());
     let mut scheduler = Proc::spawn(
         "scheduler",
         None,
         bin,
-        &["scheduler".into(), "--listen".into(), format!("127.0.0.1:{sched_port}")],
+        &[
+            "scheduler".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{sched_port}"),
+            "--admin-listen".into(),
+            format!("127.0.0.1:{sched_admin}"),
+            "--cluster-token".into(),
+            TOKEN.into(),
+        ],
         &[("RUST_LOG", "info".into())],
         &dir.path().join("scheduler.log"),
     )?;
-    scheduler.wait_http(None, &format!("http://127.0.0.1:{sched_port}/healthz"), Duration::from_secs(20)).await?;
+    scheduler.wait_http(None, &format!("http://127.0.0.1:{sched_admin}/healthz"), Duration::from_secs(20)).await?;
     let daemon = |id: &str| {
         let mut config = DaemonConfig::for_registry(&registry);
         config.extra_args = vec![

@@ -1,5 +1,6 @@
-//! The Shoal scheduler as a real process: `shoal scheduler --listen 127.0.0.1:PORT [--config FILE]`
-//! (gRPC, `/healthz` and `/metrics` on one port), with kill -9 and restart on the same port.
+//! The Shoal scheduler as a real process: `shoal scheduler --listen 127.0.0.1:PORT --admin-listen
+//! 127.0.0.1:PORT2 --cluster-token T [--config FILE]` (gRPC over TLS for members on one port,
+//! `/healthz` and `/metrics` on the other), with kill -9 and restart on the same ports.
 
 use std::path::PathBuf;
 use std::process::Child;
@@ -9,6 +10,7 @@ use anyhow::{bail, Result};
 use tempfile::TempDir;
 
 use crate::daemon::{metric_value, Daemon};
+use crate::swarm::CLUSTER_TOKEN;
 use crate::util::{daemon_command, free_port, kill_child, spawn_logged, tail, wait_healthy};
 
 /// How long a scheduler may take to answer `/healthz` after it is spawned.
@@ -18,6 +20,7 @@ const STARTUP_LIMIT: Duration = Duration::from_secs(20);
 pub struct Scheduler {
     dir: TempDir,
     port: u16,
+    admin_port: u16,
     config_toml: Option<String>,
     child: Option<Child>,
     http: reqwest::Client,
@@ -37,7 +40,7 @@ impl Scheduler {
     async fn launch(config_toml: Option<String>) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("shoal-scheduler-").tempdir()?;
         let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
-        let mut scheduler = Self { dir, port: free_port(), config_toml, child: None, http };
+        let mut scheduler = Self { dir, port: free_port(), admin_port: free_port(), config_toml, child: None, http };
         scheduler.restart().await?;
         Ok(scheduler)
     }
@@ -50,6 +53,11 @@ impl Scheduler {
     /// `http://127.0.0.1:PORT`, what daemons get as `--scheduler`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `http://127.0.0.1:PORT2`, its admin listener (`/metrics`, `/healthz`).
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
     }
 
     /// Path of its stderr (appended across restarts).
@@ -83,6 +91,8 @@ impl Scheduler {
         }
         let mut cmd = daemon_command(&bin);
         cmd.arg("scheduler").arg("--listen").arg(format!("127.0.0.1:{}", self.port));
+        cmd.arg("--admin-listen").arg(format!("127.0.0.1:{}", self.admin_port));
+        cmd.arg("--cluster-token").arg(CLUSTER_TOKEN);
         if let Some(toml) = &self.config_toml {
             let path = self.dir.path().join("scheduler.toml");
             std::fs::write(&path, toml)?;
@@ -90,7 +100,7 @@ impl Scheduler {
         }
         self.child = Some(spawn_logged(&mut cmd, &self.stderr_path(), &format!("{} scheduler", bin.display()))?);
         let client = self.http.clone();
-        let url = format!("{}/healthz", self.url());
+        let url = format!("{}/healthz", self.admin_url());
         if !wait_healthy(&client, &url, STARTUP_LIMIT, || self.is_running()).await {
             self.kill9();
             bail!("shoal scheduler not healthy at {url} within {STARTUP_LIMIT:?}; stderr:\n{}", self.stderr_tail());
@@ -104,13 +114,14 @@ impl Scheduler {
         let mut cmd = tokio::process::Command::new(Daemon::bin_path());
         let admin = daemon.admin_url();
         cmd.args(["status", "--admin", admin.trim_start_matches("http://"), "--scheduler", &self.url()]);
+        cmd.args(["--cluster-token", CLUSTER_TOKEN]);
         let out = crate::util::run(&mut cmd, Duration::from_secs(20)).await?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// The `/metrics` text (metrics are prefixed `shoal_scheduler_`).
     pub async fn metrics(&self) -> Result<String> {
-        let resp = self.http.get(format!("{}/metrics", self.url())).send().await?;
+        let resp = self.http.get(format!("{}/metrics", self.admin_url())).send().await?;
         if !resp.status().is_success() {
             bail!("GET /metrics: {}", resp.status());
         }

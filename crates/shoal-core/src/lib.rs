@@ -10,6 +10,7 @@ pub mod bitmap;
 pub mod digest;
 pub mod error_code;
 pub mod evict;
+pub mod membership;
 pub mod name;
 pub mod picker;
 pub mod piece;

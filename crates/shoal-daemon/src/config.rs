@@ -278,25 +278,31 @@ impl Config {
     }
 
     fn token(&self) -> Result<Option<Vec<u8>>, ConfigError> {
-        let token = match (&self.cluster_token, &self.cluster_token_file) {
-            (Some(_), Some(_)) => {
-                return Err(invalid("cluster_token_file", "set cluster_token or cluster_token_file, not both"))
-            }
-            (Some(t), None) => t.trim().to_owned(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| invalid("cluster_token_file", format!("{}: {e}", path.display())))?
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_owned(),
-            (None, None) => return Ok(None),
-        };
-        if token.len() < 16 {
-            return Err(invalid("cluster_token", "must be at least 16 characters"));
-        }
-        Ok(Some(token.into_bytes()))
+        load_token(self.cluster_token.as_deref(), self.cluster_token_file.as_deref())
     }
+}
+
+/// The cluster token from `cluster_token` or `cluster_token_file` (its first line), at least
+/// 16 characters; `None` when neither is set. Daemon and scheduler read it the same way.
+pub fn load_token(token: Option<&str>, file: Option<&std::path::Path>) -> Result<Option<Vec<u8>>, ConfigError> {
+    let token = match (token, file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid("cluster_token_file", "set cluster_token or cluster_token_file, not both"))
+        }
+        (Some(t), None) => t.trim().to_owned(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| invalid("cluster_token_file", format!("{}: {e}", path.display())))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        (None, None) => return Ok(None),
+    };
+    if token.len() < 16 {
+        return Err(invalid("cluster_token", "must be at least 16 characters"));
+    }
+    Ok(Some(token.into_bytes()))
 }
 
 fn rate(key: &str, v: &str) -> Result<u64, ConfigError> {

@@ -27,6 +27,7 @@ pub mod origin_fetch;
 pub mod paths;
 pub mod peer;
 pub mod sched_client;
+pub mod sched_connect;
 pub mod seeding;
 pub mod serve_pieces;
 pub mod space;

@@ -1,5 +1,6 @@
 //! The daemon's side of the scheduler: host announcements to every scheduler, and per task a
 //! peer stream to the scheduler that owns it (rendezvous hashing of the task id over the list).
+//! Every connection is TLS with the membership proof (`sched_connect`).
 //!
 //! Every call is bounded in time; a scheduler that cannot be reached is reported as an error
 //! and the caller falls back (to current parents or the origin). Nothing here decides anything.
@@ -13,7 +14,7 @@ use shoal_core::{Bitmap, Digest, PieceLayout};
 use shoal_proto::scheduler::scheduler_client::SchedulerClient;
 use shoal_proto::scheduler::{peer_event, HostAnnouncement, PeerEvent, Register, SchedulerEvent};
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use url::Url;
 
 use crate::config::Swarm;
@@ -61,14 +62,11 @@ impl Schedulers {
     /// Lazy clients for every scheduler (nothing is dialed yet).
     pub fn new(swarm: &Swarm, peer_addr: SocketAddr, upload_limit: u64) -> Result<Self, SchedError> {
         let mut clients = Vec::new();
+        let token: Arc<[u8]> = swarm.token.as_slice().into();
         for url in &swarm.schedulers {
-            let endpoint = Endpoint::from_shared(url.to_string())
-                .map_err(|e| SchedError::Unreachable { url: url.to_string(), message: e.to_string() })?
-                .connect_timeout(SCHEDULER_TIMEOUT)
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(5));
-            clients.push((url.clone(), SchedulerClient::new(endpoint.connect_lazy())));
+            let channel = crate::sched_connect::channel(url, token.clone(), SCHEDULER_TIMEOUT)
+                .map_err(|message| SchedError::Unreachable { url: url.to_string(), message })?;
+            clients.push((url.clone(), SchedulerClient::new(channel)));
         }
         let host = HostAnnouncement {
             host_id: swarm.host_id.clone(),

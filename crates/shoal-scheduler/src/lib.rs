@@ -8,6 +8,8 @@
 mod convert;
 mod metrics;
 mod service;
+pub mod session;
+pub mod tls;
 
 pub use metrics::SchedulerMetrics;
-pub use service::{serve, SchedulerService};
+pub use service::{serve, Listeners, SchedulerService};

@@ -31,6 +31,10 @@ pub struct SchedulerMetrics {
     pub piece_failures: Family<KindLabels, Counter>,
     /// Parents offered back to peers that did not ask (newcomers to downloading parents).
     pub offers: Counter,
+    /// Connections and calls refused, by reason: `handshake` (no TLS or no proof in time),
+    /// `bad_proof`, `over_cap` (too many connections), `host_taken` (a host id another
+    /// session speaks for).
+    pub refused: Family<KindLabels, Counter>,
 }
 
 impl Default for SchedulerMetrics {
@@ -43,6 +47,7 @@ impl Default for SchedulerMetrics {
         let decision_seconds = Histogram::new(exponential_buckets(1e-6, 4.0, 12));
         let piece_failures = Family::default();
         let offers = Counter::default();
+        let refused = Family::default();
         registry.register("hosts", "Hosts known", hosts.clone());
         registry.register("peers", "Peer streams open", peers.clone());
         registry.register("tasks", "Tasks known", tasks.clone());
@@ -50,11 +55,17 @@ impl Default for SchedulerMetrics {
         registry.register("decision_seconds", "Time to take a decision", decision_seconds.clone());
         registry.register("piece_failures", "Piece failures reported by peers, by reason", piece_failures.clone());
         registry.register("offers", "Parents offered back to downloading peers that did not ask", offers.clone());
-        Self { registry, hosts, peers, tasks, decisions, decision_seconds, piece_failures, offers }
+        registry.register("refused", "Connections and calls refused, by reason", refused.clone());
+        Self { registry, hosts, peers, tasks, decisions, decision_seconds, piece_failures, offers, refused }
     }
 }
 
 impl SchedulerMetrics {
+    /// Counts one refusal.
+    pub fn refuse(&self, kind: &'static str) {
+        self.refused.get_or_create(&KindLabels { kind }).inc();
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -1,5 +1,6 @@
-//! The gRPC service: host announcements, one stream per (task, peer), statistics; plus
-//! `/metrics` and `/healthz` on the same listener.
+//! The gRPC service: host announcements, one stream per (task, peer), statistics. Every call
+//! comes over an authenticated session (see [`crate::session`]); a host id is spoken for only
+//! by the session that announced it. `/metrics` and `/healthz` are on the admin listener.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -7,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::routing::get;
-use shoal_core::sched::{Config, Decision, HostId, HostInfo, Offer, PieceRecorded, Scheduler};
+use shoal_core::sched::{Config, Decision, HostId, HostInfo, Offer, PieceRecorded, Scheduler, SessionId, Speaker};
 use shoal_core::Digest;
 use shoal_proto::scheduler as pb;
 use shoal_proto::scheduler::peer_event::Event;
@@ -157,6 +158,24 @@ impl Inner {
         }
     }
 
+    /// The authenticated session a request came over; none is a refusal (fail closed).
+    fn session<T>(req: &Request<T>) -> Result<SessionId, Status> {
+        req.extensions().get::<SessionId>().copied().ok_or_else(|| Status::unauthenticated("no authenticated session"))
+    }
+
+    /// Refuses a session that does not speak for `host`.
+    fn check_speaker(&self, session: SessionId, host: &HostId) -> Result<(), Status> {
+        match self.with_core(|c, _| c.speaker(session, host)) {
+            Speaker::Owner => Ok(()),
+            // The daemon announces its host, then registers again.
+            Speaker::Unknown => Err(Status::failed_precondition(format!("host {host} is not announced"))),
+            Speaker::Other => {
+                self.metrics.refuse("host_taken");
+                Err(Status::permission_denied(format!("host {host} is announced by another session")))
+            }
+        }
+    }
+
     fn leave(&self, task: Digest, host: &HostId) {
         let _ = self.with_core(|c, now| c.left(now, task, host));
         let mut boxes = self.outboxes();
@@ -176,6 +195,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         &self,
         req: Request<pb::HostAnnouncement>,
     ) -> Result<Response<pb::AnnounceHostReply>, Status> {
+        let session = Inner::session(&req)?;
         let a = req.into_inner();
         if a.host_id.is_empty() || a.host_id.len() > 256 {
             return Err(Status::invalid_argument("host_id must be 1 to 256 bytes"));
@@ -190,13 +210,17 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
             upload_limit: a.upload_limit,
             load: a.load,
         };
-        self.inner.with_core(|c, now| c.announce_host(now, info));
+        self.inner.with_core(|c, now| c.announce_host(now, session, info)).map_err(|e| {
+            self.inner.metrics.refuse("host_taken");
+            Status::permission_denied(e.to_string())
+        })?;
         Ok(Response::new(pb::AnnounceHostReply { reannounce_secs: REANNOUNCE_SECS }))
     }
 
     type PeerStream = UnboundedReceiverStream<Result<pb::SchedulerEvent, Status>>;
 
     async fn peer(&self, req: Request<Streaming<pb::PeerEvent>>) -> Result<Response<Self::PeerStream>, Status> {
+        let session = Inner::session(&req)?;
         let mut inbound = req.into_inner();
         let first = inbound.message().await?.and_then(|m| m.event);
         let Some(Event::Register(r)) = first else {
@@ -206,6 +230,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         let layout = convert::layout(r.size, r.piece_size)?;
         let have = convert::bitmap(layout.count(), &r.have)?;
         let host = HostId(r.host_id);
+        self.inner.check_speaker(session, &host)?;
         let inner = self.inner.clone();
         let (decision, offers) = inner
             .with_core(|c, now| c.register(now, task, &host, layout, have).map(|d| (d, c.take_offers())))
@@ -232,6 +257,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
     }
 
     async fn stats(&self, req: Request<pb::StatsRequest>) -> Result<Response<pb::StatsReply>, Status> {
+        Inner::session(&req)?;
         let id = req.into_inner().task_id;
         let tasks = if id.is_empty() {
             self.inner.with_core(|c, _| c.stats_all())
@@ -244,8 +270,18 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
     }
 }
 
-/// Serves the scheduler (gRPC) plus `/metrics` and `/healthz` on `listener` until it fails.
-pub async fn serve(listener: tokio::net::TcpListener, config: Config) -> std::io::Result<()> {
+/// The listeners of a scheduler and the cluster token its clients must prove.
+pub struct Listeners {
+    /// gRPC, TLS with the membership proof.
+    pub grpc: tokio::net::TcpListener,
+    /// `/metrics` and `/healthz`, plain HTTP (keep it off the network, or behind a firewall).
+    pub admin: tokio::net::TcpListener,
+    /// The cluster token.
+    pub token: Arc<[u8]>,
+}
+
+/// Serves the scheduler until a listener fails.
+pub async fn serve(listeners: Listeners, config: Config) -> std::io::Result<()> {
     let metrics = Arc::new(SchedulerMetrics::default());
     let service = SchedulerService::new(config, metrics.clone());
     let inner = service.inner.clone();
@@ -260,13 +296,24 @@ pub async fn serve(listener: tokio::net::TcpListener, config: Config) -> std::io
             inner.metrics.tasks.set(tasks as i64);
         }
     });
-    let grpc = tonic::service::Routes::new(pb::scheduler_server::SchedulerServer::new(service)).into_axum_router();
-    let router = grpc.route("/healthz", get(|| async { "ok\n" })).route(
+    let tls = crate::tls::server_config().map_err(std::io::Error::other)?;
+    let inner = service.inner.clone();
+    let grpc = crate::session::Listener {
+        token: listeners.token,
+        tls,
+        metrics: metrics.clone(),
+        ended: Arc::new(move |session| inner.with_core(|c, _| c.session_ended(session))),
+    };
+    let router = tonic::service::Routes::new(pb::scheduler_server::SchedulerServer::new(service)).into_axum_router();
+    let admin = axum::Router::new().route("/healthz", get(|| async { "ok\n" })).route(
         "/metrics",
         get(move || {
             let m = metrics.clone();
             async move { m.encode() }
         }),
     );
-    axum::serve(listener, router).await
+    tokio::select! {
+        r = grpc.serve(listeners.grpc, router) => r,
+        r = axum::serve(listeners.admin, admin) => r,
+    }
 }

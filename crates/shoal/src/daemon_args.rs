@@ -146,19 +146,42 @@ pub fn run_up(args: UpArgs) -> Result<()> {
         ..Config::default()
     };
     let settings = args.daemon.settings(base)?;
+    // The daemon and the scheduler share the token (random, unless --cluster-token is given).
+    let token = settings.swarm.as_ref().map(|s| s.token.clone()).context("shoal up runs a scheduler")?;
+    let token_file = write_token(&settings.data_dir, &token)?;
     runtime()?.block_on(async {
-        let listener = tokio::net::TcpListener::bind(UP_SCHEDULER)
-            .await
-            .with_context(|| format!("scheduler cannot listen on {UP_SCHEDULER}"))?;
-        tokio::spawn(shoal_scheduler::serve(listener, Default::default()));
+        let (grpc, admin) = (UP_SCHEDULER.parse()?, UP_SCHEDULER_ADMIN.parse()?);
+        let listeners = crate::scheduler_cmd::listeners(grpc, admin, &token).await?;
+        tokio::spawn(shoal_scheduler::serve(listeners, Default::default()));
         let running = shoal_daemon::daemon::start(&settings).await?;
-        println!("{}", banner(&settings, running.mirror_addr, running.admin_addr));
+        println!("{}", banner(&settings, &token_file, running.mirror_addr, running.admin_addr));
         serve_until_signal(running).await
     })
 }
 
 /// Where `shoal up` runs its scheduler.
 const UP_SCHEDULER: &str = "127.0.0.1:65000";
+/// Where `shoal up`'s scheduler serves `/metrics` and `/healthz`.
+const UP_SCHEDULER_ADMIN: &str = "127.0.0.1:65004";
+
+/// Writes the demo's token to `data_dir/cluster-token` (mode 0600), for `shoal status
+/// --cluster-token-file` and for daemons that join the demo.
+fn write_token(data_dir: &std::path::Path, token: &[u8]) -> Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let path = data_dir.join("cluster-token");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(token)?;
+    file.write_all(b"\n")?;
+    Ok(path)
+}
 
 /// A fresh cluster token for the one-node demo.
 fn random_token() -> Result<String> {
@@ -177,15 +200,21 @@ async fn serve_until_signal(running: shoal_daemon::daemon::Running) -> Result<()
     Ok(())
 }
 
-fn banner(s: &Settings, mirror: std::net::SocketAddr, admin: std::net::SocketAddr) -> String {
+fn banner(
+    s: &Settings,
+    token_file: &std::path::Path,
+    mirror: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+) -> String {
     let registries: Vec<String> = s.registries.iter().map(|r| format!("{} ({})", r.name, r.url)).collect();
     format!(
-        "Shoal is up.\n  scheduler:  http://{UP_SCHEDULER}  (shoal status --scheduler http://{UP_SCHEDULER})\n  mirror:     http://{mirror}  (registries: {})\n  admin:      http://{admin}/metrics  http://{admin}/healthz\n  data:       {}\n\n\
+        "Shoal is up.\n  scheduler:  http://{UP_SCHEDULER}  (shoal status --scheduler http://{UP_SCHEDULER} --cluster-token-file {})\n  mirror:     http://{mirror}  (registries: {})\n  admin:      http://{admin}/metrics  http://{admin}/healthz\n  data:       {}\n\n\
          Point your clients at it:\n  containerd: shoal config containerd --mirror {mirror} --write   (then restart containerd)\n  \
          dockerd:    shoal config docker --mirror {mirror} --write       (then restart dockerd)\n  \
          podman:     shoal config podman --mirror {mirror} --write\n  \
          or try it:  curl -s http://{mirror}/v2/library/alpine/manifests/latest -H 'Accept: application/vnd.oci.image.index.v1+json'\n\n\
          Ctrl-C stops it.",
+        token_file.display(),
         registries.join(", "),
         s.data_dir.display()
     )

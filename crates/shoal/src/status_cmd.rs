@@ -12,9 +12,15 @@ pub struct StatusArgs {
     /// The daemon's admin address.
     #[arg(long, default_value = "127.0.0.1:65003", value_name = "ADDR")]
     admin: String,
-    /// Also show a scheduler's tasks.
+    /// Also show a scheduler's tasks (needs the cluster token).
     #[arg(long, value_name = "URL")]
     scheduler: Option<String>,
+    /// The cluster token, to prove membership to the scheduler.
+    #[arg(long, value_name = "TOKEN", env = "SHOAL_CLUSTER_TOKEN", hide_env_values = true)]
+    cluster_token: Option<String>,
+    /// A file holding the cluster token.
+    #[arg(long, value_name = "FILE")]
+    cluster_token_file: Option<std::path::PathBuf>,
 }
 
 /// `shoal status`.
@@ -29,7 +35,14 @@ pub fn run(args: StatusArgs) -> Result<()> {
             .await?;
         println!("{}", table(&tasks));
         if let Some(s) = &args.scheduler {
-            scheduler(s).await?;
+            let token = shoal_daemon::config::load_token(
+                args.cluster_token.as_deref(),
+                args.cluster_token_file.as_deref(),
+            )?
+            .context(
+                "--scheduler needs the cluster token (--cluster-token, SHOAL_CLUSTER_TOKEN or --cluster-token-file)",
+            )?;
+            scheduler(s, token.into()).await?;
         }
         Ok(())
     })
@@ -58,11 +71,16 @@ fn table(tasks: &[TaskStatus]) -> String {
     out
 }
 
-async fn scheduler(url: &str) -> Result<()> {
-    let mut client = shoal_proto::scheduler::scheduler_client::SchedulerClient::connect(url.to_owned())
+async fn scheduler(url: &str, token: std::sync::Arc<[u8]>) -> Result<()> {
+    let parsed = url::Url::parse(url).with_context(|| format!("--scheduler {url:?}"))?;
+    let channel = shoal_daemon::sched_connect::channel(&parsed, token, std::time::Duration::from_secs(5))
+        .map_err(|e| anyhow::anyhow!("scheduler {url}: {e}"))?;
+    let mut client = shoal_proto::scheduler::scheduler_client::SchedulerClient::new(channel);
+    let reply = client
+        .stats(shoal_proto::scheduler::StatsRequest { task_id: String::new() })
         .await
-        .with_context(|| format!("scheduler {url} unreachable"))?;
-    let reply = client.stats(shoal_proto::scheduler::StatsRequest { task_id: String::new() }).await?.into_inner();
+        .with_context(|| format!("scheduler {url}"))?
+        .into_inner();
     println!("scheduler {url}: {} hosts, {} tasks", reply.hosts, reply.tasks.len());
     for t in reply.tasks {
         println!(

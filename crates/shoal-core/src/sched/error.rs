@@ -6,6 +6,16 @@
 use super::{HostId, TaskId};
 use crate::{Digest, PieceLayout};
 
+/// Why [`announce_host`](super::Scheduler::announce_host) refused an announcement.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    /// Another live session announced this host id: only it may speak for the host until it
+    /// ends (or the host expires). Remedy: a second daemon with the same `host_id` must pick
+    /// another one.
+    #[error("host {0} is announced by another session")]
+    Taken(HostId),
+}
+
 /// Why [`register`](super::Scheduler::register) refused a peer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegisterError {

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{HostId, HostInfo};
+use super::{HostError, HostId, HostInfo, SessionId, Speaker};
 
 /// One announced host.
 #[derive(Debug, Clone)]
@@ -19,6 +19,9 @@ pub(super) struct HostEntry {
     pub children: u32,
     /// `info.site`, interned: compared for every peer of a task at every decision.
     pub site: SiteId,
+    /// The session that announced the host; `None` once it ended (any session may then
+    /// announce the host again).
+    pub session: Option<SessionId>,
 }
 
 impl HostEntry {
@@ -46,18 +49,23 @@ pub(super) struct Hosts {
 }
 
 impl Hosts {
-    /// Adds or refreshes a host, keeping its slot and assigned-children count.
-    pub fn announce(&mut self, now: u64, info: HostInfo) {
+    /// Adds or refreshes a host, keeping its slot and assigned-children count. Refused when
+    /// another live session announced it.
+    pub fn announce(&mut self, now: u64, session: SessionId, info: HostInfo) -> Result<(), HostError> {
+        if self.speaker(session, &info.id) == Speaker::Other {
+            return Err(HostError::Taken(info.id));
+        }
         let next = SiteId::try_from(self.sites.len()).unwrap_or(SiteId::MAX);
         let site = *self.sites.entry(info.site.clone()).or_insert(next);
         if let Some(entry) = self.index.get(&info.id).and_then(|&s| self.slots[s].as_mut()) {
             entry.site = site;
             entry.info = info;
+            entry.session = Some(session);
             entry.last_seen = entry.last_seen.max(now);
-            return;
+            return Ok(());
         }
         let id = info.id.clone();
-        let entry = Some(HostEntry { info, last_seen: now, children: 0, site });
+        let entry = Some(HostEntry { info, last_seen: now, children: 0, site, session: Some(session) });
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.slots[slot] = entry;
@@ -69,6 +77,25 @@ impl Hosts {
             }
         };
         self.index.insert(id, slot);
+        Ok(())
+    }
+
+    /// Whether `session` may speak for host `id`.
+    pub fn speaker(&self, session: SessionId, id: &HostId) -> Speaker {
+        match self.get(id).map(|e| e.session) {
+            None => Speaker::Unknown,
+            Some(Some(owner)) if owner != session => Speaker::Other,
+            Some(_) => Speaker::Owner,
+        }
+    }
+
+    /// A session ended: the hosts it announced may be announced by another session.
+    pub fn session_ended(&mut self, session: SessionId) {
+        for entry in self.slots.iter_mut().flatten() {
+            if entry.session == Some(session) {
+                entry.session = None;
+            }
+        }
     }
 
     /// Records that the host was heard from.

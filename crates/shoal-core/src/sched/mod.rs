@@ -27,14 +27,17 @@ mod sim;
 mod tests;
 #[cfg(test)]
 mod tests_pieces;
+#[cfg(test)]
+mod tests_sessions;
 
 use std::collections::BTreeMap;
 
 pub use config::Config;
-pub use error::{PeerError, PieceError, RegisterError};
+pub use error::{HostError, PeerError, PieceError, RegisterError};
 pub use stats::{Counters, DecisionCounts, FailureCounts, PeerStats, TaskStats};
 pub use types::{
-    Candidate, Decision, DecisionKind, FailReason, HostId, HostInfo, Offer, ParentStatus, PieceRecorded, TaskId,
+    Candidate, Decision, DecisionKind, FailReason, HostId, HostInfo, Offer, ParentStatus, PieceRecorded, SessionId,
+    Speaker, TaskId,
 };
 
 use crate::{Bitmap, Digest, PieceLayout};
@@ -63,10 +66,23 @@ impl Scheduler {
         &self.config
     }
 
-    /// Adds or refreshes a host (its heartbeat). A changed address, site, limit or load takes
-    /// effect for the next decisions.
-    pub fn announce_host(&mut self, now: u64, info: HostInfo) {
-        self.hosts.announce(now, info);
+    /// Adds or refreshes a host (its heartbeat), spoken for by `session`. A changed address,
+    /// site, limit or load takes effect for the next decisions. Refused, changing nothing,
+    /// when another live session announced the host id.
+    pub fn announce_host(&mut self, now: u64, session: SessionId, info: HostInfo) -> Result<(), HostError> {
+        self.hosts.announce(now, session, info)
+    }
+
+    /// Whether `session` may speak for `host` (register it for tasks): only the session that
+    /// announced it may.
+    pub fn speaker(&self, session: SessionId, host: &HostId) -> Speaker {
+        self.hosts.speaker(session, host)
+    }
+
+    /// A session ended (its connection closed): another session may announce its hosts now.
+    /// The hosts stay until they expire or are announced again.
+    pub fn session_ended(&mut self, session: SessionId) {
+        self.hosts.session_ended(session);
     }
 
     /// What a host last announced, if it is live.
@@ -232,10 +248,11 @@ impl Scheduler {
     /// A peer holds piece `index`, verified, with sha256 `digest`; `from_origin` when it came
     /// from the origin registry.
     ///
-    /// The first origin report of a piece sets the digest children check against; a later
-    /// report with another digest (origin or not) is refused with
-    /// [`PieceError::DigestConflict`] and not recorded. Reports from parent downloads never set
-    /// the table. A new piece counts as progress (it resets the reschedule count).
+    /// The first origin report of a piece, from a peer this scheduler sent back to source for
+    /// the task, sets the digest children check against; a later report with another digest
+    /// (origin or not) is refused with [`PieceError::DigestConflict`] and not recorded. Reports
+    /// from parent downloads, and "origin" reports from peers the scheduler did not send back to
+    /// source, never set the table. A new piece counts as progress (it resets the reschedule count).
     pub fn piece_finished(
         &mut self,
         now: u64,

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use super::tests::SESSION;
 use super::*;
 use crate::picker::{self, ParentPieces, PickInput, PickerConfig};
 
@@ -164,7 +165,7 @@ impl Sim {
                 upload_limit: 0,
                 load: 0,
             };
-            self.sched.announce_host(now, info);
+            self.sched.announce_host(now, SESSION, info).unwrap();
         }
     }
 

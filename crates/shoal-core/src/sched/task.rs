@@ -163,7 +163,8 @@ impl Task {
                 return Err(PieceError::DigestConflict { index, kept, reported: digest });
             }
             Some(_) => PieceRecorded::Verified,
-            None if from_origin && !self.distrusted.contains(host) => {
+            // Only the peer the scheduler sent back to source hashed bytes from the origin.
+            None if from_origin && peer.back_to_source && !self.distrusted.contains(host) => {
                 self.digests.insert(index, digest);
                 self.authors.insert(host.clone());
                 PieceRecorded::DigestKept

@@ -14,6 +14,9 @@ pub(super) fn task() -> TaskId {
     Digest::of(b"blob")
 }
 
+/// The session every test host is announced by.
+pub(super) const SESSION: SessionId = SessionId(1);
+
 pub(super) fn h(id: &str) -> HostId {
     HostId::from(id)
 }
@@ -40,7 +43,7 @@ pub(super) fn bits(set: &[u32]) -> Bitmap {
 pub(super) fn sched(config: Config, hosts: &[(&str, &str)]) -> Scheduler {
     let mut s = Scheduler::new(config);
     for (id, site) in hosts {
-        s.announce_host(0, info(id, site));
+        s.announce_host(0, SESSION, info(id, site)).unwrap();
     }
     s
 }
@@ -187,7 +190,7 @@ fn announced_load_counts_against_the_cap() {
     let mut s = sched(Config::default(), &[("a1", "A"), ("a2", "A"), ("a3", "A")]);
     reg(&mut s, "a1");
     reg(&mut s, "a2");
-    s.announce_host(2, HostInfo { load: 8, ..info("a1", "A") });
+    s.announce_host(2, SESSION, HostInfo { load: 8, ..info("a1", "A") }).unwrap();
     assert_eq!(names(&reg(&mut s, "a3")), vec!["a2"]);
 }
 
@@ -212,7 +215,7 @@ fn ranks_by_pieces_then_done_then_load_then_limit_then_id() {
     reg_with(&mut s, "p2", &[0, 1]);
     reg_with(&mut s, "p3", &all); // done (a seed)
     reg_with(&mut s, "p4", &[0, 1]);
-    s.announce_host(2, HostInfo { load: 3, ..info("p2", "A") });
+    s.announce_host(2, SESSION, HostInfo { load: 3, ..info("p2", "A") }).unwrap();
     // p5 holds all pieces but has not reported done: ranks after the done seed p3.
     s.register(3, task(), &h("p5"), layout(), bits(&all[..9])).unwrap();
     s.piece_finished(3, task(), &h("p5"), 9, Digest::of(b"x"), false).unwrap();
@@ -226,7 +229,7 @@ fn upload_limit_and_host_id_break_ties() {
     let hosts = [("x", "A"), ("c", "A"), ("b", "A"), ("a", "A"), ("z", "A")];
     let mut s = sched(Config::default(), &hosts);
     reg(&mut s, "x");
-    s.announce_host(1, HostInfo { upload_limit: 10, ..info("a", "A") });
+    s.announce_host(1, SESSION, HostInfo { upload_limit: 10, ..info("a", "A") }).unwrap();
     let all: Vec<u32> = (0..PIECES).collect();
     for id in ["c", "b", "a"] {
         reg_with(&mut s, id, &all); // seeds: same pieces, no load
@@ -252,7 +255,7 @@ fn waits_when_nobody_can_serve_and_the_budget_is_used() {
     let mut s = sched(config, &[("a1", "A"), ("a2", "A"), ("a3", "A")]);
     assert_eq!(reg(&mut s, "a1"), Decision::BackToSource);
     assert_eq!(names(&reg(&mut s, "a2")), vec!["a1"]);
-    s.announce_host(1, HostInfo { load: 1, ..info("a2", "A") });
+    s.announce_host(1, SESSION, HostInfo { load: 1, ..info("a2", "A") }).unwrap();
     let d = reg(&mut s, "a3");
     assert_eq!(d, Decision::Parents(vec![]));
     assert_eq!(d.kind(), DecisionKind::Wait);
@@ -265,7 +268,7 @@ fn reschedule_without_candidates_goes_to_origin_beyond_the_budget() {
     let mut s = sched(config, &[("a1", "A"), ("a2", "A"), ("a3", "A")]);
     reg(&mut s, "a1");
     reg(&mut s, "a2");
-    s.announce_host(1, HostInfo { load: 1, ..info("a2", "A") });
+    s.announce_host(1, SESSION, HostInfo { load: 1, ..info("a2", "A") }).unwrap();
     assert_eq!(reg(&mut s, "a3").kind(), DecisionKind::Wait);
     assert_eq!(s.reschedule(5, task(), &h("a3")).unwrap(), Decision::BackToSource);
     assert_eq!(s.stats(task()).unwrap().back_to_source_peers, 2);

@@ -4,7 +4,7 @@
 use proptest::collection::vec;
 use proptest::prelude::*;
 
-use super::tests::{bits, h, info, layout, reg, reg_with, sched, task, PIECES};
+use super::tests::{bits, h, info, layout, reg, reg_with, sched, task, PIECES, SESSION};
 use super::*;
 
 fn finished(
@@ -80,7 +80,7 @@ fn expired_hosts_leave_their_tasks_and_free_their_slots() {
     let mut s = sched(Config::default(), &[("a1", "A"), ("a2", "A"), ("a3", "A")]);
     assert_eq!(reg(&mut s, "a1"), Decision::BackToSource); // a1 last heard at 1
     reg(&mut s, "a2");
-    s.announce_host(60_000, info("a2", "A"));
+    s.announce_host(60_000, SESSION, info("a2", "A")).unwrap();
     s.piece_finished(70_000, task(), &h("a2"), 0, Digest::of(b"0"), false).unwrap();
     assert!(s.expire(89_999).is_empty());
     // a3 was announced at 0 and never heard from since; a1 last registered at 1.
@@ -213,7 +213,7 @@ fn apply(s: &mut Scheduler, now: &mut u64, op: Op) {
     match op {
         Op::Announce(i, load) => {
             let site = if i % 2 == 0 { "A" } else { "B" };
-            s.announce_host(*now, HostInfo { load, ..info(&format!("h{i}"), site) });
+            s.announce_host(*now, SESSION, HostInfo { load, ..info(&format!("h{i}"), site) }).unwrap();
         }
         Op::Register(t, i, have) => {
             let mut b = Bitmap::new(PIECES);
@@ -261,7 +261,7 @@ proptest! {
         let mut s = Scheduler::new(config);
         let mut now = 0;
         for i in 0..6 {
-            s.announce_host(0, info(&format!("h{i}"), if i % 2 == 0 { "A" } else { "B" }));
+            s.announce_host(0, SESSION, info(&format!("h{i}"), if i % 2 == 0 { "A" } else { "B" })).unwrap();
         }
         for op in ops {
             apply(&mut s, &mut now, op);

@@ -41,6 +41,23 @@ impl From<String> for HostId {
     }
 }
 
+/// One authenticated connection to the scheduler, numbered by the service. A host id is spoken
+/// for only by the session that announced it, until that session ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionId(pub u64);
+
+/// Whether a session may speak for a host, as told by
+/// [`speaker`](super::Scheduler::speaker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaker {
+    /// The session announced the host (and still owns it).
+    Owner,
+    /// The host is not announced (or expired): announce it first.
+    Unknown,
+    /// Another live session announced the host.
+    Other,
+}
+
 /// A task is one blob, identified by the blob's digest: the same layer pulled from two
 /// registries or two repositories is one task.
 pub type TaskId = Digest;
