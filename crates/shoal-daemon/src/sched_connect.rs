@@ -66,7 +66,9 @@ async fn connect(uri: &Uri, tls: Arc<rustls::ClientConfig>, token: &[u8]) -> Res
     stream.write_all(&membership::prove(token, Role::Client, &secret)).await?;
     stream.flush().await?;
     let mut proof = [0u8; PROOF_LEN];
-    stream.read_exact(&mut proof).await.map_err(|e| format!("the scheduler refused our proof: {e}"))?;
+    stream.read_exact(&mut proof).await.map_err(|_| {
+        "the scheduler refused our proof of the cluster token (is it the same token on both sides?)".to_owned()
+    })?;
     if !membership::verify(token, Role::Server, &secret, &proof) {
         return Err("the scheduler did not prove the cluster token".into());
     }

@@ -47,7 +47,7 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "TOKEN", env = "SHOAL_CLUSTER_TOKEN", hide_env_values = true)]
     pub cluster_token: Option<String>,
     /// A file holding the cluster token (`cluster_token_file`).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "SHOAL_CLUSTER_TOKEN_FILE")]
     pub cluster_token_file: Option<PathBuf>,
     /// Upload limit to peers, e.g. 100MiB/s; 0 = unlimited (`upload_limit`).
     #[arg(long, value_name = "RATE")]
@@ -96,8 +96,11 @@ impl DaemonArgs {
             config.scheduler.clone_from(&self.scheduler);
         }
         override_opt(&mut config.advertise_addr, &self.advertise_addr);
-        override_opt(&mut config.cluster_token, &self.cluster_token);
-        override_opt(&mut config.cluster_token_file, &self.cluster_token_file);
+        // A token given by flag (or env) replaces both file keys.
+        if self.cluster_token.is_some() || self.cluster_token_file.is_some() {
+            config.cluster_token.clone_from(&self.cluster_token);
+            config.cluster_token_file.clone_from(&self.cluster_token_file);
+        }
         override_opt(&mut config.host_id, &self.host_id);
         for (key, flag) in [
             (&mut config.peer_listen, &self.peer_listen),

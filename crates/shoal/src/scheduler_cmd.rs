@@ -27,7 +27,7 @@ pub struct SchedulerArgs {
     #[arg(long, value_name = "TOKEN", env = "SHOAL_CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
     /// A file holding the cluster token (`cluster_token_file`).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "SHOAL_CLUSTER_TOKEN_FILE")]
     cluster_token_file: Option<PathBuf>,
 }
 
@@ -69,8 +69,12 @@ pub fn settings(args: &SchedulerArgs) -> Result<Settings> {
     };
     let listen = args.listen.clone().or(file.listen).unwrap_or_else(|| "0.0.0.0:65000".into());
     let admin = args.admin_listen.clone().or(file.admin_listen).unwrap_or_else(|| "127.0.0.1:65004".into());
-    let token = args.cluster_token.clone().or(file.cluster_token);
-    let token_file = args.cluster_token_file.clone().or(file.cluster_token_file);
+    // A token given by flag (or env) replaces both file keys.
+    let (token, token_file) = if args.cluster_token.is_some() || args.cluster_token_file.is_some() {
+        (args.cluster_token.clone(), args.cluster_token_file.clone())
+    } else {
+        (file.cluster_token, file.cluster_token_file)
+    };
     let token = shoal_daemon::config::load_token(token.as_deref(), token_file.as_deref())?.context(
         "config key `cluster_token`: required (--cluster-token, SHOAL_CLUSTER_TOKEN or cluster_token_file); \
          daemons prove it on every connection",
@@ -129,6 +133,15 @@ mod tests {
         let token = Some("0123456789abcdef".to_owned());
         let bad = SchedulerArgs { listen: Some("x".into()), cluster_token: token, ..args(None) };
         assert!(settings(&bad).unwrap_err().to_string().contains("listen"));
+    }
+
+    #[test]
+    fn the_example_config_validates() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/scheduler.toml");
+        let token = Some("0123456789abcdef".to_owned());
+        let s = settings(&SchedulerArgs { cluster_token: token, ..args(Some(path)) }).unwrap();
+        assert_eq!((s.listen.port(), s.admin_listen.to_string().as_str()), (65000, "127.0.0.1:65004"));
+        assert_eq!(s.rules.back_to_source_per_site, 1);
     }
 
     #[test]

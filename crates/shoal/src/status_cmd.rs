@@ -19,7 +19,7 @@ pub struct StatusArgs {
     #[arg(long, value_name = "TOKEN", env = "SHOAL_CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
     /// A file holding the cluster token.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "SHOAL_CLUSTER_TOKEN_FILE")]
     cluster_token_file: Option<std::path::PathBuf>,
 }
 
