@@ -104,6 +104,20 @@ async fn a_client_without_the_token_is_refused_and_changes_nothing() -> Result<(
     ensure!(!results.iter().any(|l| l.contains("ACCEPTED")), "a stranger was served:\n{}", results.join("\n"));
     ensure!(closed, "a plain HTTP request was not closed: {got:?}");
 
+    // 400 half-open connections held by one client do not keep a member out.
+    let mut held = Vec::new();
+    for _ in 0..400 {
+        let mut c = tokio::net::TcpStream::connect(url.trim_start_matches("http://")).await?;
+        c.write_all(&[0x16, 0x03, 0x01]).await?; // the first bytes of a TLS record, never finished
+        held.push(c);
+    }
+    let started = Instant::now();
+    let served = stats(&url).await;
+    let took = started.elapsed();
+    report("rogue", &format!("with 400 half-open connections held, a member's stats call took {took:?}"));
+    ensure!(served.is_ok() && took < Duration::from_secs(1), "a member was kept out: {served:?} after {took:?}");
+    drop(held);
+
     // Nothing changed: two hosts, no task, and the refusals were counted.
     let after = stats(&url).await?;
     ensure!(after.hosts == 2 && after.tasks.is_empty(), "strangers changed the scheduler: {after:?}");
