@@ -55,7 +55,7 @@ const TOKEN: &str = "0123456789abcdef0123";
 const REGISTRY_PORT: u16 = 5000;
 const SCHED_PORT: u16 = 65000;
 /// The scheduler's admin listener (`/metrics`, `/healthz`), inside its namespace.
-const SCHED_ADMIN_PORT: u16 = 65004;
+const SCHED_ADMIN_PORT: u16 = 65005;
 const MIRROR: &str = "127.0.0.1:5001";
 const ADMIN: &str = "127.0.0.1:5003";
 const PEER_PORT: u16 = 65002;

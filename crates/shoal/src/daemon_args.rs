@@ -165,7 +165,7 @@ pub fn run_up(args: UpArgs) -> Result<()> {
 /// Where `shoal up` runs its scheduler.
 const UP_SCHEDULER: &str = "127.0.0.1:65000";
 /// Where `shoal up`'s scheduler serves `/metrics` and `/healthz`.
-const UP_SCHEDULER_ADMIN: &str = "127.0.0.1:65004";
+const UP_SCHEDULER_ADMIN: &str = "127.0.0.1:65005";
 
 /// Writes the demo's token to `data_dir/cluster-token` (mode 0600), for `shoal status
 /// --cluster-token-file` and for daemons that join the demo.

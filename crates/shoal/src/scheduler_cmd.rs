@@ -20,7 +20,7 @@ pub struct SchedulerArgs {
     /// gRPC listener for cluster members (`listen`, default 0.0.0.0:65000).
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
-    /// `/metrics` and `/healthz` (`admin_listen`, default 127.0.0.1:65004).
+    /// `/metrics` and `/healthz` (`admin_listen`, default 127.0.0.1:65005).
     #[arg(long, value_name = "ADDR")]
     admin_listen: Option<String>,
     /// The cluster's shared secret (`cluster_token`); every daemon must prove it.
@@ -68,7 +68,7 @@ pub fn settings(args: &SchedulerArgs) -> Result<Settings> {
         None => File::default(),
     };
     let listen = args.listen.clone().or(file.listen).unwrap_or_else(|| "0.0.0.0:65000".into());
-    let admin = args.admin_listen.clone().or(file.admin_listen).unwrap_or_else(|| "127.0.0.1:65004".into());
+    let admin = args.admin_listen.clone().or(file.admin_listen).unwrap_or_else(|| "127.0.0.1:65005".into());
     // A token given by flag (or env) replaces both file keys.
     let (token, token_file) = if args.cluster_token.is_some() || args.cluster_token_file.is_some() {
         (args.cluster_token.clone(), args.cluster_token_file.clone())
@@ -126,7 +126,7 @@ mod tests {
         )
         .unwrap();
         let s = settings(&args(Some(f.clone()))).unwrap();
-        assert_eq!((s.listen.port(), s.admin_listen.port(), s.rules.candidate_parents), (7000, 65004, 2));
+        assert_eq!((s.listen.port(), s.admin_listen.port(), s.rules.candidate_parents), (7000, 65005, 2));
         assert_eq!(s.token, b"0123456789abcdef");
         let s = settings(&SchedulerArgs { listen: Some("127.0.0.1:7001".into()), ..args(Some(f)) }).unwrap();
         assert_eq!(s.listen.port(), 7001);
@@ -140,7 +140,7 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/scheduler.toml");
         let token = Some("0123456789abcdef".to_owned());
         let s = settings(&SchedulerArgs { cluster_token: token, ..args(Some(path)) }).unwrap();
-        assert_eq!((s.listen.port(), s.admin_listen.to_string().as_str()), (65000, "127.0.0.1:65004"));
+        assert_eq!((s.listen.port(), s.admin_listen.to_string().as_str()), (65000, "127.0.0.1:65005"));
         assert_eq!(s.rules.back_to_source_per_site, 1);
     }
 
