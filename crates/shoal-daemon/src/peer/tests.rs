@@ -7,7 +7,7 @@ use shoal_core::{Bitmap, ByteRange, Digest, PieceLayout};
 use tokio::sync::watch;
 
 use super::client::{endpoint, PeerClient};
-use super::server::{serve, ServerCtx};
+use super::server::{serve, PeerLimits, ServerCtx};
 use super::{PeerError, PieceStore};
 use crate::limits::Limiter;
 use crate::seeding::Seeds;
@@ -62,7 +62,7 @@ fn start_seeding(store: Arc<OneBlob>, token: &[u8], corrupt: bool, seeds: Arc<Se
         seeds,
         corrupt,
     };
-    tokio::spawn(serve(ep, Arc::new(ctx)));
+    tokio::spawn(serve(ep, Arc::new(ctx), PeerLimits::default()));
     addr
 }
 
