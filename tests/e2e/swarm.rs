@@ -204,3 +204,5 @@ mod faults;
 mod limits;
 #[path = "swarm/poison.rs"]
 mod poison;
+#[path = "swarm/rogue.rs"]
+mod rogue;
