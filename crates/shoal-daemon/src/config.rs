@@ -276,7 +276,10 @@ impl Config {
     fn validate_max_blob_size(&self) -> Result<u64, ConfigError> {
         let size = parse_size(&self.max_blob_size).map_err(|e| invalid("max_blob_size", e.to_string()))?;
         if size == 0 || size > MAX_BLOB_SIZE_LIMIT {
-            return Err(invalid("max_blob_size", format!("{:?} must be more than 0 and at most 16TiB", self.max_blob_size)));
+            return Err(invalid(
+                "max_blob_size",
+                format!("{:?} must be more than 0 and at most 16TiB", self.max_blob_size),
+            ));
         }
         Ok(size)
     }

@@ -237,11 +237,7 @@ mod tests {
         assert_eq!(s.registries[0].name, "b.io");
         let bad = DaemonArgs { cache_size: Some("big".into()), ..DaemonArgs::default() };
         assert!(bad.settings(Config::default()).unwrap_err().to_string().contains("cache_size"));
-        let args = DaemonArgs {
-            max_connections: Some(8),
-            max_blob_size: Some("2GiB".into()),
-            ..DaemonArgs::default()
-        };
+        let args = DaemonArgs { max_connections: Some(8), max_blob_size: Some("2GiB".into()), ..DaemonArgs::default() };
         let s = args.settings(Config::default()).unwrap();
         assert_eq!((s.max_connections, s.max_blob_size), (8, 2 << 30));
         let bad = DaemonArgs { max_blob_size: Some("big".into()), ..DaemonArgs::default() };

@@ -212,7 +212,8 @@ async fn origin_sizes_over_max_blob_size_get_a_clear_error() -> Result<()> {
         for method in [Method::GET, Method::HEAD] {
             let url = format!("{}/v2/e2e/huge/blobs/{digest}", daemon.mirror_url());
             let started = Instant::now();
-            let resp = with_log(client.request(method.clone(), &url).send().await.map_err(Into::into), "blob", &daemon)?;
+            let resp =
+                with_log(client.request(method.clone(), &url).send().await.map_err(Into::into), "blob", &daemon)?;
             let status = resp.status();
             let body = resp.text().await?;
             let took = started.elapsed();

@@ -79,7 +79,11 @@ async fn peers_that_never_prove_the_token_get_no_memory_and_members_still_get_pi
     // More handshakes than the cap at once: the rest are refused before their handshake.
     let burst = rogue::flood(addr, 100, Duration::from_secs(2)).await?;
     report("rogue", &format!("100 rogue connections at once: {burst:?}"));
-    ensure!(burst.refused >= 100 - MAX_UNPROVEN, "only {} of 100 refused over the cap of {MAX_UNPROVEN}", burst.refused);
+    ensure!(
+        burst.refused >= 100 - MAX_UNPROVEN,
+        "only {} of 100 refused over the cap of {MAX_UNPROVEN}",
+        burst.refused
+    );
     ensure!(d0.healthz().await?.starts_with("ok"), "d0 is not healthy after the rogues");
     Ok(())
 }

@@ -117,7 +117,9 @@ async fn connection(
             }
             return Err(e);
         }
-        Err(_) => return Err(format!("peer {remote} did not prove the cluster token in {:?}", limits.handshake_timeout)),
+        Err(_) => {
+            return Err(format!("peer {remote} did not prove the cluster token in {:?}", limits.handshake_timeout))
+        }
     };
     drop(unproven);
     let (conn, child) = conn;
