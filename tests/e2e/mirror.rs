@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use reqwest::{Method, StatusCode};
 use shoal_e2e::{
-    expect_oci_error, manifest_request, missing_tool, oci_error_codes, raw_request, sha256_body, sha256_hex,
-    wait_until, Containerd, Daemon, DaemonConfig, Image, Podman, Registry, Skopeo, SlowProxy,
+    expect_oci_error, manifest_request, metric_value, missing_tool, oci_error_codes, raw_request, sha256_body,
+    sha256_hex, wait_until, Containerd, Daemon, DaemonConfig, Image, Podman, Registry, Skopeo, SlowProxy,
 };
 
 const MB: u64 = 1 << 20;
@@ -42,6 +42,8 @@ mod crash;
 mod disk;
 #[path = "mirror/freshness.rs"]
 mod freshness;
+#[path = "mirror/hostile.rs"]
+mod hostile;
 #[path = "mirror/malformed.rs"]
 mod malformed;
 

@@ -204,5 +204,7 @@ mod faults;
 mod limits;
 #[path = "swarm/poison.rs"]
 mod poison;
+#[path = "swarm/rogue.rs"]
+mod rogue;
 #[path = "swarm/sched_access.rs"]
 mod sched_access;

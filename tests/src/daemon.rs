@@ -225,6 +225,15 @@ impl Daemon {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// The daemon's resident memory (`VmRSS` of `/proc/<pid>/status`), bytes.
+    pub fn rss_bytes(&self) -> Result<u64> {
+        let pid = self.pid().ok_or_else(|| anyhow::anyhow!("the daemon is not running"))?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).ok_or_else(|| anyhow::anyhow!("no VmRSS"))?;
+        let kib: u64 = line.split_whitespace().nth(1).unwrap_or_default().parse()?;
+        Ok(kib << 10)
+    }
+
     /// True while the daemon process is alive.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))

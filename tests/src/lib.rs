@@ -9,7 +9,8 @@
 //! - [`Swarm`]: N daemons sharing a scheduler (QUIC peer listeners on loopback, one cluster token);
 //! - [`Skopeo`], [`Podman`], [`Containerd`]: real clients pulling through the daemon as a mirror;
 //! - [`SlowProxy`]: a rate-limited link to the origin that can also turn into a black hole;
-//! - [`Tmpfs`]: a small file system for a data dir that fills up.
+//! - [`Tmpfs`]: a small file system for a data dir that fills up;
+//! - [`rogue`]: a QUIC client that does the peer TLS handshake but never proves the token.
 //!
 //! Every process is killed and every temp dir removed on drop (long-running children also get
 //! SIGKILL if the test process dies, through `setpriv --pdeathsig`); every wait is bounded.
@@ -27,6 +28,7 @@ mod image;
 mod oci;
 mod proxy;
 mod registry;
+pub mod rogue;
 mod sched_clients;
 mod scheduler;
 mod swarm;

@@ -24,7 +24,26 @@ pub struct PieceLayout {
     pub piece_size: u64,
 }
 
+/// A blob larger than the daemon's `max_blob_size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the blob is {size} bytes, more than max_blob_size ({max} bytes)")]
+pub struct TooLarge {
+    /// The size the origin gave.
+    pub size: u64,
+    /// The limit.
+    pub max: u64,
+}
+
 impl PieceLayout {
+    /// The standard layout for a blob of `size` bytes, if it is at most `max` bytes: a size
+    /// from the network is checked here before anything (file, bitmaps, digests) is sized by it.
+    pub fn bounded(size: u64, max: u64) -> Result<Self, TooLarge> {
+        if size > max {
+            return Err(TooLarge { size, max });
+        }
+        Ok(Self::for_size(size))
+    }
+
     /// The standard layout for a blob of `size` bytes.
     pub fn for_size(size: u64) -> Self {
         let mut piece_size = MIN_PIECE;
@@ -93,6 +112,15 @@ mod tests {
         assert_eq!(l.covering(ByteRange { start: 0, end: 1 }), 0..1);
         assert_eq!(l.covering(ByteRange { start: MIB - 1, end: MIB + 1 }), 0..2);
         assert_eq!(l.covering(ByteRange { start: 5 * MIB, end: 5 * MIB + 7 }), 5..6);
+    }
+
+    #[test]
+    fn sizes_over_the_limit_are_refused() {
+        assert_eq!(PieceLayout::bounded(10, 10), Ok(PieceLayout::for_size(10)));
+        let e = PieceLayout::bounded(100_000_000_000, 10 << 30).unwrap_err();
+        assert_eq!(e, TooLarge { size: 100_000_000_000, max: 10 << 30 });
+        assert!(e.to_string().contains("max_blob_size"), "{e}");
+        assert!(PieceLayout::bounded(u64::MAX, 1 << 40).is_err());
     }
 
     proptest! {

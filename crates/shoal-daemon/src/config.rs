@@ -101,6 +101,11 @@ pub struct Config {
     pub origin_limit: String,
     /// This node's id among peers; default: hostname and peer port.
     pub host_id: Option<String>,
+    /// Connections each listener (mirror, admin, peer) serves at once; more are refused at once.
+    pub max_connections: usize,
+    /// Largest blob the daemon handles, e.g. `1TiB`: a blob the origin says is larger is
+    /// refused with an error (502) before anything is allocated for it.
+    pub max_blob_size: String,
 }
 
 impl Default for Config {
@@ -127,6 +132,8 @@ impl Default for Config {
             download_limit: "0".into(),
             origin_limit: "0".into(),
             host_id: None,
+            max_connections: crate::listener::DEFAULT_MAX_CONNECTIONS,
+            max_blob_size: "1TiB".into(),
         }
     }
 }
@@ -150,7 +157,15 @@ pub struct Settings {
     pub swarm: Option<Swarm>,
     /// Byte rates; 0 is unlimited.
     pub limits: Limits,
+    /// See [`Config::max_connections`]; at least 1.
+    pub max_connections: usize,
+    /// See [`Config::max_blob_size`], in bytes.
+    pub max_blob_size: u64,
 }
+
+/// The largest `max_blob_size` accepted: 16 TiB is a million pieces of 16 MiB, whose digests
+/// (32 MiB) and bitmaps still fit comfortably in memory.
+pub const MAX_BLOB_SIZE_LIMIT: u64 = 16 << 40;
 
 /// Bandwidth limits per traffic class, bytes per second (0 = unlimited).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -245,7 +260,28 @@ impl Config {
                 download: rate("download_limit", &self.download_limit)?,
                 origin: rate("origin_limit", &self.origin_limit)?,
             },
+            max_connections: self.validate_max_connections()?,
+            max_blob_size: self.validate_max_blob_size()?,
         })
+    }
+
+    fn validate_max_connections(&self) -> Result<usize, ConfigError> {
+        match self.max_connections {
+            0 => Err(invalid("max_connections", "must be at least 1")),
+            n if n > 1 << 20 => Err(invalid("max_connections", format!("{n} is more than 1048576"))),
+            n => Ok(n),
+        }
+    }
+
+    fn validate_max_blob_size(&self) -> Result<u64, ConfigError> {
+        let size = parse_size(&self.max_blob_size).map_err(|e| invalid("max_blob_size", e.to_string()))?;
+        if size == 0 || size > MAX_BLOB_SIZE_LIMIT {
+            return Err(invalid(
+                "max_blob_size",
+                format!("{:?} must be more than 0 and at most 16TiB", self.max_blob_size),
+            ));
+        }
+        Ok(size)
     }
 
     fn validate_swarm(&self) -> Result<Option<Swarm>, ConfigError> {
@@ -363,6 +399,25 @@ mod tests {
         assert_eq!(s.cache_size, 20 << 30);
         assert_eq!(s.min_free_space, 1 << 30);
         assert_eq!(s.registries[0].authority(), "registry-1.docker.io");
+        assert_eq!(s.max_connections, 1024);
+        assert_eq!(s.max_blob_size, 1 << 40);
+    }
+
+    #[test]
+    fn bounds_connections_and_blob_sizes() {
+        let c: Config = toml::from_str("max_connections = 64\nmax_blob_size = \"10GiB\"\n").unwrap();
+        let s = c.validate().unwrap();
+        assert_eq!((s.max_connections, s.max_blob_size), (64, 10 << 30));
+        let bad = |c: Config, key: &str| {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        };
+        bad(Config { max_connections: 0, ..Config::default() }, "max_connections");
+        bad(Config { max_connections: 1 << 30, ..Config::default() }, "max_connections");
+        bad(Config { max_blob_size: "0".into(), ..Config::default() }, "max_blob_size");
+        bad(Config { max_blob_size: "17TiB".into(), ..Config::default() }, "max_blob_size");
+        bad(Config { max_blob_size: "huge".into(), ..Config::default() }, "max_blob_size");
+        assert!(toml::from_str::<Config>("max_connections = -1").is_err());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use shoal_core::picker::PickerConfig;
 
 use crate::config::Settings;
 use crate::limits::Limiter;
+use crate::listener::HttpLimits;
 use crate::meta::MetaStore;
 use crate::meta_redb::RedbMeta;
 use crate::metrics::Metrics;
@@ -20,7 +21,7 @@ use crate::mirror::{self, Authz, Mirror};
 use crate::origin::Origins;
 use crate::paths::Paths;
 use crate::peer::client::PeerClient;
-use crate::peer::server::ServerCtx;
+use crate::peer::server::{PeerLimits, ServerCtx};
 use crate::sched_client::Schedulers;
 use crate::seeding::Seeds;
 use crate::space::Space;
@@ -139,11 +140,18 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
             seeds,
             corrupt: faults.corrupt_uploads,
         };
-        handles.push(tokio::spawn(crate::peer::server::serve(ep, Arc::new(ctx))));
+        let limits = PeerLimits { max_connections: settings.max_connections, ..PeerLimits::default() };
+        handles.push(tokio::spawn(crate::peer::server::serve(ep, Arc::new(ctx), limits)));
     }
     let origins = Origins::new(&settings.registries)?;
-    let mirror =
-        Arc::new(Mirror { origins, tasks, meta: meta.clone(), metrics: metrics.clone(), authz: Authz::default() });
+    let mirror = Arc::new(Mirror {
+        origins,
+        tasks,
+        meta: meta.clone(),
+        metrics: metrics.clone(),
+        authz: Authz::default(),
+        max_blob_size: settings.max_blob_size,
+    });
 
     let bind = |key, addr| async move {
         TcpListener::bind(addr).await.map_err(|source| StartError::Bind { key, addr, source })
@@ -161,13 +169,8 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
         source,
     })?;
 
-    let serve = |listener: TcpListener, router: Router| {
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
-                tracing::error!(error = %e, "listener failed");
-            }
-        })
-    };
+    let limits = HttpLimits { max_connections: settings.max_connections, ..HttpLimits::default() };
+    let serve = |listener: TcpListener, router: Router| tokio::spawn(crate::listener::serve(listener, router, limits));
     handles.push(serve(mirror_listener, mirror::router(mirror)));
     handles.push(serve(admin_listener, admin_router(metrics.clone(), tasks_for_status)));
     handles.push(tokio::spawn(crate::gc::run(space, metrics)));

@@ -6,7 +6,8 @@
 //! blob, shared by every reader), `origin` (upstream registries and their auth), `mirror` (the
 //! OCI distribution HTTP API), `metrics` and `admin`, `space` (the cache's quota and free-space floor, at every moment), `gc`
 //! (recovery and the periodic check), `health` (whether the cache can store), `direct` (blob
-//! bytes straight from the origin, uncached), `daemon` (wiring).
+//! bytes straight from the origin, uncached), `listener` (the hardened HTTP accept loop),
+//! `daemon` (wiring).
 #![warn(missing_docs)]
 
 pub mod body;
@@ -18,6 +19,7 @@ pub mod gc;
 pub mod hash;
 pub mod health;
 pub mod limits;
+pub mod listener;
 pub mod meta;
 pub mod meta_redb;
 pub mod metrics;

@@ -13,8 +13,8 @@ use prometheus_client::registry::Registry;
 pub struct RequestLabels {
     /// `base`, `manifest`, `blob`, `upload`, `other`.
     pub route: &'static str,
-    /// HTTP method.
-    pub method: String,
+    /// HTTP method: one of the standard ones, else `other` (see [`method_label`]).
+    pub method: &'static str,
     /// HTTP status code.
     pub status: u16,
 }
@@ -178,9 +178,36 @@ impl Metrics {
     }
 }
 
+/// The `method` label of a request: a standard HTTP method, or `other` for any made-up one,
+/// so clients cannot grow the label set.
+pub fn method_label(method: &http::Method) -> &'static str {
+    use http::Method;
+    static KNOWN: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    KNOWN.iter().find(|m| *m == method).map_or("other", Method::as_str)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn made_up_methods_are_other() {
+        assert_eq!(method_label(&http::Method::GET), "GET");
+        assert_eq!(method_label(&http::Method::DELETE), "DELETE");
+        for made_up in ["FOOBAR", "get", &"X".repeat(200)] {
+            assert_eq!(method_label(&http::Method::from_bytes(made_up.as_bytes()).unwrap()), "other", "{made_up}");
+        }
+    }
 
     #[test]
     fn encodes_recorded_values() {

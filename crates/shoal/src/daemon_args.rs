@@ -61,6 +61,12 @@ pub struct DaemonArgs {
     /// This node's id among peers (`host_id`, default hostname-peerport).
     #[arg(long, value_name = "ID")]
     pub host_id: Option<String>,
+    /// Connections each listener serves at once; more are refused (`max_connections`, default 1024).
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Largest blob handled, such as 1TiB; larger ones are refused (`max_blob_size`, default 1TiB).
+    #[arg(long, value_name = "SIZE")]
+    pub max_blob_size: Option<String>,
 }
 
 /// Flags of `shoal up`: the daemon's, with data in ./shoal-data by default.
@@ -102,12 +108,16 @@ impl DaemonArgs {
             config.cluster_token_file.clone_from(&self.cluster_token_file);
         }
         override_opt(&mut config.host_id, &self.host_id);
+        if let Some(n) = self.max_connections {
+            config.max_connections = n;
+        }
         for (key, flag) in [
             (&mut config.peer_listen, &self.peer_listen),
             (&mut config.site, &self.site),
             (&mut config.upload_limit, &self.upload_limit),
             (&mut config.download_limit, &self.download_limit),
             (&mut config.origin_limit, &self.origin_limit),
+            (&mut config.max_blob_size, &self.max_blob_size),
         ] {
             if let Some(v) = flag {
                 key.clone_from(v);
@@ -259,6 +269,11 @@ mod tests {
         assert_eq!(s.registries[0].name, "b.io");
         let bad = DaemonArgs { cache_size: Some("big".into()), ..DaemonArgs::default() };
         assert!(bad.settings(Config::default()).unwrap_err().to_string().contains("cache_size"));
+        let args = DaemonArgs { max_connections: Some(8), max_blob_size: Some("2GiB".into()), ..DaemonArgs::default() };
+        let s = args.settings(Config::default()).unwrap();
+        assert_eq!((s.max_connections, s.max_blob_size), (8, 2 << 30));
+        let bad = DaemonArgs { max_blob_size: Some("big".into()), ..DaemonArgs::default() };
+        assert!(bad.settings(Config::default()).unwrap_err().to_string().contains("max_blob_size"));
         let bad = DaemonArgs { registry: vec!["nourl".into()], ..DaemonArgs::default() };
         assert!(bad.settings(Config::default()).unwrap_err().to_string().contains("registry"));
     }

@@ -7,7 +7,7 @@ use axum::response::Response;
 use http::header::{ACCEPT_RANGES, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use shoal_core::range::{self, RangeSpec};
-use shoal_core::{ByteRange, Digest, ErrorCode, RepoName};
+use shoal_core::{ByteRange, Digest, ErrorCode, PieceLayout, RepoName};
 
 use super::authz::{Kind, Verdict};
 use super::error::ApiError;
@@ -46,6 +46,9 @@ pub(super) async fn serve(
     }
     m.metrics.cache_lookup("blob", false);
     let size = size.ok_or_else(|| ApiError::new(ErrorCode::OriginError, "origin gave no size for the blob"))?;
+    let size = PieceLayout::bounded(size, m.max_blob_size)
+        .map_err(|e| ApiError::new(ErrorCode::OriginError, format!("origin says {digest}: {e}")))?
+        .size;
     if method == Method::HEAD {
         return respond(method, digest, size, spec, |_| Body::empty());
     }

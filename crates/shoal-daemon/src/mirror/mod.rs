@@ -43,6 +43,8 @@ pub struct Mirror {
     pub metrics: Arc<Metrics>,
     /// Read authorization.
     pub authz: Authz,
+    /// Blobs larger than this (bytes, as the origin says) are refused (`max_blob_size`).
+    pub max_blob_size: u64,
 }
 
 /// The mirror's HTTP router.
@@ -71,7 +73,8 @@ async fn handle(State(mirror): State<Arc<Mirror>>, req: Request) -> Response {
         let len = resp.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
         mirror.metrics.served_bytes.get_or_create(&crate::metrics::KindLabels { kind: "manifest" }).inc_by(len);
     }
-    mirror.metrics.requests.get_or_create(&RequestLabels { route: label, method: method.to_string(), status }).inc();
+    let method_label = crate::metrics::method_label(&method);
+    mirror.metrics.requests.get_or_create(&RequestLabels { route: label, method: method_label, status }).inc();
     tracing::debug!(%method, path = req.uri.path(), status, "mirror request");
     resp
 }

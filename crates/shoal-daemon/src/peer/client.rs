@@ -12,7 +12,7 @@ use shoal_core::Digest;
 use shoal_proto::peer::{request, HaveRequest, HaveUpdate, Hello, PieceHeader, PieceRequest, PieceStatus, Request};
 
 use super::auth::{self, Role};
-use super::tls::SERVER_NAME;
+use super::tls::{PROVEN_PARENT_WINDOW, SERVER_NAME};
 use super::{exporter, frame, PeerError};
 use crate::limits::Limiter;
 
@@ -59,11 +59,14 @@ impl PeerClient {
         let hello = Hello { host_id: self.host_id.clone(), proof: auth::prove(&self.token, Role::Client, &secret) };
         frame::write(&mut send, &hello).await?;
         let _ = send.finish();
-        let reply: Hello = frame::read(&mut recv).await.map_err(|_| PeerError::Unauthorized(addr))?;
+        let reply: Hello =
+            frame::read_max(&mut recv, frame::MAX_REQUEST).await.map_err(|_| PeerError::Unauthorized(addr))?;
         if !auth::verify(&self.token, Role::Server, &secret, &reply.proof) {
             conn.close(quinn::VarInt::from_u32(1), b"unauthorized");
             return Err(PeerError::Unauthorized(addr));
         }
+        // Until here the parent could send a few KiB in all (see `tls`); now pieces may flow.
+        conn.set_receive_window(quinn::VarInt::from_u32(PROVEN_PARENT_WINDOW));
         Ok(conn)
     }
 

@@ -6,6 +6,8 @@ use quinn::{RecvStream, SendStream};
 
 /// Largest framed message accepted (bitmaps of the largest blobs fit many times over).
 pub const MAX_MESSAGE: usize = 1 << 20;
+/// Largest hello or request accepted: they hold a host id, a proof, a task id and an index.
+pub const MAX_REQUEST: usize = 4 << 10;
 
 /// Why a framed message could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -35,12 +37,17 @@ pub async fn write<M: Message>(send: &mut SendStream, msg: &M) -> Result<(), Fra
     Ok(())
 }
 
-/// Reads one framed message.
+/// Reads one framed message of at most [`MAX_MESSAGE`] bytes.
 pub async fn read<M: Message + Default>(recv: &mut RecvStream) -> Result<M, FrameError> {
+    read_max(recv, MAX_MESSAGE).await
+}
+
+/// Reads one framed message of at most `max` bytes (checked before anything is allocated).
+pub async fn read_max<M: Message + Default>(recv: &mut RecvStream, max: usize) -> Result<M, FrameError> {
     let mut len = [0u8; 4];
     recv.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_MESSAGE {
+    if len > max {
         return Err(FrameError::TooLarge(len));
     }
     let mut body = vec![0u8; len];

@@ -1,5 +1,9 @@
 //! Serving pieces to children: accept connections, check the cluster token, then answer piece
 //! and "have" requests, one bidirectional stream each, paced by the upload limit.
+//!
+//! A peer that has not proven the token holds at most one stream and a few KiB of credit (see
+//! `tls`), for at most the handshake timeout; how many such peers, and connections in all, are
+//! served at once is capped ([`PeerLimits`]). A stream must deliver its request in time.
 
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -9,7 +13,10 @@ use prometheus_client::metrics::counter::Counter;
 use shoal_core::Digest;
 use shoal_proto::peer::{request, HaveUpdate, Hello, PieceHeader, PieceRequest, PieceStatus, Request};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use super::auth::{self, Role};
+use super::tls::{PROVEN_CHILD_STREAMS, PROVEN_CHILD_WINDOW};
 use super::{exporter, frame, PieceStore};
 use crate::limits::Limiter;
 use crate::seeding::Seeds;
@@ -18,6 +25,8 @@ use crate::seeding::Seeds;
 const CHUNK: u64 = crate::fault::CHUNK;
 /// Time a peer has to complete the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a stream has to deliver its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the server needs.
 pub struct ServerCtx {
@@ -38,54 +47,114 @@ pub struct ServerCtx {
     pub corrupt: bool,
 }
 
-/// Accepts peer connections until the endpoint closes.
-pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<ServerCtx>) {
+/// Bounds on what peers may hold of this server.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerLimits {
+    /// Connections at once, proven or not (`max_connections`); more are refused.
+    pub max_connections: usize,
+    /// Connections at once still in their TLS handshake or token proof; more are refused.
+    pub max_unproven: usize,
+    /// Time a connection has for the TLS handshake and the token proof.
+    pub handshake_timeout: Duration,
+    /// Time a stream has to deliver its whole request.
+    pub request_timeout: Duration,
+}
+
+impl Default for PeerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: crate::listener::DEFAULT_MAX_CONNECTIONS,
+            max_unproven: 64,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            request_timeout: REQUEST_TIMEOUT,
+        }
+    }
+}
+
+/// Accepts peer connections until the endpoint closes. Connections over either cap of
+/// `limits` are refused before their handshake (they cost nothing but the refusal).
+pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<ServerCtx>, limits: PeerLimits) {
+    let open = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let unproven = Arc::new(Semaphore::new(limits.max_unproven.max(1)));
+    let mut refused = 0u64;
     while let Some(incoming) = endpoint.accept().await {
+        let permits = (open.clone().try_acquire_owned(), unproven.clone().try_acquire_owned());
+        let (Ok(open_permit), Ok(unproven_permit)) = permits else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    remote = %incoming.remote_address(),
+                    refused,
+                    "peer connections over max_connections or unproven handshakes refused"
+                );
+            }
+            incoming.refuse();
+            continue;
+        };
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(incoming, ctx).await {
+            if let Err(e) = connection(incoming, ctx, limits, unproven_permit).await {
                 tracing::debug!(error = %e, "peer connection ended");
+            }
+            drop(open_permit);
+        });
+    }
+}
+
+async fn connection(
+    incoming: quinn::Incoming,
+    ctx: Arc<ServerCtx>,
+    limits: PeerLimits,
+    unproven: OwnedSemaphorePermit,
+) -> Result<(), String> {
+    let remote = incoming.remote_address();
+    let conn = match tokio::time::timeout(limits.handshake_timeout, prove(incoming, &ctx)).await {
+        Ok(Ok(proven)) => proven,
+        Ok(Err((conn, e))) => {
+            tracing::warn!(%remote, error = %e, "refused peer");
+            if let Some(conn) = conn {
+                conn.close(quinn::VarInt::from_u32(1), b"unauthorized");
+            }
+            return Err(e);
+        }
+        Err(_) => {
+            return Err(format!("peer {remote} did not prove the cluster token in {:?}", limits.handshake_timeout))
+        }
+    };
+    drop(unproven);
+    let (conn, child) = conn;
+    loop {
+        let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+        let (ctx, child) = (ctx.clone(), child.clone());
+        tokio::spawn(async move {
+            if let Err(e) = request(send, recv, ctx, child, limits.request_timeout).await {
+                tracing::debug!(error = %e, "peer request failed");
             }
         });
     }
 }
 
-async fn connection(incoming: quinn::Incoming, ctx: Arc<ServerCtx>) -> Result<(), String> {
-    let conn = incoming.await.map_err(|e| e.to_string())?;
+/// The TLS handshake and the child's token proof; then the child gets its flow-control credit
+/// and streams, and this daemon's proof. A failure gives back the connection, if there is one.
+async fn prove(
+    incoming: quinn::Incoming,
+    ctx: &ServerCtx,
+) -> Result<(quinn::Connection, Arc<str>), (Option<quinn::Connection>, String)> {
+    let conn = incoming.await.map_err(|e| (None, e.to_string()))?;
     let remote = conn.remote_address();
-    let handshake = async {
-        let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
-        let hello: Hello = frame::read(&mut recv).await.map_err(|e| e.to_string())?;
-        let secret = exporter(&conn).ok_or("no TLS exporter")?;
-        if !auth::verify(&ctx.token, Role::Client, &secret, &hello.proof) {
-            return Err(format!("peer {remote} ({}) does not hold the cluster token", hello.host_id));
-        }
-        let reply = Hello { host_id: ctx.host_id.clone(), proof: auth::prove(&ctx.token, Role::Server, &secret) };
-        frame::write(&mut send, &reply).await.map_err(|e| e.to_string())?;
-        let _ = send.finish();
-        Ok(hello.host_id)
-    };
-    let child: Arc<str> = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-        Ok(Ok(host_id)) => host_id.into(),
-        Ok(Err(e)) => {
-            tracing::warn!(%remote, error = %e, "refused peer");
-            conn.close(quinn::VarInt::from_u32(1), b"unauthorized");
-            return Err(e);
-        }
-        Err(_) => {
-            conn.close(quinn::VarInt::from_u32(2), b"handshake timeout");
-            return Err(format!("peer {remote} handshake timed out"));
-        }
-    };
-    loop {
-        let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
-        let (ctx, child) = (ctx.clone(), child.clone());
-        tokio::spawn(async move {
-            if let Err(e) = request(send, recv, ctx, child).await {
-                tracing::debug!(error = %e, "peer request failed");
-            }
-        });
+    let fail = |e: String| (Some(conn.clone()), e);
+    let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| fail(e.to_string()))?;
+    let hello: Hello = frame::read_max(&mut recv, frame::MAX_REQUEST).await.map_err(|e| fail(e.to_string()))?;
+    let secret = exporter(&conn).ok_or_else(|| fail("no TLS exporter".into()))?;
+    if !auth::verify(&ctx.token, Role::Client, &secret, &hello.proof) {
+        return Err(fail(format!("peer {remote} ({}) does not hold the cluster token", hello.host_id)));
     }
+    conn.set_receive_window(quinn::VarInt::from_u32(PROVEN_CHILD_WINDOW));
+    conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(PROVEN_CHILD_STREAMS));
+    let reply = Hello { host_id: ctx.host_id.clone(), proof: auth::prove(&ctx.token, Role::Server, &secret) };
+    frame::write(&mut send, &reply).await.map_err(|e| fail(e.to_string()))?;
+    let _ = send.finish();
+    Ok((conn, hello.host_id.into()))
 }
 
 async fn request(
@@ -93,8 +162,16 @@ async fn request(
     mut recv: quinn::RecvStream,
     ctx: Arc<ServerCtx>,
     child: Arc<str>,
+    timeout: Duration,
 ) -> Result<(), String> {
-    let req: Request = frame::read(&mut recv).await.map_err(|e| e.to_string())?;
+    let req: Request = match tokio::time::timeout(timeout, frame::read_max(&mut recv, frame::MAX_REQUEST)).await {
+        Ok(read) => read.map_err(|e| e.to_string())?,
+        Err(_) => {
+            let _ = recv.stop(quinn::VarInt::from_u32(3));
+            let _ = send.reset(quinn::VarInt::from_u32(3));
+            return Err(format!("no complete request from {child} within {timeout:?}"));
+        }
+    };
     match req.request {
         Some(request::Request::Piece(p)) => piece(&mut send, p, &ctx, &child).await,
         Some(request::Request::Have(h)) => have(&mut send, &h.task_id, &ctx).await,

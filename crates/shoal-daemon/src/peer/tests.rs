@@ -7,12 +7,13 @@ use shoal_core::{Bitmap, ByteRange, Digest, PieceLayout};
 use tokio::sync::watch;
 
 use super::client::{endpoint, PeerClient};
-use super::server::{serve, ServerCtx};
+use super::server::{serve, PeerLimits, ServerCtx};
 use super::{PeerError, PieceStore};
 use crate::limits::Limiter;
 use crate::seeding::Seeds;
 use crate::writer::Progress;
 use shoal_core::seeding::SeedingConfig;
+use shoal_proto::peer::Hello;
 
 const MIB: u64 = 1 << 20;
 
@@ -51,6 +52,16 @@ fn start_server(store: Arc<OneBlob>, token: &[u8], corrupt: bool) -> std::net::S
 }
 
 fn start_seeding(store: Arc<OneBlob>, token: &[u8], corrupt: bool, seeds: Arc<Seeds>) -> std::net::SocketAddr {
+    start_limited(store, token, corrupt, seeds, PeerLimits::default())
+}
+
+fn start_limited(
+    store: Arc<OneBlob>,
+    token: &[u8],
+    corrupt: bool,
+    seeds: Arc<Seeds>,
+    limits: PeerLimits,
+) -> std::net::SocketAddr {
     let ep = endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = ep.local_addr().unwrap();
     let ctx = ServerCtx {
@@ -62,7 +73,7 @@ fn start_seeding(store: Arc<OneBlob>, token: &[u8], corrupt: bool, seeds: Arc<Se
         seeds,
         corrupt,
     };
-    tokio::spawn(serve(ep, Arc::new(ctx)));
+    tokio::spawn(serve(ep, Arc::new(ctx), limits));
     addr
 }
 
@@ -119,4 +130,56 @@ async fn a_seeded_blob_goes_to_one_child_per_piece_at_a_time() {
     assert!(matches!(b.fetch_piece(addr, &blob.digest, 0, MIB).await, Err(PeerError::Busy)), "b gets piece 0 from a");
     assert!(b.fetch_piece(addr, &blob.digest, 1, MIB).await.is_ok(), "piece 1 is b's");
     assert!(a.fetch_piece(addr, &blob.digest, 0, MIB).await.is_ok(), "a may retry");
+}
+
+/// A connection that completed TLS (and, with `token`, the membership proof) by hand.
+async fn raw_connection(addr: std::net::SocketAddr, token: Option<&[u8]>) -> Result<quinn::Connection, String> {
+    let ep = endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = ep.connect(addr, super::tls::SERVER_NAME).unwrap().await.map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let Some(token) = token else {
+        // A hello announced as 1000 bytes, of which 10 ever come.
+        send.write_all(&1000u32.to_be_bytes()).await.unwrap();
+        send.write_all(&[0; 10]).await.unwrap();
+        std::mem::forget((send, recv));
+        return Ok(conn);
+    };
+    let secret = super::exporter(&conn).unwrap();
+    let hello = Hello { host_id: "raw".into(), proof: super::auth::prove(token, super::auth::Role::Client, &secret) };
+    super::frame::write(&mut send, &hello).await.unwrap();
+    let _ = send.finish();
+    let _: Hello = super::frame::read(&mut recv).await.unwrap();
+    Ok(conn)
+}
+
+#[tokio::test]
+async fn strangers_get_one_stream_and_their_number_is_capped() {
+    let blob = Arc::new(OneBlob::new(&data(MIB)));
+    let limits = PeerLimits { max_unproven: 2, ..PeerLimits::default() };
+    let addr = start_limited(blob, b"t", false, Arc::new(Seeds::new(SeedingConfig::default())), limits);
+    let a = raw_connection(addr, None).await.unwrap();
+    let second = tokio::time::timeout(std::time::Duration::from_millis(500), a.open_bi()).await;
+    assert!(second.is_err(), "a second stream before the proof");
+    let _b = raw_connection(addr, None).await.unwrap();
+    assert!(raw_connection(addr, None).await.is_err(), "a third unproven handshake is refused");
+    let member = raw_connection(addr, Some(b"t")).await;
+    assert!(member.is_err(), "members wait for a slot too");
+}
+
+#[tokio::test]
+async fn a_stream_without_a_complete_request_is_reset() {
+    let blob = Arc::new(OneBlob::new(&data(MIB)));
+    let limits = PeerLimits { request_timeout: std::time::Duration::from_millis(300), ..PeerLimits::default() };
+    let addr = start_limited(blob.clone(), b"t", false, Arc::new(Seeds::new(SeedingConfig::default())), limits);
+    let conn = raw_connection(addr, Some(b"t")).await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[0, 0]).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(3), recv.read(&mut buf)).await.unwrap();
+    assert!(matches!(read, Err(quinn::ReadError::Reset(_))), "{read:?}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+    // The connection itself still serves.
+    let c = client(b"t");
+    assert!(c.fetch_piece(addr, &blob.digest, 0, MIB).await.is_ok());
 }

@@ -32,15 +32,52 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
 /// Largest UDP payload MTU discovery probes for (jumbo frames; loopback allows more).
 const MTU_UPPER_BOUND: u16 = 8952;
 
-fn transport() -> Arc<quinn::TransportConfig> {
+/// Connection flow-control credit a peer gets before it proved the cluster token: room for the
+/// hello and little else, so a stranger cannot make this daemon buffer more.
+pub const UNPROVEN_WINDOW: u32 = 16 << 10;
+/// Connection credit a parent gets once it proved the token: several pieces in flight.
+pub const PROVEN_PARENT_WINDOW: u32 = 64 << 20;
+/// Connection credit a child gets once it proved the token: children only send requests.
+pub const PROVEN_CHILD_WINDOW: u32 = 1 << 20;
+/// Streams a child may open at once once it proved the token (before: the hello's one).
+pub const PROVEN_CHILD_STREAMS: u32 = 256;
+
+/// The side of a connection a transport config is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// Accepted connections: the child only sends small requests, this daemon sends pieces.
+    Serving,
+    /// Dialed connections: this daemon receives pieces and opens every stream itself.
+    Dialing,
+}
+
+fn transport(side: Side) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(30_000))));
     t.keep_alive_interval(Some(Duration::from_secs(5)));
-    // Large windows: a piece is up to 16 MiB and loopback/LAN links are fast.
-    t.stream_receive_window(quinn::VarInt::from_u32(32 << 20));
-    t.receive_window(quinn::VarInt::from_u32(64 << 20));
+    // Until the other side proves the token it may send UNPROVEN_WINDOW bytes in all; the
+    // window is raised once it has (`Connection::set_receive_window`).
+    t.receive_window(quinn::VarInt::from_u32(UNPROVEN_WINDOW));
     t.send_window(64 << 20);
-    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(256));
+    // Nothing of the peer protocol uses datagrams or unidirectional streams: refuse them, so
+    // nothing is buffered for them either.
+    t.datagram_receive_buffer_size(None);
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    match side {
+        Side::Serving => {
+            // Requests are tiny: a stream never needs more credit than this, proven or not.
+            t.stream_receive_window(quinn::VarInt::from_u32(16 << 10));
+            // One stream (the hello) until the child proves the token.
+            t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1));
+        }
+        Side::Dialing => {
+            // Large stream windows: a piece is up to 16 MiB and loopback/LAN links are fast
+            // (bounded by the connection window above until the parent proves the token).
+            t.stream_receive_window(quinn::VarInt::from_u32(32 << 20));
+            // A parent never opens streams to its child.
+            t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(0));
+        }
+    }
     // Fewer packets per byte, the main CPU cost of QUIC after crypto: probe for paths larger
     // than the 1452-byte default (loopback, jumbo-frame LANs), and ask the peer to acknowledge
     // every 8th packet instead of every 2nd (the ACK frequency extension; quinn on both ends).
@@ -68,7 +105,9 @@ pub fn server_config() -> Result<quinn::ServerConfig, TlsError> {
     tls.max_early_data_size = 0;
     let crypto = QuicServerConfig::try_from(tls).map_err(err)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport());
+    config.transport_config(transport(Side::Serving));
+    // Handshakes not yet accepted, and what they may buffer (the defaults allow 10 MiB each).
+    config.max_incoming(256).incoming_buffer_size(64 << 10).incoming_buffer_size_total(4 << 20);
     Ok(config)
 }
 
@@ -84,7 +123,7 @@ pub fn client_config() -> Result<quinn::ClientConfig, TlsError> {
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicClientConfig::try_from(tls).map_err(err)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport());
+    config.transport_config(transport(Side::Dialing));
     Ok(config)
 }
 
