@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
+use shoal_core::duration::parse_duration;
 use shoal_core::size::{parse_rate, parse_size};
 use url::Url;
 
@@ -101,6 +102,10 @@ pub struct Config {
     pub origin_limit: String,
     /// This node's id among peers; default: hostname and peer port.
     pub host_id: Option<String>,
+    /// While the origin cannot decide (unreachable, slow, 5xx), the cache still serves a client
+    /// whose exact credential the origin accepted for that repository within this long, or
+    /// anyone if the origin let anonymous clients pull it within this long. `0`: never.
+    pub offline_grace: String,
 }
 
 impl Default for Config {
@@ -127,6 +132,7 @@ impl Default for Config {
             download_limit: "0".into(),
             origin_limit: "0".into(),
             host_id: None,
+            offline_grace: "24h".into(),
         }
     }
 }
@@ -150,6 +156,8 @@ pub struct Settings {
     pub swarm: Option<Swarm>,
     /// Byte rates; 0 is unlimited.
     pub limits: Limits,
+    /// See [`Config::offline_grace`].
+    pub offline_grace: std::time::Duration,
 }
 
 /// Bandwidth limits per traffic class, bytes per second (0 = unlimited).
@@ -245,6 +253,7 @@ impl Config {
                 download: rate("download_limit", &self.download_limit)?,
                 origin: rate("origin_limit", &self.origin_limit)?,
             },
+            offline_grace: parse_duration(&self.offline_grace).map_err(|e| invalid("offline_grace", e.to_string()))?,
         })
     }
 
@@ -356,6 +365,7 @@ mod tests {
         assert_eq!(s.mirror_listen.port(), 65001);
         assert_eq!(s.cache_size, 20 << 30);
         assert_eq!(s.min_free_space, 1 << 30);
+        assert_eq!(s.offline_grace, std::time::Duration::from_secs(86_400));
         assert_eq!(s.registries[0].authority(), "registry-1.docker.io");
     }
 
@@ -375,6 +385,7 @@ mod tests {
         };
         bad(Config { cache_size: "lots".into(), ..Config::default() }, "cache_size");
         bad(Config { min_free_space: "some".into(), ..Config::default() }, "min_free_space");
+        bad(Config { offline_grace: "a day".into(), ..Config::default() }, "offline_grace");
         bad(Config { mirror_listen: "nope".into(), ..Config::default() }, "mirror_listen");
         bad(Config { registry: vec![], ..Config::default() }, "registry");
         let mut c = Config::default();

@@ -61,6 +61,10 @@ pub struct DaemonArgs {
     /// This node's id among peers (`host_id`, default hostname-peerport).
     #[arg(long, value_name = "ID")]
     pub host_id: Option<String>,
+    /// While the origin cannot decide, serve cached images only to clients it accepted within
+    /// this long, such as 24h; 0 = never (`offline_grace`, default 24h).
+    #[arg(long, value_name = "DURATION")]
+    pub offline_grace: Option<String>,
 }
 
 /// Flags of `shoal up`: the daemon's, with data in ./shoal-data by default.
@@ -105,6 +109,7 @@ impl DaemonArgs {
             (&mut config.upload_limit, &self.upload_limit),
             (&mut config.download_limit, &self.download_limit),
             (&mut config.origin_limit, &self.origin_limit),
+            (&mut config.offline_grace, &self.offline_grace),
         ] {
             if let Some(v) = flag {
                 key.clone_from(v);

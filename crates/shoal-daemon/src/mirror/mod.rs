@@ -6,6 +6,7 @@
 mod authz;
 mod blobs;
 pub mod error;
+mod grants;
 mod manifests;
 
 use std::sync::Arc;
