@@ -144,8 +144,7 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
     let origins = Origins::new(&settings.registries)?;
     let authz = Authz::open(paths.root(), meta.clone(), settings.offline_grace)
         .map_err(|source| StartError::DataDir { path: settings.data_dir.display().to_string(), source })?;
-    let mirror =
-        Arc::new(Mirror { origins, tasks, meta: meta.clone(), metrics: metrics.clone(), authz });
+    let mirror = Arc::new(Mirror { origins, tasks, meta: meta.clone(), metrics: metrics.clone(), authz });
 
     let bind = |key, addr| async move {
         TcpListener::bind(addr).await.map_err(|source| StartError::Bind { key, addr, source })

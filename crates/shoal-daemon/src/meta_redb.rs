@@ -214,7 +214,8 @@ impl MetaStore for RedbMeta {
     fn prune_grants(&self, before: u64) -> Result<usize, MetaError> {
         self.with(|db| {
             let txn = db.begin_write().map_err(db_err)?;
-            let removed = txn.open_table(GRANTS).map_err(db_err)?.extract_if(|_, at| at < before).map_err(db_err)?.count();
+            let removed =
+                txn.open_table(GRANTS).map_err(db_err)?.extract_if(|_, at| at < before).map_err(db_err)?.count();
             txn.commit().map_err(db_err)?;
             Ok(removed)
         })

@@ -239,4 +239,3 @@ fn bound<K, V>(map: &mut HashMap<K, (Instant, V)>, ttl: Duration) {
         }
     }
 }
-

@@ -127,7 +127,8 @@ impl Grants {
 
     fn touch(&self, key: String) {
         let now = now_ms();
-        let fresh = self.meta.grant(&key).ok().flatten().is_some_and(|at| now.abs_diff(at) < REFRESH.as_millis() as u64);
+        let fresh =
+            self.meta.grant(&key).ok().flatten().is_some_and(|at| now.abs_diff(at) < REFRESH.as_millis() as u64);
         if fresh {
             return;
         }
