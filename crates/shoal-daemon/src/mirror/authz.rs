@@ -50,8 +50,8 @@ pub enum Access {
 pub enum Asked {
     /// It answered this (any status but 5xx and 429).
     Answered(reqwest::Response),
-    /// It could not decide; its 5xx or 429 answer, when it sent one.
-    Unavailable(Unavailable, Option<reqwest::Response>),
+    /// It could not decide (no answer in time, unreachable, 5xx or 429).
+    Unavailable(Unavailable),
 }
 
 /// Which API an object belongs to.
@@ -125,7 +125,7 @@ impl Authz {
         let segment = if kind == Kind::Blob { "blobs" } else { "manifests" };
         let path = format!("/v2/{name}/{segment}/{digest}");
         let resp = match self.ask(upstream, name, &key.credential, Method::HEAD, &path, headers).await {
-            Asked::Unavailable(why, _) => {
+            Asked::Unavailable(why) => {
                 return match self.decide(upstream, name, &key.credential, Answer::Unavailable(why), Some(digest), false)
                 {
                     Decision::Serve => Access::Cached(why),
@@ -159,21 +159,21 @@ impl Authz {
     ) -> Asked {
         let down = DownKey { registry: upstream.name().to_owned(), name: name.clone(), credential: credential.clone() };
         if let Some(why) = self.is_down(&down) {
-            return Asked::Unavailable(why, None);
+            return Asked::Unavailable(why);
         }
         let asked = match upstream.ask(method, Some(name), path, headers, SMALL_REQUEST_TIMEOUT).await {
             Err(e) => {
                 tracing::debug!(repository = %name, error = %e, "origin could not decide access");
-                Asked::Unavailable(e.unavailable(), None)
+                Asked::Unavailable(e.unavailable())
             }
             Ok(resp) => match Answer::from_status(resp.status().as_u16()) {
-                Answer::Unavailable(why) => Asked::Unavailable(why, Some(resp)),
+                Answer::Unavailable(why) => Asked::Unavailable(why),
                 _ => Asked::Answered(resp),
             },
         };
         let mut map = self.down.lock().unwrap_or_else(|p| p.into_inner());
         match &asked {
-            Asked::Unavailable(why, _) => {
+            Asked::Unavailable(why) => {
                 bound(&mut map, DOWN_FOR);
                 map.insert(down, (Instant::now(), *why));
             }
@@ -208,7 +208,7 @@ impl Authz {
             Update::Keep => {}
         }
         if let (Answer::Unavailable(why), Decision::Serve) = (answer, decision) {
-            tracing::info!(repository = %name, ?why, anonymous = credential.is_anonymous(), "origin unavailable; serving a granted client from cache");
+            tracing::debug!(repository = %name, ?why, anonymous = credential.is_anonymous(), "origin unavailable; serving a granted client from cache");
         }
         decision
     }

@@ -31,7 +31,8 @@ pub const REFRESH: Duration = Duration::from_secs(600);
 const PRUNE_EVERY: Duration = Duration::from_secs(3_600);
 /// The key file in the data dir.
 pub const KEY_FILE: &str = "grants.key";
-const KEY_LEN: usize = 32;
+/// HMAC-SHA256's block size: the longest key it uses as is.
+const KEY_LEN: usize = 64;
 
 /// A client's credential as the grant table knows it: the keyed hash of its `Authorization`
 /// header, or `None` for an anonymous client.
@@ -74,7 +75,7 @@ impl Grants {
     /// The credential of a request.
     pub fn credential(&self, headers: &HeaderMap) -> Credential {
         let Some(value) = headers.get(AUTHORIZATION) else { return Credential(None) };
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.key) else { return Credential(Some([0xff; 32])) };
+        let mut mac = <Hmac<Sha256> as Mac>::new(&self.key.into());
         mac.update(value.as_bytes());
         Credential(Some(mac.finalize().into_bytes().into()))
     }
@@ -174,6 +175,7 @@ fn load_or_create_key(path: &Path) -> std::io::Result<[u8; KEY_LEN]> {
     let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
     match std::fs::File::open(path) {
         Ok(mut f) => {
+            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
             let mut key = [0u8; KEY_LEN];
             let mut rest = Vec::new();
             f.read_exact(&mut key).map_err(|e| invalid(format!("{}: {e}", path.display())))?;

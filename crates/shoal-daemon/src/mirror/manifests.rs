@@ -47,7 +47,7 @@ async fn by_tag(
     let cred = m.authz.grants.credential(headers);
     let resp = match m.authz.ask(up, name, &cred, method.clone(), &path, headers).await {
         Asked::Answered(r) => r,
-        Asked::Unavailable(why, _) => {
+        Asked::Unavailable(why) => {
             let cached = cached_tag(m, &key);
             let answer = Answer::Unavailable(why);
             return match m.authz.decide(up, name, &cred, answer, None, cached.is_some()) {
@@ -146,7 +146,7 @@ async fn by_digest(
     let cred = m.authz.grants.credential(headers);
     let resp = match m.authz.ask(up, name, &cred, Method::GET, &path, headers).await {
         Asked::Answered(r) => r,
-        Asked::Unavailable(why, _) => return Err(refusal(why.status(), why)),
+        Asked::Unavailable(why) => return Err(refusal(why.status(), why)),
     };
     if m.authz.decide(up, name, &cred, Answer::from_status(resp.status().as_u16()), Some(digest), false)
         != Decision::Serve
