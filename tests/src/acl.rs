@@ -1,7 +1,7 @@
 //! An access-controlled origin: an HTTP front on 127.0.0.1 before the real registry that lets only
 //! named users (basic auth) read their repositories, and anyone read `pub/*`; others get 401 with a
 //! `WWW-Authenticate` challenge (wrong or missing credentials) or 403 (a valid user, another's
-//! repository). It can be switched at run time to answer 503, to be slow, or to be gone (listener
+//! repository). `GET /v2/` wants a valid user, as the distribution registry with htpasswd does. It can be switched at run time to answer 503, to be slow, or to be gone (listener
 //! closed and every connection dropped: connection refused).
 //!
 //! The registry behind it runs without auth (images are pushed to it directly); only the daemon
@@ -165,9 +165,13 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         Mode::Slow(delay) => tokio::time::sleep(delay).await,
         Mode::Up | Mode::Gone => {}
     }
+    let user = basic_user(&req);
+    let known = user.as_ref().map(|(u, p)| state.users.iter().find(|x| &x.name == u && &x.password == p));
+    // Like the distribution registry with htpasswd: `/v2/` wants a valid user.
+    if repo.is_none() && !matches!(known, Some(Some(_))) {
+        return Ok(challenge());
+    }
     if let Some(repo) = &repo {
-        let user = basic_user(&req);
-        let known = user.as_ref().map(|(u, p)| state.users.iter().find(|x| &x.name == u && &x.password == p));
         match known {
             Some(None) => return Ok(challenge()),
             None if !repo.starts_with("pub/") => return Ok(challenge()),

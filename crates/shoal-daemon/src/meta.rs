@@ -135,6 +135,10 @@ pub trait MetaStore: Send + Sync + 'static {
     fn remove_grant(&self, key: &str) -> Result<(), MetaError>;
     /// Forgets every grant made before `before`; returns how many.
     fn prune_grants(&self, before: u64) -> Result<usize, MetaError>;
+    /// The origin's last `WWW-Authenticate` challenge stored under `key` (see `mirror::grants`).
+    fn challenge(&self, key: &str) -> Result<Option<String>, MetaError>;
+    /// Stores (or, with `None`, forgets) a challenge, durably.
+    fn set_challenge(&self, key: &str, value: Option<&str>) -> Result<(), MetaError>;
 }
 
 /// The key of a tag mapping.
@@ -149,6 +153,7 @@ pub struct MemMeta {
     manifests: Mutex<BTreeMap<Digest, ManifestRecord>>,
     tags: Mutex<BTreeMap<String, TagRecord>>,
     grants: Mutex<BTreeMap<String, u64>>,
+    challenges: Mutex<BTreeMap<String, String>>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -200,6 +205,17 @@ impl MetaStore for MemMeta {
         let n = g.len();
         g.retain(|_, at| *at >= before);
         Ok(n - g.len())
+    }
+    fn challenge(&self, key: &str) -> Result<Option<String>, MetaError> {
+        Ok(locked(&self.challenges).get(key).cloned())
+    }
+    fn set_challenge(&self, key: &str, value: Option<&str>) -> Result<(), MetaError> {
+        let mut c = locked(&self.challenges);
+        match value {
+            Some(v) => c.insert(key.to_owned(), v.to_owned()),
+            None => c.remove(key),
+        };
+        Ok(())
     }
 }
 
@@ -268,6 +284,13 @@ pub(crate) mod conformance {
         store.remove_grant("g b").unwrap();
         store.remove_grant("g b").unwrap();
         assert_eq!(store.grant("g b").unwrap(), None);
+
+        assert_eq!(store.challenge("c").unwrap(), None);
+        store.set_challenge("c", Some("Basic realm=\"x\"")).unwrap();
+        assert_eq!(store.challenge("c").unwrap().as_deref(), Some("Basic realm=\"x\""));
+        store.set_challenge("c", None).unwrap();
+        store.set_challenge("c", None).unwrap();
+        assert_eq!(store.challenge("c").unwrap(), None);
     }
 
     #[test]

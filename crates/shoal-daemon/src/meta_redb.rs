@@ -21,6 +21,8 @@ const MANIFESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("manifests_
 const TAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("tags_v1");
 /// Access grants: key (see `mirror::grants`) → when, unix milliseconds.
 const GRANTS: TableDefinition<&str, u64> = TableDefinition::new("grants_v1");
+/// The origins' last authentication challenges: key (see `mirror::grants`) → `WWW-Authenticate`.
+const CHALLENGES: TableDefinition<&str, &str> = TableDefinition::new("challenges_v1");
 
 /// Metadata in a redb database file.
 pub struct RedbMeta {
@@ -42,6 +44,7 @@ fn create(path: &Path) -> Result<Database, MetaError> {
         txn.open_table(table).map_err(db_err)?;
     }
     txn.open_table(GRANTS).map_err(db_err)?;
+    txn.open_table(CHALLENGES).map_err(db_err)?;
     txn.commit().map_err(db_err)?;
     Ok(db)
 }
@@ -218,6 +221,28 @@ impl MetaStore for RedbMeta {
                 txn.open_table(GRANTS).map_err(db_err)?.extract_if(|_, at| at < before).map_err(db_err)?.count();
             txn.commit().map_err(db_err)?;
             Ok(removed)
+        })
+    }
+
+    fn challenge(&self, key: &str) -> Result<Option<String>, MetaError> {
+        self.with(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let t = txn.open_table(CHALLENGES).map_err(db_err)?;
+            Ok(t.get(key).map_err(db_err)?.map(|v| v.value().to_owned()))
+        })
+    }
+
+    fn set_challenge(&self, key: &str, value: Option<&str>) -> Result<(), MetaError> {
+        self.with(|db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut t = txn.open_table(CHALLENGES).map_err(db_err)?;
+                match value {
+                    Some(v) => drop(t.insert(key, v).map_err(db_err)?),
+                    None => drop(t.remove(key).map_err(db_err)?),
+                }
+            }
+            txn.commit().map_err(db_err)
         })
     }
 }

@@ -35,6 +35,8 @@ impl Who {
 enum Want {
     /// This status with an OCI error body (headers only for HEAD).
     Refused(u16),
+    /// 401 with a `WWW-Authenticate` challenge and an OCI error body (headers only for HEAD).
+    Challenged,
     /// 200 (or 206 for a range) with exactly these bytes (HEAD: their length).
     Bytes(Vec<u8>),
 }
@@ -75,6 +77,7 @@ impl Probe {
         }
         let resp = self.who.apply(req).send().await?;
         let status = resp.status().as_u16();
+        let challenge = resp.headers().get("www-authenticate").map(|v| v.to_str().unwrap_or("?").to_owned());
         let length = resp.headers().get("content-length").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         let body = resp.bytes().await?;
         let elapsed = started.elapsed();
@@ -82,6 +85,13 @@ impl Probe {
         match &self.want {
             Want::Refused(want) => {
                 ensure!(status == *want, "{}: status {status}, want {want}; body {:?}", self.what, lossy(&body));
+                if !head {
+                    oci_error_codes(&body).with_context(|| format!("{}: not an OCI error", self.what))?;
+                }
+            }
+            Want::Challenged => {
+                ensure!(status == 401, "{}: status {status}, want 401; body {:?}", self.what, lossy(&body));
+                ensure!(challenge.is_some(), "{}: 401 without WWW-Authenticate", self.what);
                 if !head {
                     oci_error_codes(&body).with_context(|| format!("{}: not an OCI error", self.what))?;
                 }
@@ -218,10 +228,15 @@ impl Setup {
         let bytes = Self::bytes(p, layer)?;
         let tag = "priv/app/manifests/v1".to_owned();
         let by_digest = format!("priv/app/manifests/{}", p.manifest_digest);
-        let no = Want::Refused(status);
-        let mut out = Vec::new();
+        let mut out = vec![
+            // A client without credentials is asked for them, as the origin did; with them, it
+            // gets no more than the error.
+            Probe::new("anonymous: /v2/", Who::Anonymous, Method::GET, String::new(), Want::Challenged),
+            Probe::new("alice: /v2/", Who::Alice, Method::GET, String::new(), Want::Bytes(b"{}".to_vec())),
+        ];
         for who in [Who::Anonymous, Who::Bob, Who::WrongPassword] {
             let n = format!("{who:?}").to_lowercase();
+            let no = if matches!(who, Who::Anonymous) { Want::Challenged } else { Want::Refused(status) };
             out.push(Probe::new(&format!("{n}: priv tag"), who, Method::GET, tag.clone(), no.clone()));
             out.push(Probe::new(&format!("{n}: priv tag HEAD"), who, Method::HEAD, tag.clone(), no.clone()));
             out.push(Probe::new(&format!("{n}: priv by digest"), who, Method::GET, by_digest.clone(), no.clone()));
@@ -232,30 +247,19 @@ impl Setup {
             );
         }
         // Under another repository's name, one anonymous clients did pull: still not the blob.
-        let elsewhere = format!("pub/other/blobs/{}", layer.digest);
-        out.push(Probe::new(
-            "anonymous: priv blob as pub/other",
-            Who::Anonymous,
-            Method::GET,
-            elsewhere.clone(),
-            no.clone(),
-        ));
-        out.push(Probe::new(
-            "anonymous: priv blob as pub/other HEAD",
-            Who::Anonymous,
-            Method::HEAD,
-            elsewhere.clone(),
-            no.clone(),
-        ));
-        out.push(Probe::new("alice: priv blob as pub/other", Who::Alice, Method::GET, elsewhere, no.clone()));
-        let elsewhere = format!("pub/other/manifests/{}", p.manifest_digest);
-        out.push(Probe::new(
-            "anonymous: priv manifest as pub/other",
-            Who::Anonymous,
-            Method::GET,
-            elsewhere,
-            no.clone(),
-        ));
+        let blob_elsewhere = format!("pub/other/blobs/{}", layer.digest);
+        let manifest_elsewhere = format!("pub/other/manifests/{}", p.manifest_digest);
+        for (who, method, path) in [
+            (Who::Anonymous, Method::GET, &blob_elsewhere),
+            (Who::Anonymous, Method::HEAD, &blob_elsewhere),
+            (Who::Alice, Method::GET, &blob_elsewhere),
+            (Who::Bob, Method::GET, &blob_elsewhere),
+            (Who::Anonymous, Method::GET, &manifest_elsewhere),
+        ] {
+            let what = format!("{}: priv object as pub/other {method}", format!("{who:?}").to_lowercase());
+            let no = if matches!(who, Who::Anonymous) { Want::Challenged } else { Want::Refused(status) };
+            out.push(Probe::new(&what, who, method, path.clone(), no));
+        }
         // Alice, with the credential the origin accepted, still gets the right bytes.
         let yes = Want::Bytes(bytes.clone());
         out.push(Probe::new("alice: priv tag", Who::Alice, Method::GET, tag.clone(), Want::Bytes(p.manifest.clone())));
@@ -288,9 +292,10 @@ impl Setup {
     }
 }
 
-/// While the ACL front answers 503, is slow, and is gone: anonymous, another valid user and a
-/// wrong password get an OCI error (503, 504, 502) and no bytes, by tag, by digest, blob, HEAD,
-/// Range and under another repository's name; alice gets the right bytes from the cache; a
+/// While the ACL front answers 503, is slow, and is gone: another valid user and a wrong
+/// password get an OCI error (503, 504, 502) and no bytes, by tag, by digest, blob, HEAD, Range
+/// and under another repository's name; anonymous gets the origin's last challenge (401, an OCI
+/// error, so real clients send their credentials) and no bytes; alice gets the right bytes from the cache; a
 /// repository anonymous clients pulled goes to anyone. After a restart with the front gone,
 /// the same holds (durable grants).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,7 +311,8 @@ async fn private_images_stay_private_while_the_origin_misbehaves() -> Result<()>
         let (p, layer) = (&s.private, &s.private.layers[1]);
         let blob = format!("priv/app/blobs/{}", layer.digest);
         let up = vec![
-            Probe::new("anonymous: priv blob", Who::Anonymous, Method::GET, blob.clone(), Want::Refused(401)),
+            Probe::new("anonymous: /v2/", Who::Anonymous, Method::GET, String::new(), Want::Challenged),
+            Probe::new("anonymous: priv blob", Who::Anonymous, Method::GET, blob.clone(), Want::Challenged),
             Probe::new(
                 "wrongpassword: priv tag",
                 Who::WrongPassword,
@@ -349,10 +355,19 @@ async fn private_images_stay_private_while_the_origin_misbehaves() -> Result<()>
                 Want::Bytes(p.manifest.clone()),
             ),
             Probe::new("alice: priv blob", Who::Alice, Method::GET, blob.clone(), Want::Bytes(Setup::bytes(p, layer)?)),
-            Probe::new("anonymous: priv blob", Who::Anonymous, Method::GET, blob.clone(), Want::Refused(502)),
+            Probe::new("anonymous: /v2/", Who::Anonymous, Method::GET, String::new(), Want::Challenged),
+            Probe::new("anonymous: priv blob", Who::Anonymous, Method::GET, blob.clone(), Want::Challenged),
             Probe::new(
                 "anonymous: priv tag",
                 Who::Anonymous,
+                Method::GET,
+                "priv/app/manifests/v1".into(),
+                Want::Challenged,
+            ),
+            Probe::new("bob: priv blob", Who::Bob, Method::GET, blob.clone(), Want::Refused(502)),
+            Probe::new(
+                "wrongpassword: priv tag",
+                Who::WrongPassword,
                 Method::GET,
                 "priv/app/manifests/v1".into(),
                 Want::Refused(502),

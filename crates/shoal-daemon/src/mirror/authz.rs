@@ -15,13 +15,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::header::CONTENT_LENGTH;
-use http::{HeaderMap, Method};
+use http::header::{CONTENT_LENGTH, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use shoal_core::access::{self, Answer, Decision, Unavailable, Update};
 use shoal_core::{Digest, ErrorCode, RepoName};
 
 use super::error::ApiError;
-use super::grants::{now_ms, Credential, Grants};
+use super::grants::{now_ms, Challenged, Credential, Grants};
 use crate::meta::MetaStore;
 use crate::origin::{Upstream, SMALL_REQUEST_TIMEOUT};
 
@@ -129,7 +129,7 @@ impl Authz {
                 return match self.decide(upstream, name, &key.credential, Answer::Unavailable(why), Some(digest), false)
                 {
                     Decision::Serve => Access::Cached(why),
-                    Decision::Refuse(status) => Access::Refused(refusal(status, why)),
+                    Decision::Refuse(status) => Access::Refused(self.refuse(upstream, &key.credential, status, why)),
                     Decision::Relay => Access::Refused(refusal(why.status(), why)),
                 };
             }
@@ -171,6 +171,12 @@ impl Authz {
                 _ => Asked::Answered(resp),
             },
         };
+        if let (Asked::Answered(resp), true) = (&asked, credential.is_anonymous()) {
+            if resp.status() == StatusCode::UNAUTHORIZED {
+                let challenge = resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
+                self.grants.challenged(upstream.name(), Challenged::Repository, challenge);
+            }
+        }
         let mut map = self.down.lock().unwrap_or_else(|p| p.into_inner());
         match &asked {
             Asked::Unavailable(why) => {
@@ -211,6 +217,24 @@ impl Authz {
             tracing::debug!(repository = %name, ?why, anonymous = credential.is_anonymous(), "origin unavailable; serving a granted client from cache");
         }
         decision
+    }
+
+    /// The error for a client the access rule refused while the origin could not decide
+    /// (`status`). A client that sent no credentials gets the origin's last challenge (401)
+    /// instead, when it had one: clients send credentials only after a challenge.
+    pub fn refuse(&self, upstream: &Upstream, credential: &Credential, status: u16, why: Unavailable) -> ApiError {
+        let challenge = if credential.is_anonymous() {
+            self.grants.challenge(upstream.name(), Challenged::Repository)
+        } else {
+            None
+        };
+        match challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            Some(c) => {
+                ApiError::new(ErrorCode::Unauthorized, "authentication required (the origin cannot be asked now)")
+                    .with_header(WWW_AUTHENTICATE, c)
+            }
+            None => refusal(status, why),
+        }
     }
 
     fn is_down(&self, key: &DownKey) -> Option<Unavailable> {

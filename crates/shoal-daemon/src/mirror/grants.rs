@@ -9,6 +9,10 @@
 //!   credentials are never stored, and the rows are useless without the key.
 //! - `m <registry>/<repo> <digest>`: the origin served this object under this repository's name
 //!   (blobs are shared across repositories: a grant for one repository never serves another's).
+//!
+//! Besides, the origin's last challenge (`WWW-Authenticate`) to a client without credentials, on
+//! `/v2/` and on a repository, so that offline the daemon still asks such clients to authenticate
+//! as the origin did: clients send credentials only after a challenge.
 
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -153,6 +157,41 @@ impl Grants {
             Ok(n) => tracing::info!(removed = n, "dropped access grants older than offline_grace"),
             Err(e) => tracing::warn!(error = %e, "cannot prune access grants"),
         }
+    }
+}
+
+/// Where the origin challenged a client that sent no credentials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Challenged {
+    /// On `GET /v2/`.
+    Base,
+    /// On a repository's manifest or blob.
+    Repository,
+}
+
+impl Grants {
+    /// The origin's last challenge to a client without credentials, there.
+    pub fn challenge(&self, registry: &str, at: Challenged) -> Option<String> {
+        self.meta.challenge(&challenge_key(registry, at)).ok().flatten()
+    }
+
+    /// The origin answered a client without credentials there: with this challenge, or
+    /// (`None`) without one.
+    pub fn challenged(&self, registry: &str, at: Challenged, value: Option<&str>) {
+        let key = challenge_key(registry, at);
+        if self.meta.challenge(&key).ok().flatten().as_deref() == value {
+            return;
+        }
+        if let Err(e) = self.meta.set_challenge(&key, value) {
+            tracing::warn!(error = %e, "cannot remember the origin's challenge");
+        }
+    }
+}
+
+fn challenge_key(registry: &str, at: Challenged) -> String {
+    match at {
+        Challenged::Base => format!("{registry} /v2/"),
+        Challenged::Repository => format!("{registry} repositories"),
     }
 }
 

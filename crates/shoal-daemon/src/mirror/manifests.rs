@@ -52,7 +52,7 @@ async fn by_tag(
             let answer = Answer::Unavailable(why);
             return match m.authz.decide(up, name, &cred, answer, None, cached.is_some()) {
                 Decision::Serve => stale(m, &key, cached, why),
-                Decision::Refuse(status) => Err(refusal(status, why)),
+                Decision::Refuse(status) => Err(m.authz.refuse(up, &cred, status, why)),
                 Decision::Relay => Err(refusal(why.status(), why)),
             };
         }
@@ -146,7 +146,7 @@ async fn by_digest(
     let cred = m.authz.grants.credential(headers);
     let resp = match m.authz.ask(up, name, &cred, Method::GET, &path, headers).await {
         Asked::Answered(r) => r,
-        Asked::Unavailable(why) => return Err(refusal(why.status(), why)),
+        Asked::Unavailable(why) => return Err(m.authz.refuse(up, &cred, why.status(), why)),
     };
     if m.authz.decide(up, name, &cred, Answer::from_status(resp.status().as_u16()), Some(digest), false)
         != Decision::Serve
