@@ -483,3 +483,41 @@ async fn a_slow_request_for_one_repository_never_grants_another() -> Result<()> 
     .await;
     with_log(result, "slow request", &daemon)
 }
+
+/// A real client: skopeo logged in to the mirror as alice pulls `priv/app` through the daemon,
+/// then again with the ACL front gone, and again after the daemon restarts with it gone. A
+/// skopeo without credentials cannot pull it while the front is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_with_the_accepted_credential_pulls_a_private_image_offline() -> Result<()> {
+    require_tools();
+    let s = Setup::start().await?;
+    let mut daemon = Daemon::start(s.daemon_config()).await?;
+    let reference = format!("{}/priv/app:v1", s.front.host());
+    let mut alice = Skopeo::new(&s.front.host(), Some(&daemon.mirror_host()))?;
+    alice.login(&daemon.mirror_host(), "alice", "secret")?;
+    let result = async {
+        for phase in ["front up", "front gone", "front gone, daemon restarted"] {
+            match phase {
+                "front gone" => s.front.set_mode(AclMode::Gone).await?,
+                "front gone, daemon restarted" => daemon.restart().await?,
+                _ => {}
+            }
+            let t = Instant::now();
+            let out = alice.pull(&reference, None).await.with_context(|| format!("alice, {phase}"))?;
+            Skopeo::verify_dir(&out, &s.private)?;
+            eprintln!("skopeo as alice, {phase}: image verified in {} ms", t.elapsed().as_millis());
+        }
+        let mut anonymous = Skopeo::new(&s.front.host(), Some(&daemon.mirror_host()))?;
+        let t = Instant::now();
+        let got = anonymous.pull(&reference, None).await;
+        eprintln!(
+            "skopeo without credentials, front gone: {} in {} ms",
+            if got.is_ok() { "PULLED" } else { "refused" },
+            t.elapsed().as_millis()
+        );
+        ensure!(got.is_err(), "skopeo without credentials pulled the private image offline");
+        Ok(())
+    }
+    .await;
+    with_log(result, "skopeo offline", &daemon)
+}
