@@ -46,6 +46,8 @@ mod freshness;
 mod hostile;
 #[path = "mirror/malformed.rs"]
 mod malformed;
+#[path = "mirror/private.rs"]
+mod private;
 
 /// a. skopeo, podman and containerd (hosts.toml, `?ns=`) pull one image through one daemon at
 /// the same time; every layer checks out and the origin sent each blob once.

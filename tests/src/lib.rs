@@ -8,6 +8,8 @@
 //! - [`Scheduler`]: the `shoal scheduler` binary, with kill -9 and restart on the same port;
 //! - [`Swarm`]: N daemons sharing a scheduler (QUIC peer listeners on loopback, one cluster token);
 //! - [`Skopeo`], [`Podman`], [`Containerd`]: real clients pulling through the daemon as a mirror;
+//! - [`AclFront`]: an origin that lets only named users read their repositories, switchable to
+//!   answer 503, to be slow or to be gone;
 //! - [`SlowProxy`]: a rate-limited link to the origin that can also turn into a black hole;
 //! - [`Tmpfs`]: a small file system for a data dir that fills up;
 //! - [`rogue`]: a QUIC client that does the peer TLS handshake but never proves the token.
@@ -20,6 +22,7 @@
 //! hand: `cargo build --bin shoal && cargo test -p shoal-e2e`. The daemon under test is `SHOAL_BIN`
 //! if set, else `target/debug/shoal` of this workspace (it is not rebuilt by `cargo test`).
 
+mod acl;
 mod clients;
 mod containerd;
 mod daemon;
@@ -35,6 +38,7 @@ mod swarm;
 mod tmpfs;
 mod util;
 
+pub use acl::{AclFront, Mode as AclMode, User as AclUser};
 pub use clients::{registries_conf, Podman, Skopeo};
 pub use containerd::Containerd;
 pub use daemon::{metric_value, Daemon, DaemonConfig};

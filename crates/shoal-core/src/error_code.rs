@@ -36,6 +36,8 @@ pub enum ErrorCode {
     OriginError,
     /// The origin could not be reached in time (504).
     OriginUnreachable,
+    /// The origin is unavailable (it answered 503 or 429) and nothing lets the cache answer (503).
+    OriginUnavailable,
     /// An internal failure of the daemon (500).
     Internal,
 }
@@ -59,6 +61,7 @@ impl ErrorCode {
             Self::TooManyRequests => "TOOMANYREQUESTS",
             Self::OriginError => "ORIGIN_ERROR",
             Self::OriginUnreachable => "ORIGIN_UNREACHABLE",
+            Self::OriginUnavailable => "UNAVAILABLE",
             Self::Internal => "INTERNAL_ERROR",
         }
     }
@@ -75,6 +78,7 @@ impl ErrorCode {
             Self::TooManyRequests => 429,
             Self::Internal => 500,
             Self::OriginError => 502,
+            Self::OriginUnavailable => 503,
             Self::OriginUnreachable => 504,
         }
     }

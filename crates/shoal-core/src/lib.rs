@@ -6,8 +6,10 @@
 //! clock; time, where needed, is passed in. That keeps it unit- and property-testable.
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod bitmap;
 pub mod digest;
+pub mod duration;
 pub mod error_code;
 pub mod evict;
 pub mod membership;

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
+use shoal_core::duration::parse_duration;
 use shoal_core::size::{parse_rate, parse_size};
 use url::Url;
 
@@ -106,6 +107,10 @@ pub struct Config {
     /// Largest blob the daemon handles, e.g. `1TiB`: a blob the origin says is larger is
     /// refused with an error (502) before anything is allocated for it.
     pub max_blob_size: String,
+    /// While the origin cannot decide (unreachable, slow, 5xx), the cache still serves a client
+    /// whose exact credential the origin accepted for that repository within this long, or
+    /// anyone if the origin let anonymous clients pull it within this long. `0`: never.
+    pub offline_grace: String,
 }
 
 impl Default for Config {
@@ -134,6 +139,7 @@ impl Default for Config {
             host_id: None,
             max_connections: crate::listener::DEFAULT_MAX_CONNECTIONS,
             max_blob_size: "1TiB".into(),
+            offline_grace: "24h".into(),
         }
     }
 }
@@ -161,6 +167,8 @@ pub struct Settings {
     pub max_connections: usize,
     /// See [`Config::max_blob_size`], in bytes.
     pub max_blob_size: u64,
+    /// See [`Config::offline_grace`].
+    pub offline_grace: std::time::Duration,
 }
 
 /// The largest `max_blob_size` accepted: 16 TiB is a million pieces of 16 MiB, whose digests
@@ -262,6 +270,7 @@ impl Config {
             },
             max_connections: self.validate_max_connections()?,
             max_blob_size: self.validate_max_blob_size()?,
+            offline_grace: parse_duration(&self.offline_grace).map_err(|e| invalid("offline_grace", e.to_string()))?,
         })
     }
 
@@ -398,6 +407,7 @@ mod tests {
         assert_eq!(s.mirror_listen.port(), 65001);
         assert_eq!(s.cache_size, 20 << 30);
         assert_eq!(s.min_free_space, 1 << 30);
+        assert_eq!(s.offline_grace, std::time::Duration::from_secs(86_400));
         assert_eq!(s.registries[0].authority(), "registry-1.docker.io");
         assert_eq!(s.max_connections, 1024);
         assert_eq!(s.max_blob_size, 1 << 40);
@@ -436,6 +446,7 @@ mod tests {
         };
         bad(Config { cache_size: "lots".into(), ..Config::default() }, "cache_size");
         bad(Config { min_free_space: "some".into(), ..Config::default() }, "min_free_space");
+        bad(Config { offline_grace: "a day".into(), ..Config::default() }, "offline_grace");
         bad(Config { mirror_listen: "nope".into(), ..Config::default() }, "mirror_listen");
         bad(Config { registry: vec![], ..Config::default() }, "registry");
         let mut c = Config::default();

@@ -144,12 +144,14 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
         handles.push(tokio::spawn(crate::peer::server::serve(ep, Arc::new(ctx), limits)));
     }
     let origins = Origins::new(&settings.registries)?;
+    let authz = Authz::open(paths.root(), meta.clone(), settings.offline_grace)
+        .map_err(|source| StartError::DataDir { path: settings.data_dir.display().to_string(), source })?;
     let mirror = Arc::new(Mirror {
         origins,
         tasks,
         meta: meta.clone(),
         metrics: metrics.clone(),
-        authz: Authz::default(),
+        authz,
         max_blob_size: settings.max_blob_size,
     });
 

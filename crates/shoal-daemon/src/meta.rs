@@ -127,6 +127,18 @@ pub trait MetaStore: Send + Sync + 'static {
     fn tag(&self, key: &str) -> Result<Option<TagRecord>, MetaError>;
     /// Records where a tag points.
     fn put_tag(&self, key: &str, record: &TagRecord) -> Result<(), MetaError>;
+    /// When the access grant stored under `key` was made, unix milliseconds (see `mirror::grants`).
+    fn grant(&self, key: &str) -> Result<Option<u64>, MetaError>;
+    /// Stores an access grant made at `at`, durably.
+    fn put_grant(&self, key: &str, at: u64) -> Result<(), MetaError>;
+    /// Forgets an access grant (no error if absent).
+    fn remove_grant(&self, key: &str) -> Result<(), MetaError>;
+    /// Forgets every grant made before `before`; returns how many.
+    fn prune_grants(&self, before: u64) -> Result<usize, MetaError>;
+    /// The origin's last `WWW-Authenticate` challenge stored under `key` (see `mirror::grants`).
+    fn challenge(&self, key: &str) -> Result<Option<String>, MetaError>;
+    /// Stores (or, with `None`, forgets) a challenge, durably.
+    fn set_challenge(&self, key: &str, value: Option<&str>) -> Result<(), MetaError>;
 }
 
 /// The key of a tag mapping.
@@ -140,6 +152,8 @@ pub struct MemMeta {
     blobs: Mutex<BTreeMap<Digest, BlobRecord>>,
     manifests: Mutex<BTreeMap<Digest, ManifestRecord>>,
     tags: Mutex<BTreeMap<String, TagRecord>>,
+    grants: Mutex<BTreeMap<String, u64>>,
+    challenges: Mutex<BTreeMap<String, String>>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -173,6 +187,34 @@ impl MetaStore for MemMeta {
     }
     fn put_tag(&self, key: &str, record: &TagRecord) -> Result<(), MetaError> {
         locked(&self.tags).insert(key.to_owned(), record.clone());
+        Ok(())
+    }
+    fn grant(&self, key: &str) -> Result<Option<u64>, MetaError> {
+        Ok(locked(&self.grants).get(key).copied())
+    }
+    fn put_grant(&self, key: &str, at: u64) -> Result<(), MetaError> {
+        locked(&self.grants).insert(key.to_owned(), at);
+        Ok(())
+    }
+    fn remove_grant(&self, key: &str) -> Result<(), MetaError> {
+        locked(&self.grants).remove(key);
+        Ok(())
+    }
+    fn prune_grants(&self, before: u64) -> Result<usize, MetaError> {
+        let mut g = locked(&self.grants);
+        let n = g.len();
+        g.retain(|_, at| *at >= before);
+        Ok(n - g.len())
+    }
+    fn challenge(&self, key: &str) -> Result<Option<String>, MetaError> {
+        Ok(locked(&self.challenges).get(key).cloned())
+    }
+    fn set_challenge(&self, key: &str, value: Option<&str>) -> Result<(), MetaError> {
+        let mut c = locked(&self.challenges);
+        match value {
+            Some(v) => c.insert(key.to_owned(), v.to_owned()),
+            None => c.remove(key),
+        };
         Ok(())
     }
 }
@@ -230,6 +272,25 @@ pub(crate) mod conformance {
         let t2 = TagRecord { digest: d, media_type: "x".into() };
         store.put_tag(&key, &t2).unwrap();
         assert_eq!(store.tag(&key).unwrap(), Some(t2));
+
+        assert_eq!(store.grant("g a").unwrap(), None);
+        store.put_grant("g a", 5).unwrap();
+        store.put_grant("g b", 9).unwrap();
+        assert_eq!(store.grant("g a").unwrap(), Some(5));
+        store.put_grant("g a", 7).unwrap();
+        assert_eq!(store.grant("g a").unwrap(), Some(7));
+        assert_eq!(store.prune_grants(8).unwrap(), 1);
+        assert_eq!(store.grant("g a").unwrap(), None);
+        store.remove_grant("g b").unwrap();
+        store.remove_grant("g b").unwrap();
+        assert_eq!(store.grant("g b").unwrap(), None);
+
+        assert_eq!(store.challenge("c").unwrap(), None);
+        store.set_challenge("c", Some("Basic realm=\"x\"")).unwrap();
+        assert_eq!(store.challenge("c").unwrap().as_deref(), Some("Basic realm=\"x\""));
+        store.set_challenge("c", None).unwrap();
+        store.set_challenge("c", None).unwrap();
+        assert_eq!(store.challenge("c").unwrap(), None);
     }
 
     #[test]

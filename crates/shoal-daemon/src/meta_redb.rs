@@ -19,6 +19,10 @@ use crate::meta::{BlobRecord, Durability, ManifestRecord, MetaError, MetaStore, 
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs_v1");
 const MANIFESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("manifests_v1");
 const TAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("tags_v1");
+/// Access grants: key (see `mirror::grants`) → when, unix milliseconds.
+const GRANTS: TableDefinition<&str, u64> = TableDefinition::new("grants_v1");
+/// The origins' last authentication challenges: key (see `mirror::grants`) → `WWW-Authenticate`.
+const CHALLENGES: TableDefinition<&str, &str> = TableDefinition::new("challenges_v1");
 
 /// Metadata in a redb database file.
 pub struct RedbMeta {
@@ -39,6 +43,8 @@ fn create(path: &Path) -> Result<Database, MetaError> {
     for table in [BLOBS, MANIFESTS, TAGS] {
         txn.open_table(table).map_err(db_err)?;
     }
+    txn.open_table(GRANTS).map_err(db_err)?;
+    txn.open_table(CHALLENGES).map_err(db_err)?;
     txn.commit().map_err(db_err)?;
     Ok(db)
 }
@@ -182,6 +188,62 @@ impl MetaStore for RedbMeta {
     fn put_tag(&self, key: &str, record: &TagRecord) -> Result<(), MetaError> {
         let value = format!("{} {}", record.digest, record.media_type);
         self.put(TAGS, key, value.as_bytes(), Durability::Sync)
+    }
+
+    fn grant(&self, key: &str) -> Result<Option<u64>, MetaError> {
+        self.with(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let t = txn.open_table(GRANTS).map_err(db_err)?;
+            Ok(t.get(key).map_err(db_err)?.map(|v| v.value()))
+        })
+    }
+
+    fn put_grant(&self, key: &str, at: u64) -> Result<(), MetaError> {
+        self.with(|db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            txn.open_table(GRANTS).map_err(db_err)?.insert(key, at).map_err(db_err)?;
+            txn.commit().map_err(db_err)
+        })
+    }
+
+    fn remove_grant(&self, key: &str) -> Result<(), MetaError> {
+        self.with(|db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            txn.open_table(GRANTS).map_err(db_err)?.remove(key).map_err(db_err)?;
+            txn.commit().map_err(db_err)
+        })
+    }
+
+    fn prune_grants(&self, before: u64) -> Result<usize, MetaError> {
+        self.with(|db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let removed =
+                txn.open_table(GRANTS).map_err(db_err)?.extract_if(|_, at| at < before).map_err(db_err)?.count();
+            txn.commit().map_err(db_err)?;
+            Ok(removed)
+        })
+    }
+
+    fn challenge(&self, key: &str) -> Result<Option<String>, MetaError> {
+        self.with(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let t = txn.open_table(CHALLENGES).map_err(db_err)?;
+            Ok(t.get(key).map_err(db_err)?.map(|v| v.value().to_owned()))
+        })
+    }
+
+    fn set_challenge(&self, key: &str, value: Option<&str>) -> Result<(), MetaError> {
+        self.with(|db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut t = txn.open_table(CHALLENGES).map_err(db_err)?;
+                match value {
+                    Some(v) => drop(t.insert(key, v).map_err(db_err)?),
+                    None => drop(t.remove(key).map_err(db_err)?),
+                }
+            }
+            txn.commit().map_err(db_err)
+        })
     }
 }
 

@@ -88,6 +88,15 @@ impl OriginError {
     pub fn is_timeout(&self) -> bool {
         matches!(self, Self::Timeout { .. })
     }
+
+    /// How the origin failed, for the access decision.
+    pub fn unavailable(&self) -> shoal_core::access::Unavailable {
+        if self.is_timeout() {
+            shoal_core::access::Unavailable::Timeout
+        } else {
+            shoal_core::access::Unavailable::Unreachable
+        }
+    }
 }
 
 /// The full cause chain of an error, on one line.
@@ -183,7 +192,9 @@ impl Upstream {
 
     /// Sends `method path` (for repository `scope`, whose pull token it needs) with the client's `Authorization` and `Accept`
     /// headers (repeated ones kept) plus `extra` headers, applying configured credentials when
-    /// the client sent none. `timeout` bounds the whole request when set.
+    /// the client sent none. `timeout` bounds the whole request when set. While the origin is
+    /// marked down (a request failed moments ago) it fails at once; a failure marks it down.
+    /// For data only: an access check uses [`Upstream::ask`].
     pub async fn send(
         &self,
         method: Method,
@@ -192,6 +203,34 @@ impl Upstream {
         client: &HeaderMap,
         extra: HeaderMap,
         timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, OriginError> {
+        self.request(method, scope, path, client, extra, timeout, true).await
+    }
+
+    /// Like [`Upstream::send`], for an access check: always asks the origin, whatever other
+    /// requests went through, and its failure marks nothing down. One client's or repository's
+    /// trouble never skips or shortens another's check.
+    pub async fn ask(
+        &self,
+        method: Method,
+        scope: Option<&RepoName>,
+        path: &str,
+        client: &HeaderMap,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, OriginError> {
+        self.request(method, scope, path, client, HeaderMap::new(), Some(timeout), false).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn request(
+        &self,
+        method: Method,
+        scope: Option<&RepoName>,
+        path: &str,
+        client: &HeaderMap,
+        extra: HeaderMap,
+        timeout: Option<Duration>,
+        shared_down: bool,
     ) -> Result<reqwest::Response, OriginError> {
         let client_auth = client.get(AUTHORIZATION).cloned();
         let creds = self.registry.credentials.clone().filter(|_| client_auth.is_none());
@@ -213,7 +252,7 @@ impl Upstream {
             if let Some(t) = timeout {
                 req = req.timeout(t);
             }
-            if let Some(e) = self.is_down() {
+            if let Some(e) = self.is_down().filter(|_| shared_down) {
                 return Err(e);
             }
             let resp = match req.send().await {
@@ -223,7 +262,10 @@ impl Upstream {
                 }
                 Err(e) => {
                     let err = OriginError::from_reqwest(&self.registry.name, &e);
-                    *self.down.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), err.marked_down()));
+                    if shared_down {
+                        *self.down.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((Instant::now(), err.marked_down()));
+                    }
                     return Err(err);
                 }
             };

@@ -67,6 +67,10 @@ pub struct DaemonArgs {
     /// Largest blob handled, such as 1TiB; larger ones are refused (`max_blob_size`, default 1TiB).
     #[arg(long, value_name = "SIZE")]
     pub max_blob_size: Option<String>,
+    /// While the origin cannot decide, serve cached images only to clients it accepted within
+    /// this long, such as 24h; 0 = never (`offline_grace`, default 24h).
+    #[arg(long, value_name = "DURATION")]
+    pub offline_grace: Option<String>,
 }
 
 /// Flags of `shoal up`: the daemon's, with data in ./shoal-data by default.
@@ -118,6 +122,7 @@ impl DaemonArgs {
             (&mut config.download_limit, &self.download_limit),
             (&mut config.origin_limit, &self.origin_limit),
             (&mut config.max_blob_size, &self.max_blob_size),
+            (&mut config.offline_grace, &self.offline_grace),
         ] {
             if let Some(v) = flag {
                 key.clone_from(v);

@@ -1,33 +1,57 @@
-//! Read authorization: may this client read this blob or manifest? Asked of the origin with the
-//! client's own credentials (a HEAD), remembered briefly per credential, repository and digest.
+//! Read authorization: may this client read this blob or manifest? The origin decides, for this
+//! credential and this repository; [`shoal_core::access::decide`] is the rule, this module asks
+//! the origin and applies the answer.
 //!
-//! A private layer must never leak to a client that could not pull it itself, including when
-//! the bytes are already in the local cache.
+//! A positive answer is reused for a minute per credential, repository and object. When the
+//! origin cannot answer, the cache serves only the clients the remembered grants allow
+//! ([`super::grants`]); everyone else gets a 502/503/504 OCI error, never the bytes.
+//!
+//! Every check asks the origin itself: a slow or failing request for another repository or
+//! another client never skips or shortens it. Only this client's own recent failure on this
+//! repository (within [`DOWN_FOR`]) skips the wait, and that only leads to its own grants.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::header::{AUTHORIZATION, CONTENT_LENGTH};
-use http::{HeaderMap, Method, StatusCode};
-use sha2::{Digest as _, Sha256};
-use shoal_core::{Digest, RepoName};
+use http::header::{CONTENT_LENGTH, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use shoal_core::access::{self, Answer, Decision, Unavailable, Update};
+use shoal_core::{Digest, ErrorCode, RepoName};
 
-use crate::origin::{OriginError, Upstream};
+use super::error::ApiError;
+use super::grants::{now_ms, Challenged, Credential, Grants};
+use crate::meta::MetaStore;
+use crate::origin::{Upstream, SMALL_REQUEST_TIMEOUT};
 
 /// How long a positive answer is reused.
 const TTL: Duration = Duration::from_secs(60);
+/// After the origin failed a check, the same client's next checks on the same repository go
+/// without asking for this long.
+pub const DOWN_FOR: Duration = Duration::from_secs(5);
 /// Entries kept at most (the cache is cleared of stale entries, then entirely, past this).
 const MAX_ENTRIES: usize = 100_000;
 
-/// What the origin said about a read.
-pub enum Verdict {
-    /// Allowed; the origin's size of the object, if it sent one.
+/// The outcome of a check.
+pub enum Access {
+    /// The origin allowed it now; the origin's size of the object, if it sent one.
     Allowed(Option<u64>),
+    /// The origin could not answer, and a remembered grant lets this client read the cached
+    /// object. If the object is not cached after all, answer with this failure.
+    Cached(Unavailable),
     /// Not allowed (401/403/404…): the origin's answer, to pass back to the client.
-    Denied(reqwest::Response),
-    /// The origin could not be asked.
-    Unreachable(OriginError),
+    Relay(reqwest::Response),
+    /// The origin could not answer, and nothing lets this client read: the error to send.
+    Refused(ApiError),
+}
+
+/// What came of asking the origin.
+pub enum Asked {
+    /// It answered this (any status but 5xx and 429).
+    Answered(reqwest::Response),
+    /// It could not decide (no answer in time, unreachable, 5xx or 429).
+    Unavailable(Unavailable),
 }
 
 /// Which API an object belongs to.
@@ -45,16 +69,45 @@ struct Key {
     name: RepoName,
     kind: Kind,
     digest: Digest,
-    credential: [u8; 32],
+    credential: Credential,
 }
 
-/// Remembered positive verdicts.
-#[derive(Default)]
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct DownKey {
+    registry: String,
+    name: RepoName,
+    credential: Credential,
+}
+
+/// Read authorization state: recent answers, recent failures, durable grants.
 pub struct Authz {
     allowed: Mutex<HashMap<Key, (Instant, Option<u64>)>>,
+    down: Mutex<HashMap<DownKey, (Instant, Unavailable)>>,
+    /// The durable grants.
+    pub grants: Grants,
+}
+
+/// The OCI error for an origin that could not decide.
+pub fn refusal(status: u16, why: Unavailable) -> ApiError {
+    let code = match status {
+        503 => ErrorCode::OriginUnavailable,
+        504 => ErrorCode::OriginUnreachable,
+        _ => ErrorCode::OriginError,
+    };
+    let what = match why {
+        Unavailable::Unreachable => "could not be reached".to_owned(),
+        Unavailable::Timeout => "did not answer in time".to_owned(),
+        Unavailable::Status(s) => format!("answered {s}"),
+    };
+    ApiError::new(code, format!("the origin {what}, and it has not let this client read this repository recently"))
 }
 
 impl Authz {
+    /// Authorization with grants kept in `meta`, hashed with the key in `data_dir`.
+    pub fn open(data_dir: &Path, meta: Arc<dyn MetaStore>, grace: Duration) -> std::io::Result<Self> {
+        Ok(Self { allowed: Mutex::default(), down: Mutex::default(), grants: Grants::open(data_dir, meta, grace)? })
+    }
+
     /// Asks (or remembers) whether the client with `headers` may read `digest` in `name`.
     pub async fn check(
         &self,
@@ -63,24 +116,130 @@ impl Authz {
         kind: Kind,
         digest: &Digest,
         headers: &HeaderMap,
-    ) -> Verdict {
-        let credential: [u8; 32] = Sha256::digest(headers.get(AUTHORIZATION).map_or(&[][..], |v| v.as_bytes())).into();
+    ) -> Access {
+        let credential = self.grants.credential(headers);
         let key = Key { registry: upstream.name().to_owned(), name: name.clone(), kind, digest: *digest, credential };
         if let Some(size) = self.remembered(&key) {
-            return Verdict::Allowed(size);
+            return Access::Allowed(size);
         }
         let segment = if kind == Kind::Blob { "blobs" } else { "manifests" };
         let path = format!("/v2/{name}/{segment}/{digest}");
-        let timeout = Some(crate::origin::SMALL_REQUEST_TIMEOUT);
-        match upstream.send(Method::HEAD, Some(name), &path, headers, HeaderMap::new(), timeout).await {
-            Err(e) => Verdict::Unreachable(e),
-            Ok(resp) if resp.status() == StatusCode::OK => {
+        let resp = match self.ask(upstream, name, &key.credential, Method::HEAD, &path, headers).await {
+            Asked::Unavailable(why) => {
+                return match self.decide(upstream, name, &key.credential, Answer::Unavailable(why), Some(digest), false)
+                {
+                    Decision::Serve => Access::Cached(why),
+                    Decision::Refuse(status) => Access::Refused(self.refuse(upstream, &key.credential, status, why)),
+                    Decision::Relay => Access::Refused(refusal(why.status(), why)),
+                };
+            }
+            Asked::Answered(resp) => resp,
+        };
+        let answer = Answer::from_status(resp.status().as_u16());
+        match self.decide(upstream, name, &key.credential, answer, Some(digest), false) {
+            Decision::Serve => {
                 let size = resp.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
                 self.remember(key, size);
-                Verdict::Allowed(size)
+                Access::Allowed(size)
             }
-            Ok(resp) => Verdict::Denied(resp),
+            Decision::Relay | Decision::Refuse(_) => Access::Relay(resp),
         }
+    }
+
+    /// Sends an access-deciding request to the origin: `method path` with the client's headers.
+    /// Skipped only after this client's own failure on this repository moments ago.
+    pub async fn ask(
+        &self,
+        upstream: &Upstream,
+        name: &RepoName,
+        credential: &Credential,
+        method: Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Asked {
+        let down = DownKey { registry: upstream.name().to_owned(), name: name.clone(), credential: credential.clone() };
+        if let Some(why) = self.is_down(&down) {
+            return Asked::Unavailable(why);
+        }
+        let asked = match upstream.ask(method, Some(name), path, headers, SMALL_REQUEST_TIMEOUT).await {
+            Err(e) => {
+                tracing::debug!(repository = %name, error = %e, "origin could not decide access");
+                Asked::Unavailable(e.unavailable())
+            }
+            Ok(resp) => match Answer::from_status(resp.status().as_u16()) {
+                Answer::Unavailable(why) => Asked::Unavailable(why),
+                _ => Asked::Answered(resp),
+            },
+        };
+        if let (Asked::Answered(resp), true) = (&asked, credential.is_anonymous()) {
+            if resp.status() == StatusCode::UNAUTHORIZED {
+                let challenge = resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
+                self.grants.challenged(upstream.name(), Challenged::Repository, challenge);
+            }
+        }
+        let mut map = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        match &asked {
+            Asked::Unavailable(why) => {
+                bound(&mut map, DOWN_FOR);
+                map.insert(down, (Instant::now(), *why));
+            }
+            Asked::Answered(_) => {
+                map.remove(&down);
+            }
+        }
+        asked
+    }
+
+    /// Applies the access rule to the origin's `answer` for `credential` reading `object` (or,
+    /// for `None`, a tag, whose mapping is cached: `tag_cached`) in `name`, and updates the grants.
+    pub fn decide(
+        &self,
+        upstream: &Upstream,
+        name: &RepoName,
+        credential: &Credential,
+        answer: Answer,
+        object: Option<&Digest>,
+        tag_cached: bool,
+    ) -> Decision {
+        let registry = upstream.name();
+        let remembered = match answer {
+            Answer::Unavailable(_) => self.grants.remembered(registry, name, credential, object, tag_cached),
+            _ => access::Remembered::default(),
+        };
+        let grace = self.grants.grace().as_millis() as u64;
+        let (decision, update) = access::decide(answer, remembered, now_ms(), grace);
+        match update {
+            Update::Grant => self.grants.grant(registry, name, credential, object),
+            Update::Revoke => self.grants.revoke(registry, name, credential),
+            Update::Keep => {}
+        }
+        if let (Answer::Unavailable(why), Decision::Serve) = (answer, decision) {
+            tracing::debug!(repository = %name, ?why, anonymous = credential.is_anonymous(), "origin unavailable; serving a granted client from cache");
+        }
+        decision
+    }
+
+    /// The error for a client the access rule refused while the origin could not decide
+    /// (`status`). A client that sent no credentials gets the origin's last challenge (401)
+    /// instead, when it had one: clients send credentials only after a challenge.
+    pub fn refuse(&self, upstream: &Upstream, credential: &Credential, status: u16, why: Unavailable) -> ApiError {
+        let challenge = if credential.is_anonymous() {
+            self.grants.challenge(upstream.name(), Challenged::Repository)
+        } else {
+            None
+        };
+        match challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            Some(c) => {
+                ApiError::new(ErrorCode::Unauthorized, "authentication required (the origin cannot be asked now)")
+                    .with_header(WWW_AUTHENTICATE, c)
+            }
+            None => refusal(status, why),
+        }
+    }
+
+    fn is_down(&self, key: &DownKey) -> Option<Unavailable> {
+        let map = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key).filter(|(at, _)| at.elapsed() < DOWN_FOR).map(|(_, why)| *why)
     }
 
     fn remembered(&self, key: &Key) -> Option<Option<u64>> {
@@ -90,12 +249,17 @@ impl Authz {
 
     fn remember(&self, key: Key, size: Option<u64>) {
         let mut map = self.allowed.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_ENTRIES {
-            map.retain(|_, (at, _)| at.elapsed() < TTL);
-            if map.len() >= MAX_ENTRIES {
-                map.clear();
-            }
-        }
+        bound(&mut map, TTL);
         map.insert(key, (Instant::now(), size));
+    }
+}
+
+/// Keeps a map of timed entries under [`MAX_ENTRIES`]: stale ones go first, then all.
+fn bound<K, V>(map: &mut HashMap<K, (Instant, V)>, ttl: Duration) {
+    if map.len() >= MAX_ENTRIES {
+        map.retain(|_, (at, _)| at.elapsed() < ttl);
+        if map.len() >= MAX_ENTRIES {
+            map.clear();
+        }
     }
 }

@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use shoal_core::range::{self, RangeSpec};
 use shoal_core::{ByteRange, Digest, ErrorCode, PieceLayout, RepoName};
 
-use super::authz::{Kind, Verdict};
+use super::authz::{refusal, Access, Kind};
 use super::error::ApiError;
 use super::{relay, Mirror};
 use crate::body;
@@ -29,9 +29,12 @@ pub(super) async fn serve(
 ) -> Result<Response, ApiError> {
     let spec = range_spec(headers)?;
     let size = match m.authz.check(up, name, Kind::Blob, digest, headers).await {
-        Verdict::Denied(resp) => return Ok(relay(resp).await),
-        Verdict::Allowed(size) => size,
-        Verdict::Unreachable(e) => return serve_without_origin(m, digest, method, spec).ok_or(e)?,
+        Access::Relay(resp) => return Ok(relay(resp).await),
+        Access::Refused(e) => return Err(e),
+        Access::Allowed(size) => size,
+        Access::Cached(why) => {
+            return serve_without_origin(m, digest, method, spec).unwrap_or_else(|| Err(refusal(why.status(), why)))
+        }
     };
     let served = m.metrics.served_bytes.get_or_create(&KindLabels { kind: "blob" }).clone();
     let mut forwarded = HeaderMap::new();
@@ -68,8 +71,8 @@ pub(super) async fn serve(
     }
 }
 
-/// With the origin unreachable, a blob this node already holds (or is downloading) is still
-/// served: the node itself was allowed to pull it.
+/// With the origin unable to decide, a blob this node already holds (or is downloading) is
+/// served to a client a remembered grant allows.
 fn serve_without_origin(
     m: &Mirror,
     digest: &Digest,

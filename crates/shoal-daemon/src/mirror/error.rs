@@ -23,6 +23,12 @@ impl ApiError {
         Self { code, message: message.into(), headers: Vec::new() }
     }
 
+    /// Adds a response header.
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
     /// 405 for writes and other methods a read-only mirror does not offer.
     pub fn method_not_allowed(method: &http::Method) -> Self {
         let mut e = Self::new(

@@ -1,17 +1,20 @@
 //! Manifests: tags are always revalidated with the origin (a moved tag is seen at once) and
-//! served from cache only when the origin cannot be reached; manifests by digest are immutable,
-//! verified against their digest, cached and served locally.
+//! served from cache only when the origin cannot decide, to the clients the access rule allows;
+//! manifests by digest are immutable, verified against their digest, cached and served locally
+//! once the origin (or a remembered grant) allows this client.
 
 use axum::response::{IntoResponse, Response};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use shoal_core::{Digest, ErrorCode, Reference, RepoName};
 
-use super::authz::{Kind, Verdict};
+use shoal_core::access::{Answer, Decision, Unavailable};
+
+use super::authz::{refusal, Access, Asked, Kind};
 use super::error::ApiError;
 use super::{read_limited, relay, Mirror};
 use crate::meta::{tag_key, ManifestRecord, TagRecord};
-use crate::origin::{OriginError, Upstream, SMALL_REQUEST_TIMEOUT};
+use crate::origin::Upstream;
 
 /// Largest manifest accepted (the distribution registry's own limit).
 const MAX_MANIFEST: usize = 4 << 20;
@@ -41,24 +44,25 @@ async fn by_tag(
 ) -> Result<Response, ApiError> {
     let key = tag_key(up.name(), name.as_str(), tag);
     let path = format!("/v2/{name}/manifests/{tag}");
-    let resp = match up
-        .send(method.clone(), Some(name), &path, headers, HeaderMap::new(), Some(SMALL_REQUEST_TIMEOUT))
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => return stale(m, &key, e),
+    let cred = m.authz.grants.credential(headers);
+    let resp = match m.authz.ask(up, name, &cred, method.clone(), &path, headers).await {
+        Asked::Answered(r) => r,
+        Asked::Unavailable(why) => {
+            let cached = cached_tag(m, &key);
+            let answer = Answer::Unavailable(why);
+            return match m.authz.decide(up, name, &cred, answer, None, cached.is_some()) {
+                Decision::Serve => stale(m, &key, cached, why),
+                Decision::Refuse(status) => Err(m.authz.refuse(up, &cred, status, why)),
+                Decision::Relay => Err(refusal(why.status(), why)),
+            };
+        }
     };
     let status = resp.status();
-    if status.is_server_error() {
-        let e =
-            OriginError::Unreachable { registry: up.name().to_owned(), message: format!("origin answered {status}") };
-        return stale(m, &key, e).or(Ok(relay(resp).await));
-    }
-    if status != StatusCode::OK {
+    if m.authz.decide(up, name, &cred, Answer::from_status(status.as_u16()), None, false) != Decision::Serve {
         return Ok(relay(resp).await);
     }
     if method == Method::HEAD {
-        return Ok(head_through(m, &key, &resp));
+        return Ok(head_through(m, up, name, &key, &resp));
     }
     let media_type = content_type(resp.headers());
     let claimed = resp.headers().get(DIGEST_HEADER).and_then(|v| v.to_str().ok()?.parse::<Digest>().ok());
@@ -74,15 +78,17 @@ async fn by_tag(
     }
     let record = ManifestRecord { media_type, body };
     store(m, &digest, &record, Some(&key));
+    m.authz.grants.member(up.name(), name, &digest);
     Ok(respond(&digest, record, false))
 }
 
 /// A HEAD by tag answered by the origin: relayed, and the tag mapping refreshed when the
 /// manifest it names is cached.
-fn head_through(m: &Mirror, key: &str, resp: &reqwest::Response) -> Response {
+fn head_through(m: &Mirror, up: &Upstream, name: &RepoName, key: &str, resp: &reqwest::Response) -> Response {
     let h = resp.headers();
     let digest = h.get(DIGEST_HEADER).and_then(|v| v.to_str().ok()?.parse::<Digest>().ok());
     if let Some(d) = digest {
+        m.authz.grants.member(up.name(), name, &d);
         if let Ok(Some(cached)) = m.meta.manifest(&d) {
             let _ = m.meta.put_tag(key, &TagRecord { digest: d, media_type: cached.media_type });
         }
@@ -99,14 +105,23 @@ fn head_through(m: &Mirror, key: &str, resp: &reqwest::Response) -> Response {
     out
 }
 
-/// The origin is unreachable: serve the last manifest seen for the tag, marked stale.
-fn stale(m: &Mirror, key: &str, err: OriginError) -> Result<Response, ApiError> {
-    let cached =
-        m.meta.tag(key).ok().flatten().and_then(|t| Some((t.digest, m.meta.manifest(&t.digest).ok().flatten()?)));
+/// The last manifest seen for a tag, if cached.
+fn cached_tag(m: &Mirror, key: &str) -> Option<(Digest, ManifestRecord)> {
+    m.meta.tag(key).ok().flatten().and_then(|t| Some((t.digest, m.meta.manifest(&t.digest).ok().flatten()?)))
+}
+
+/// The origin cannot decide, and this client may read the repository: serve the last manifest
+/// seen for the tag, marked stale.
+fn stale(
+    m: &Mirror,
+    key: &str,
+    cached: Option<(Digest, ManifestRecord)>,
+    why: Unavailable,
+) -> Result<Response, ApiError> {
     let Some((digest, record)) = cached else {
-        return Err(err.into());
+        return Err(refusal(why.status(), why));
     };
-    tracing::warn!(tag = key, %digest, error = %err, "origin unreachable; serving cached tag");
+    tracing::warn!(tag = key, %digest, ?why, "origin unavailable; serving cached tag");
     m.metrics.cache_lookup("manifest", true);
     Ok(respond(&digest, record, true))
 }
@@ -121,14 +136,21 @@ async fn by_digest(
     if let Ok(Some(record)) = m.meta.manifest(digest) {
         m.metrics.cache_lookup("manifest", true);
         return match m.authz.check(up, name, Kind::Manifest, digest, headers).await {
-            Verdict::Allowed(_) | Verdict::Unreachable(_) => Ok(respond(digest, record, false)),
-            Verdict::Denied(resp) => Ok(relay(resp).await),
+            Access::Allowed(_) | Access::Cached(_) => Ok(respond(digest, record, false)),
+            Access::Relay(resp) => Ok(relay(resp).await),
+            Access::Refused(e) => Err(e),
         };
     }
     m.metrics.cache_lookup("manifest", false);
     let path = format!("/v2/{name}/manifests/{digest}");
-    let resp = up.send(Method::GET, Some(name), &path, headers, HeaderMap::new(), Some(SMALL_REQUEST_TIMEOUT)).await?;
-    if resp.status() != StatusCode::OK {
+    let cred = m.authz.grants.credential(headers);
+    let resp = match m.authz.ask(up, name, &cred, Method::GET, &path, headers).await {
+        Asked::Answered(r) => r,
+        Asked::Unavailable(why) => return Err(m.authz.refuse(up, &cred, why.status(), why)),
+    };
+    if m.authz.decide(up, name, &cred, Answer::from_status(resp.status().as_u16()), Some(digest), false)
+        != Decision::Serve
+    {
         return Ok(relay(resp).await);
     }
     let media_type = content_type(resp.headers());

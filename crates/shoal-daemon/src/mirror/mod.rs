@@ -6,6 +6,7 @@
 mod authz;
 mod blobs;
 pub mod error;
+mod grants;
 mod manifests;
 
 use std::sync::Arc;
@@ -13,9 +14,10 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use shoal_core::access::Answer;
 use shoal_core::route::{self, Route};
 use shoal_core::ErrorCode;
 
@@ -25,6 +27,7 @@ use crate::origin::{Origins, Upstream};
 use crate::task::Tasks;
 pub use authz::Authz;
 use error::ApiError;
+use grants::Challenged;
 
 /// The API version header every `/v2/` response carries.
 const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "registry/2.0");
@@ -92,7 +95,7 @@ async fn dispatch(
     let upstream = mirror.origins.select(ns(req.uri.query())?.as_deref())?;
     let headers = &req.headers;
     match route {
-        Route::Base => base(&upstream, headers).await,
+        Route::Base => base(mirror, &upstream, headers).await,
         Route::Manifest { name, reference } => {
             manifests::serve(mirror, &upstream, &name, &reference, method, headers).await
         }
@@ -114,16 +117,38 @@ fn ns(query: Option<&str>) -> Result<Option<String>, ApiError> {
 
 /// `/v2/`: 200, unless the origin wants the client to authenticate (and the daemon holds no
 /// credentials of its own), in which case its challenge is passed on. An unreachable origin
-/// still answers 200, so clients go on to what the cache can serve.
-async fn base(upstream: &Upstream, headers: &HeaderMap) -> Result<Response, ApiError> {
+/// still answers 200, so clients go on to what the cache can serve; but a client without
+/// credentials gets the origin's last challenge, as it would online, so it sends them.
+async fn base(mirror: &Mirror, upstream: &Upstream, headers: &HeaderMap) -> Result<Response, ApiError> {
     if !upstream.has_credentials() {
+        let anonymous = headers.get(AUTHORIZATION).is_none();
         let sent = upstream
             .send(Method::GET, None, "/v2/", headers, HeaderMap::new(), Some(crate::origin::SMALL_REQUEST_TIMEOUT))
             .await;
-        if let Ok(resp) = sent {
-            if resp.status() == StatusCode::UNAUTHORIZED {
+        let grants = &mirror.authz.grants;
+        match sent {
+            Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
+                if anonymous {
+                    let challenge = resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
+                    grants.challenged(upstream.name(), Challenged::Base, challenge);
+                }
                 return Ok(relay(resp).await);
             }
+            Ok(resp) if resp.status().is_success() && anonymous => {
+                grants.challenged(upstream.name(), Challenged::Base, None);
+            }
+            Ok(resp) if !matches!(Answer::from_status(resp.status().as_u16()), Answer::Unavailable(_)) => {}
+            _ if anonymous => {
+                let challenge = grants.challenge(upstream.name(), Challenged::Base);
+                if let Some(c) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+                    let e = ApiError::new(
+                        ErrorCode::Unauthorized,
+                        "authentication required (the origin cannot be asked now)",
+                    );
+                    return Err(e.with_header(WWW_AUTHENTICATE, c));
+                }
+            }
+            _ => {}
         }
     }
     Ok((StatusCode::OK, [(CONTENT_TYPE, "application/json")], "{}").into_response())
