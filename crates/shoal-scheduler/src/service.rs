@@ -312,8 +312,9 @@ pub async fn serve(listeners: Listeners, config: Config) -> std::io::Result<()> 
             async move { m.encode() }
         }),
     );
+    let limits = shoal_daemon::listener::HttpLimits::default();
     tokio::select! {
         r = grpc.serve(listeners.grpc, router) => r,
-        r = axum::serve(listeners.admin, admin) => r,
+        () = shoal_daemon::listener::serve(listeners.admin, admin, limits) => Ok(()),
     }
 }
