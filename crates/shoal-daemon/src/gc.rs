@@ -79,20 +79,9 @@ pub async fn run(space: Arc<Space>, metrics: Arc<Metrics>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::meta::{BlobRecord, BlobState, Durability, MemMeta};
+    use crate::meta::MemMeta;
+    use crate::space::tests::put_complete;
     use shoal_core::Digest;
-    use shoal_core::PieceLayout;
-
-    fn put_complete(paths: &Paths, meta: &MemMeta, data: &[u8], access: u64) -> Digest {
-        let d = Digest::of(data);
-        let path = paths.blob(&d);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, data).unwrap();
-        let mut r = BlobRecord::new(PieceLayout::for_size(data.len() as u64), access);
-        r.state = BlobState::Complete;
-        meta.put_blob(&d, &r, Durability::Sync).unwrap();
-        d
-    }
 
     #[test]
     fn recovery_drops_orphans_both_ways() {

@@ -183,12 +183,13 @@ pub fn free_bytes(path: &Path) -> io::Result<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::meta::{BlobRecord, BlobState, Durability, MemMeta};
     use shoal_core::PieceLayout;
 
-    fn put_complete(paths: &Paths, meta: &MemMeta, data: &[u8], access: u64) -> Digest {
+    /// A complete blob on disk and in `meta` (also used by the gc tests).
+    pub(crate) fn put_complete(paths: &Paths, meta: &MemMeta, data: &[u8], access: u64) -> Digest {
         let d = Digest::of(data);
         let path = paths.blob(&d);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();

@@ -39,6 +39,15 @@ async fn stats(url: &str) -> Result<StatsReply> {
     Ok(reply.into_inner())
 }
 
+/// Waits until the scheduler knows every daemon of the swarm.
+async fn wait_announced(url: &str, swarm: &Swarm) -> Result<()> {
+    let hosts = swarm.len() as u32;
+    wait_for("every daemon announced", Duration::from_secs(15), swarm, || async move {
+        stats(url).await.is_ok_and(|s| s.hosts == hosts)
+    })
+    .await
+}
+
 /// Every call a stranger can make, on one client; returns what each got.
 async fn try_everything(
     client: &mut shoal_proto::scheduler::scheduler_client::SchedulerClient<tonic::transport::Channel>,
@@ -75,11 +84,7 @@ async fn a_client_without_the_token_is_refused_and_changes_nothing() -> Result<(
     let swarm = Swarm::start(2, Swarm::config(&origin.registry, &[scheduler.url()]), |_, c| c).await?;
     let _logs = KeepLogs::new("swarm-rogue", &swarm, Some(&scheduler));
     let url = scheduler.url();
-    wait_for("both daemons announced", Duration::from_secs(15), &swarm, || {
-        let url = url.clone();
-        async move { stats(&url).await.is_ok_and(|s| s.hosts == 2) }
-    })
-    .await?;
+    wait_announced(&url, &swarm).await?;
     let layer = origin.image.layers[0].clone();
 
     let mut results = Vec::new();
@@ -148,11 +153,7 @@ async fn a_member_cannot_take_over_a_host_or_forge_origin_digests() -> Result<()
     let swarm = Swarm::start(2, config, |i, c| if i == 0 { c.origin_limit("4MiB/s") } else { c }).await?;
     let _logs = KeepLogs::new("swarm-forge", &swarm, Some(&scheduler));
     let url = scheduler.url();
-    wait_for("both daemons announced", Duration::from_secs(15), &swarm, || {
-        let url = url.clone();
-        async move { stats(&url).await.is_ok_and(|s| s.hosts == 2) }
-    })
-    .await?;
+    wait_announced(&url, &swarm).await?;
     let layer = origin.image.layers[0].clone();
     let layout = PieceLayout::for_size(layer.size);
 

@@ -25,7 +25,8 @@ fn err(e: impl std::fmt::Display) -> TlsError {
     TlsError(e.to_string())
 }
 
-pub(crate) fn provider() -> Arc<CryptoProvider> {
+/// The crypto provider every Shoal TLS config uses (aws-lc-rs).
+pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
@@ -129,7 +130,7 @@ pub fn client_config() -> Result<quinn::ClientConfig, TlsError> {
 
 /// Accepts any server certificate but checks its signatures (membership is proven by the token).
 #[derive(Debug)]
-pub(crate) struct AnyCert(pub(crate) Arc<CryptoProvider>);
+pub struct AnyCert(pub Arc<CryptoProvider>);
 
 impl ServerCertVerifier for AnyCert {
     fn verify_server_cert(
