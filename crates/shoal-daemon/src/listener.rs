@@ -77,12 +77,43 @@ impl Default for HttpLimits {
 /// The answer to a connection over the cap.
 const OVER_CAP: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 87\r\n\r\n{\"errors\":[{\"code\":\"TOOMANYREQUESTS\",\"message\":\"too many connections to this daemon\"}]}";
 
+/// Connections over the cap that are being answered at once (each for at most [`LINGER`]).
+const MAX_REFUSING: usize = 256;
+/// How long an over-cap connection is drained after its answer, so that closing it with the
+/// client's request unread does not reset it before the client reads the answer.
+const LINGER: Duration = Duration::from_millis(500);
+
+/// Answers a connection over the cap: the fixed 503 (written without waiting: a socket's send
+/// buffer holds it whole), then, within a bound of its own, a short drain of what the client
+/// sent before closing. Past that bound the connection is just closed.
+fn refuse(stream: TcpStream, refusing: &Arc<Semaphore>) {
+    let _ = stream.try_write(OVER_CAP);
+    let Ok(slot) = refusing.clone().try_acquire_owned() else { return };
+    tokio::spawn(async move {
+        let mut stream = stream;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+        let mut sink = [0u8; 4096];
+        let drain = async {
+            let mut left = 64usize << 10;
+            while left > 0 {
+                match tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+        drop(slot);
+    });
+}
+
 /// Serves `router` on `listener` until the task is dropped; never returns on its own.
 pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let builder = Arc::new(builder(&limits));
     let mut backoff = Backoff::default();
     let mut refused = Refusals::default();
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -94,8 +125,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits) {
         };
         backoff.reset();
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            // Written without waiting: a socket's send buffer holds it whole.
-            let _ = stream.try_write(OVER_CAP);
+            refuse(stream, &refusing);
             refused.log(limits.max_connections);
             continue;
         };
