@@ -105,4 +105,3 @@ fn endpoint() -> Result<quinn::Endpoint> {
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
     Ok(endpoint)
 }
-
