@@ -329,6 +329,12 @@ impl<'a> Download<'a> {
                 self.used_epoch = Some(self.used_epoch.map_or(self.digest_epoch, |e| e.min(self.digest_epoch)));
                 return Ok(());
             }
+            Ok(_) if trusted.is_none() => {
+                // The table was dropped while the piece was in flight: nothing to check it
+                // against, and nothing to blame the parent for. Fetch it again later.
+                self.in_flight.remove(&index);
+                return Ok(());
+            }
             Ok(_) => {
                 parent.bad = true;
                 FailReason::DigestMismatch

@@ -81,6 +81,15 @@ impl Inner {
         self.outboxes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Sends `event` to every peer of the task.
+    fn broadcast(&self, task: Digest, event: &pb::SchedulerEvent) {
+        if let Some(peers) = self.outboxes().get(&task) {
+            for outbox in peers.values() {
+                let _ = outbox.send(Ok(event.clone()));
+            }
+        }
+    }
+
     /// Sends a newly trusted piece digest to every other peer of the task.
     fn broadcast_digest(&self, task: Digest, from: &HostId, index: u32, digest: Digest) {
         let epoch = self.with_core(|c, _| c.digest_epoch(task));
@@ -139,9 +148,16 @@ impl Inner {
                 let parents: Vec<HostId> =
                     m.parent_host_ids.into_iter().take(MAX_REPORTED_PARENTS).map(HostId).collect();
                 tracing::warn!(%task, host = %host.0, epoch = m.epoch, "a peer found the blob forged; dropping the digest table it was built from");
+                let before = self.with_core(|c, _| c.digest_epoch(task));
                 let decided = self.with_core(|c, now| {
                     c.blob_mismatch(now, task, host, m.epoch, &parents).map(|d| (d, c.take_offers()))
                 });
+                let after = self.with_core(|c, _| c.digest_epoch(task));
+                if after != before {
+                    // Every peer drops the forged table now, before it checks a piece from the
+                    // peers that refetch from the origin against it (and blames them).
+                    self.broadcast(task, &convert::digests(after, &[]));
+                }
                 if let Ok((d, offers)) = decided {
                     self.count(&d);
                     let _ = outbox.send(Ok(convert::decision(&d)));
