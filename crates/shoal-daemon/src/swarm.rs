@@ -78,6 +78,9 @@ struct Parent {
     in_flight: u32,
     failures: u32,
     bad: bool,
+    /// Marked bad only for pieces that did not match the digest table: forgiven when the
+    /// scheduler drops that table (the table, not the parent, may have been forged).
+    bad_digest: bool,
     /// Pieces it refused as busy, and until when they are not asked of it again.
     refused: HashMap<u32, Instant>,
 }
@@ -336,6 +339,7 @@ impl<'a> Download<'a> {
                 return Ok(());
             }
             Ok(_) => {
+                parent.bad_digest = !parent.bad;
                 parent.bad = true;
                 FailReason::DigestMismatch
             }
@@ -408,9 +412,13 @@ impl<'a> Download<'a> {
                     return;
                 }
                 if ds.epoch > self.digest_epoch {
-                    // The scheduler dropped a forged table: none of its digests count any more.
+                    // The scheduler dropped a forged table: none of its digests count any more,
+                    // and parents blamed only for not matching it get another chance.
                     self.digests.clear();
                     self.digest_epoch = ds.epoch;
+                    for parent in self.parents.iter_mut().filter(|p| p.bad_digest) {
+                        (parent.bad, parent.bad_digest) = (false, false);
+                    }
                 }
                 for d in ds.digests {
                     if let Ok(bytes) = <[u8; 32]>::try_from(d.digest.as_slice()) {
@@ -436,6 +444,7 @@ impl<'a> Download<'a> {
             in_flight: 0,
             failures: 0,
             bad: false,
+            bad_digest: false,
             refused: HashMap::new(),
         });
         self.counters.parents.fetch_add(1, Ordering::Relaxed);

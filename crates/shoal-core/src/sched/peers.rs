@@ -107,6 +107,10 @@ impl Peers {
     }
 
     /// Every peer, in storage order.
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Peer> {
+        self.list.iter_mut().map(|(_, p)| p)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&HostId, &Peer)> {
         self.list.iter().map(|(id, p)| (id, p))
     }

@@ -240,6 +240,11 @@ impl Task {
             }
             self.distrusted.insert(author);
         }
+        // Parents reported bad may only have failed the forged table: forgive all but its authors.
+        let distrusted = &self.distrusted;
+        for peer in self.peers.values_mut() {
+            peer.bad.retain(|h| distrusted.contains(h));
+        }
         true
     }
 
