@@ -148,11 +148,11 @@ impl Inner {
                 let parents: Vec<HostId> =
                     m.parent_host_ids.into_iter().take(MAX_REPORTED_PARENTS).map(HostId).collect();
                 tracing::warn!(%task, host = %host.0, epoch = m.epoch, "a peer found the blob forged; dropping the digest table it was built from");
-                let before = self.with_core(|c, _| c.digest_epoch(task));
-                let decided = self.with_core(|c, now| {
-                    c.blob_mismatch(now, task, host, m.epoch, &parents).map(|d| (d, c.take_offers()))
+                let (before, decided, after) = self.with_core(|c, now| {
+                    let before = c.digest_epoch(task);
+                    let decided = c.blob_mismatch(now, task, host, m.epoch, &parents).map(|d| (d, c.take_offers()));
+                    (before, decided, c.digest_epoch(task))
                 });
-                let after = self.with_core(|c, _| c.digest_epoch(task));
                 if after != before {
                     // Every peer drops the forged table now, before it checks a piece from the
                     // peers that refetch from the origin against it (and blames them).
