@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod bitmap;
+pub mod child;
 pub mod digest;
 pub mod duration;
 pub mod error_code;
