@@ -369,7 +369,7 @@ fn without_a_scheduler_and_parents_the_child_registers_then_goes_to_the_origin()
     let mut c = Child::new(ChildConfig::default(), layout(), Bitmap::new(8), 0, 0, false);
     assert_eq!(drain(&mut c), vec![Action::Register]);
     c.register_failed(5);
-    assert_eq!(drain(&mut c), vec![Action::FetchOrigin(vec![0..8])]);
+    assert_eq!(drain(&mut c), vec![Action::FetchOrigin(std::iter::once(0..8).collect())]);
     c.register_failed(6);
     assert!(drain(&mut c).is_empty(), "one origin fetch at a time");
 }
@@ -436,7 +436,7 @@ fn without_a_scheduler_a_blob_mismatch_drops_the_parents_and_goes_to_the_origin(
     drain(&mut c);
     c.verified(now, Checked::Dropped { dropped: vec![0, 1], kept: vec![] });
     assert!(c.parent(ParentId(0)).is_bad());
-    assert_eq!(drain(&mut c), vec![Action::FetchOrigin(vec![0..2])]);
+    assert_eq!(drain(&mut c), vec![Action::FetchOrigin(std::iter::once(0..2).collect())]);
 }
 
 /// Random events.
