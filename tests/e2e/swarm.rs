@@ -204,6 +204,8 @@ mod faults;
 mod limits;
 #[path = "swarm/poison.rs"]
 mod poison;
+#[path = "swarm/ranges.rs"]
+mod ranges;
 #[path = "swarm/rogue.rs"]
 mod rogue;
 #[path = "swarm/sched_access.rs"]

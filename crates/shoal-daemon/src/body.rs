@@ -1,10 +1,14 @@
 //! Response bodies for blobs: from a complete local file, or from a download in progress.
 //!
-//! A body of a download streams bytes as the writer lands them and holds back the blob's last
-//! byte until the whole blob is verified, so a client never receives a complete body that did not
-//! hash to its digest. While the download runs, only bytes that came from the origin itself go
-//! out; bytes from peers follow once the whole blob has verified (a lying member's pieces are
-//! dropped and fetched again meanwhile).
+//! A body of a download streams bytes as the writer lands them. A body of the whole blob holds
+//! back the blob's last byte until the whole blob is verified, so a client never receives a
+//! complete body that did not hash to its digest; while the download runs it sends only bytes
+//! that came from the origin itself, and bytes from peers follow once the whole blob has verified
+//! (a lying member's pieces are dropped and fetched again meanwhile, within the same response).
+//! A body of a range sends its bytes as soon as they are verified, piece by piece: streamed from
+//! the origin, or from a parent and matching their trusted digest (see [`Progress::verified`]);
+//! it does not wait for the rest of the blob. Each body of a download tells the download where it
+//! reads next ([`crate::readers`]).
 //!
 //! When the download or the cache file fails (a full or failing disk, a download that gave up),
 //! a body with a [`Fallback`] goes on from its position with bytes straight from the origin
@@ -19,12 +23,13 @@ use axum::body::Body;
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use shoal_core::{ByteRange, Digest};
+use shoal_core::{ByteRange, Digest, PieceLayout};
 use tokio::sync::watch;
 
 use crate::direct::{Direct, Origin};
 use crate::hash::Hasher;
 use crate::metrics::ReasonLabels;
+use crate::readers::ReaderGuard;
 use crate::task::{LocalBlob, Pin, Task};
 use crate::writer::{Progress, State};
 
@@ -48,13 +53,15 @@ pub fn local(blob: LocalBlob, range: ByteRange, served: Counter, fallback: Optio
     if let Err(e) = io::Seek::seek(&mut file, io::SeekFrom::Start(range.start)) {
         return Body::from_stream(futures::stream::once(async move { Err::<Bytes, _>(e) }));
     }
-    stream(Reader::new(Arc::new(file), range, size, served, pin, None, fallback))
+    let source = Source { file: Arc::new(file), layout: PieceLayout::for_size(size), download: None };
+    stream(Reader::new(source, range, served, pin, fallback))
 }
 
 /// The body of a blob still downloading, for `range`.
 pub fn downloading(task: &Task, pin: Pin, range: ByteRange, served: Counter, fallback: Option<Fallback>) -> Body {
-    let size = task.layout.size;
-    stream(Reader::new(task.file.clone(), range, size, served, pin, Some(task.progress()), fallback))
+    let download = Download { progress: task.progress(), position: Some(task.readers.register(range.start)) };
+    let source = Source { file: task.file.clone(), layout: task.layout, download: Some(download) };
+    stream(Reader::new(source, range, served, pin, fallback))
 }
 
 fn stream(reader: Reader) -> Body {
@@ -68,14 +75,28 @@ fn stream(reader: Reader) -> Body {
     }))
 }
 
+/// The file a body reads, and the download still writing it, if any.
+struct Source {
+    file: Arc<File>,
+    layout: PieceLayout,
+    download: Option<Download>,
+}
+
+/// What a body of a download follows.
+struct Download {
+    progress: watch::Receiver<Progress>,
+    /// This body's read position, while it still reads the file.
+    position: Option<ReaderGuard>,
+}
+
 struct Reader {
     file: Arc<File>,
     start: u64,
     pos: u64,
     end: u64,
-    size: u64,
+    layout: PieceLayout,
     served: Counter,
-    progress: Option<watch::Receiver<Progress>>,
+    download: Option<Download>,
     fallback: Option<Fallback>,
     direct: Option<Direct>,
     _pin: Pin,
@@ -94,17 +115,15 @@ impl Broken {
 }
 
 impl Reader {
-    fn new(
-        file: Arc<File>,
-        range: ByteRange,
-        size: u64,
-        served: Counter,
-        pin: Pin,
-        progress: Option<watch::Receiver<Progress>>,
-        fallback: Option<Fallback>,
-    ) -> Self {
+    fn new(source: Source, range: ByteRange, served: Counter, pin: Pin, fallback: Option<Fallback>) -> Self {
+        let Source { file, layout, download } = source;
         let (start, pos, end) = (range.start, range.start, range.end);
-        Self { file, start, pos, end, size, served, progress, fallback, direct: None, _pin: pin }
+        Self { file, start, pos, end, layout, served, download, fallback, direct: None, _pin: pin }
+    }
+
+    /// True when this body delivers the whole blob (its last byte waits for the whole-blob check).
+    fn is_whole(&self) -> bool {
+        self.start == 0 && self.end == self.layout.size
     }
 
     async fn next(&mut self) -> io::Result<Option<Bytes>> {
@@ -122,13 +141,25 @@ impl Reader {
     fn count(&mut self, bytes: Bytes) -> Bytes {
         self.pos += bytes.len() as u64;
         self.served.inc_by(bytes.len() as u64);
+        self.moved();
         bytes
+    }
+
+    /// Tells the download where this body reads next; once the file has nothing more for this
+    /// body (it is done, or goes on from the origin), it stops being a reader of the download.
+    fn moved(&mut self) {
+        let Some(download) = &mut self.download else { return };
+        if self.pos >= self.end || self.direct.is_some() {
+            download.position = None;
+        } else if let Some(position) = &download.position {
+            position.advance_to(self.pos);
+        }
     }
 
     async fn read_file(&mut self) -> Result<Bytes, Broken> {
         let ready = self.wait_ready().await?;
         let len = (ready.min(self.end) - self.pos).min(CHUNK) as usize;
-        let (file, pos, shared) = (self.file.clone(), self.pos, self.progress.is_some());
+        let (file, pos, shared) = (self.file.clone(), self.pos, self.download.is_some());
         match tokio::task::spawn_blocking(move || read_chunk(&file, pos, len, shared)).await {
             Ok(Ok(bytes)) => Ok(bytes),
             Ok(Err(e)) => Err(Broken::store(e)),
@@ -141,40 +172,52 @@ impl Reader {
         let Some(fallback) = self.fallback.take() else { return Err(broken.error) };
         tracing::debug!(digest = %fallback.digest, pos = self.pos, error = %broken.error, "finishing the response from the origin");
         fallback.uncached.get_or_create(&ReasonLabels { reason: broken.reason }).inc();
-        let whole = if self.start == 0 && self.end == self.size {
+        let size = self.layout.size;
+        let whole = if self.is_whole() {
             let (file, pos) = (self.file.clone(), self.pos);
             tokio::task::spawn_blocking(move || hash_prefix(&file, pos)).await.ok().flatten()
         } else {
             None
         };
         let rest = ByteRange { start: self.pos, end: self.end };
-        self.direct = Some(Direct::new(fallback.origin, fallback.digest, self.size, rest, whole));
+        self.direct = Some(Direct::new(fallback.origin, fallback.digest, size, rest, whole));
+        self.moved();
         Ok(())
     }
 
     /// Waits until bytes past `pos` may be served; returns how far.
     async fn wait_ready(&mut self) -> Result<u64, Broken> {
-        let (size, end) = (self.size, self.end);
-        let Some(rx) = &mut self.progress else {
-            return Ok(end);
+        let (layout, pos, whole) = (self.layout, self.pos, self.is_whole());
+        let Some(Download { progress: rx, .. }) = &mut self.download else {
+            return Ok(self.end);
         };
         loop {
             let ready = {
                 let p = rx.borrow_and_update();
                 match &p.state {
-                    State::Complete => size,
+                    State::Complete => layout.size,
                     State::Failed(why) => return Err(failed("download_failed", why)),
                     State::StoreFailed(why) => return Err(failed("store_failed", why)),
-                    State::Running => p.confirmed.min(size.saturating_sub(1)),
+                    State::Running => servable(&p, &layout, pos, whole),
                 }
             };
-            if ready > self.pos {
+            if ready > pos {
                 return Ok(ready);
             }
             if rx.changed().await.is_err() && rx.borrow().state != State::Complete {
                 return Err(failed("download_failed", "blob download ended before the blob was complete"));
             }
         }
+    }
+}
+
+/// How far from `pos` a body may send while the download runs: for the whole blob, the prefix
+/// from the origin short of the last byte; for a range, the verified bytes from `pos` on.
+fn servable(p: &Progress, layout: &PieceLayout, pos: u64, whole: bool) -> u64 {
+    if whole {
+        p.confirmed.min(layout.size.saturating_sub(1))
+    } else {
+        p.verified_from(layout, pos)
     }
 }
 

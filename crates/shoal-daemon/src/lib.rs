@@ -28,6 +28,7 @@ pub mod origin;
 pub mod origin_fetch;
 pub mod paths;
 pub mod peer;
+pub mod readers;
 pub mod sched_client;
 pub mod sched_connect;
 pub mod seeding;

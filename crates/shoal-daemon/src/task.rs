@@ -24,6 +24,7 @@ use crate::metrics::{Metrics, ResultLabels, SourceLabels};
 use crate::origin::Upstream;
 use crate::origin_fetch::{runs_of, verify, Chunk, OriginSource};
 use crate::paths::Paths;
+use crate::readers::Readers;
 use crate::space::{NoRoom, Reservation, Space};
 use crate::swarm::Swarm;
 use crate::writer::{PieceWriter, Progress, State, Verified, WriteError};
@@ -111,6 +112,9 @@ pub struct Task {
     pub started: Instant,
     /// Bytes by source and parents used, for `shoal status`.
     pub counters: Arc<TaskCounters>,
+    /// Where the responses streaming this blob read next: the download fetches those pieces
+    /// first.
+    pub readers: Arc<Readers>,
 }
 
 /// Per-task tallies.
@@ -309,6 +313,7 @@ impl Tasks {
             progress: writer.subscribe(),
             started: Instant::now(),
             counters: Arc::default(),
+            readers: Arc::new(Readers::new(layout)),
         });
         running.insert(digest, task.clone());
         drop(running);

@@ -84,8 +84,31 @@ pub struct Progress {
     pub confirmed: u64,
     /// Pieces present and hashed.
     pub have: Bitmap,
+    /// Pieces whose bytes a ranged response may send before the whole blob is verified: those
+    /// streamed here from the origin, and those from parents that matched their trusted digest.
+    /// Pieces resumed from disk are not among them. A subset of `have`.
+    pub verified: Bitmap,
+    /// Pieces streaming from the origin right now, with the bytes present from each one's
+    /// start, by piece: those bytes are verified too (they came from the origin itself).
+    pub streaming: Vec<(u32, u64)>,
     /// Running, complete or failed.
     pub state: State,
+}
+
+impl Progress {
+    /// How far from `pos` a ranged response may send: the end of the verified bytes that run
+    /// from `pos` without a gap (`pos` itself when the byte at `pos` is not verified yet).
+    pub fn verified_from(&self, layout: &PieceLayout, pos: u64) -> u64 {
+        if self.state == State::Complete {
+            return layout.size;
+        }
+        let mut i = layout.piece_of(pos);
+        while i < layout.count() && self.verified.get(i) {
+            i += 1;
+        }
+        let streamed = self.streaming.iter().find(|(p, _)| *p == i).map_or(0, |(_, n)| *n);
+        (layout.piece(i).start + streamed).max(pos)
+    }
 }
 
 /// The end state of a download, if it has one.
@@ -120,6 +143,9 @@ pub struct PieceWriter {
     /// Present pieces that did not come from this node's own origin stream (from peers, or
     /// resumed from disk): dropped if the whole blob does not verify.
     unconfirmed: Bitmap,
+    /// Present pieces that came from the origin stream or matched a trusted digest (see
+    /// [`Progress::verified`]).
+    verified: Bitmap,
     inflight: HashMap<u32, (Option<Hasher>, u64)>,
     whole: Hasher,
     hash_pieces: bool,
@@ -155,7 +181,14 @@ impl PieceWriter {
         };
         let have = verify_pieces(&file, &mut record)?;
         meta.put_blob(&digest, &record, Durability::Sync)?;
-        let progress = Progress { available: 0, confirmed: 0, have: have.clone(), state: State::Running };
+        let progress = Progress {
+            available: 0,
+            confirmed: 0,
+            have: have.clone(),
+            verified: Bitmap::new(layout.count()),
+            streaming: Vec::new(),
+            state: State::Running,
+        };
         let (progress, _) = watch::channel(progress);
         let w = Self {
             digest,
@@ -165,6 +198,7 @@ impl PieceWriter {
             file,
             record,
             unconfirmed: have.clone(),
+            verified: Bitmap::new(layout.count()),
             have,
             inflight: HashMap::new(),
             whole: Hasher::default(),
@@ -236,6 +270,7 @@ impl PieceWriter {
         self.file.write_all_at(data, piece.start)?;
         self.inflight.remove(&index);
         self.unconfirmed.set(index);
+        self.verified.set(index);
         self.complete_piece(index, Some(digest))?;
         self.advance_whole(piece.start, data)?;
         self.publish();
@@ -290,6 +325,7 @@ impl PieceWriter {
                 crate::fault::corrupt_piece(&mut bytes);
                 digest = Some(crate::hash::digest(&bytes));
             }
+            self.verified.set(index);
             self.complete_piece(index, digest)?;
         }
         Ok(())
@@ -359,14 +395,29 @@ impl PieceWriter {
         self.layout.piece(i).start + partial
     }
 
+    /// Pieces streaming from the origin, with the bytes present from each one's start.
+    fn streaming(&self) -> Vec<(u32, u64)> {
+        let mut streaming: Vec<(u32, u64)> =
+            self.inflight.iter().filter(|(_, (_, n))| *n > 0).map(|(&i, (_, n))| (i, *n)).collect();
+        streaming.sort_unstable();
+        streaming
+    }
+
     fn publish(&self) {
         let available = self.available();
         let confirmed = self.confirmed();
+        let streaming = self.streaming();
         self.progress.send_if_modified(|p| {
-            let changed = p.available != available || p.have.count() != self.have.count() || p.confirmed != confirmed;
+            let changed = p.available != available
+                || p.have.count() != self.have.count()
+                || p.verified.count() != self.verified.count()
+                || p.confirmed != confirmed
+                || p.streaming != streaming;
             p.available = available;
             p.confirmed = confirmed;
             p.have.clone_from(&self.have);
+            p.verified.clone_from(&self.verified);
+            p.streaming = streaming;
             changed
         });
     }
@@ -391,6 +442,7 @@ impl PieceWriter {
         tracing::warn!(digest = %self.digest, %actual, pieces = dropped.len(), "blob does not hash to its digest; dropping the pieces that came from peers");
         for &i in &dropped {
             self.have.unset(i);
+            self.verified.unset(i);
             self.record.piece_digests[i as usize].clear();
         }
         self.unconfirmed = Bitmap::new(self.layout.count());
@@ -598,6 +650,66 @@ mod tests {
         assert_eq!(rx.borrow().confirmed, data.len() as u64);
         assert_eq!(w.verify().unwrap(), Verified::Complete);
         assert_eq!(std::fs::read(paths.blob(&digest)).unwrap(), data);
+    }
+
+    #[test]
+    fn a_range_is_verified_piece_by_piece_before_the_blob_is() {
+        let data = blob(4 * MIB);
+        let (_d, paths, meta, digest, layout) = setup(&data);
+        let mut w = PieceWriter::open(&paths, meta, digest, layout, 0).unwrap();
+        let rx = w.subscribe();
+        let from = |pos: usize| rx.borrow().verified_from(&layout, pos as u64) as usize;
+        // The last piece streams from the origin: its bytes count as they land, the last included.
+        w.write(3 * MIB as u64, &data[3 * MIB..3 * MIB + 100]).unwrap();
+        assert_eq!((from(3 * MIB), from(3 * MIB + 100), from(0)), (3 * MIB + 100, 3 * MIB + 100, 0));
+        w.write(3 * MIB as u64 + 100, &data[3 * MIB + 100..]).unwrap();
+        assert_eq!(from(3 * MIB + 7), 4 * MIB);
+        // A parent's piece that matched its trusted digest counts too; up to the next gap.
+        let piece = &data[MIB..2 * MIB];
+        w.write_piece(1, piece, crate::hash::digest(piece)).unwrap();
+        assert_eq!((from(MIB), from(2 * MIB)), (2 * MIB, 2 * MIB));
+        let p = rx.borrow().clone();
+        assert_eq!((p.confirmed, p.state), (0, State::Running), "the whole-blob prefix is another matter");
+        w.write(0, &data[..3 * MIB]).unwrap();
+        assert_eq!(from(0), 4 * MIB);
+        assert!(rx.borrow().streaming.is_empty());
+        w.finish().unwrap();
+    }
+
+    #[test]
+    fn pieces_resumed_from_disk_are_not_verified_for_ranges() {
+        let data = blob(4 * MIB);
+        let (_d, paths, meta, digest, layout) = setup(&data);
+        let mut w = PieceWriter::open(&paths, meta.clone(), digest, layout, 0).unwrap();
+        w.write(0, &data[..2 * MIB]).unwrap();
+        assert_eq!(w.subscribe().borrow().verified_from(&layout, 0), 2 * MIB as u64);
+        drop(w);
+        let mut w = PieceWriter::open(&paths, meta, digest, layout, 0).unwrap();
+        let rx = w.subscribe();
+        assert_eq!(w.have().count(), 2);
+        assert_eq!(rx.borrow().verified_from(&layout, 0), 0);
+        w.write(2 * MIB as u64, &data[2 * MIB..]).unwrap();
+        assert_eq!(rx.borrow().verified_from(&layout, 0), 0);
+        assert_eq!(rx.borrow().verified_from(&layout, 2 * MIB as u64), 4 * MIB as u64);
+        w.finish().unwrap();
+        assert_eq!(rx.borrow().verified_from(&layout, 0), 4 * MIB as u64);
+    }
+
+    #[test]
+    fn a_dropped_peer_piece_is_no_longer_verified() {
+        let data = blob(3 * MIB);
+        let (_d, paths, meta, digest, layout) = setup(&data);
+        let mut w = PieceWriter::open(&paths, meta, digest, layout, 0).unwrap();
+        let rx = w.subscribe();
+        let mut bad = data[MIB..2 * MIB].to_vec();
+        bad[7] ^= 1;
+        w.write_piece(1, &bad, crate::hash::digest(&bad)).unwrap();
+        w.write(0, &data[..MIB]).unwrap();
+        w.write(2 * MIB as u64, &data[2 * MIB..]).unwrap();
+        assert_eq!(rx.borrow().verified_from(&layout, 0), 3 * MIB as u64);
+        assert!(matches!(w.verify().unwrap(), Verified::Dropped { .. }));
+        assert_eq!(rx.borrow().verified_from(&layout, 0), MIB as u64);
+        assert_eq!(rx.borrow().verified_from(&layout, MIB as u64 + 1), MIB as u64 + 1);
     }
 
     #[test]
