@@ -567,7 +567,8 @@ mod tests {
         let dht = |c: Config| c.validate().map(|s| s.swarm.and_then(|s| s.dht));
         let token = Some("0123456789abcdef".to_owned());
         assert!(dht(Config::default()).unwrap().is_none());
-        let first = Config { dht_listen: Some("127.0.0.1:7000".into()), cluster_token: token.clone(), ..Config::default() };
+        let first =
+            Config { dht_listen: Some("127.0.0.1:7000".into()), cluster_token: token.clone(), ..Config::default() };
         let s = first.validate().unwrap().swarm.unwrap();
         assert!(s.schedulers.is_empty(), "no scheduler, still a swarm");
         assert_eq!(s.advertise_ip.to_string(), "127.0.0.1", "the IP of dht_listen");
@@ -590,7 +591,10 @@ mod tests {
             assert!(e.contains(key), "{e}");
         };
         bad(Config { bootstrap: vec!["127.0.0.1:7000".into()], ..Config::default() }, "cluster_token");
-        bad(Config { bootstrap: vec!["a b".into()], cluster_token: token.clone(), ..Config::default() }, "bootstrap[0]");
+        bad(
+            Config { bootstrap: vec!["a b".into()], cluster_token: token.clone(), ..Config::default() },
+            "bootstrap[0]",
+        );
         bad(Config { dht_listen: Some("nope".into()), cluster_token: token, ..Config::default() }, "dht_listen");
         assert!(toml::from_str::<Config>("bootstrap = [\"a:1\"]\ndht_listen = \"0.0.0.0:1\"").is_ok());
     }

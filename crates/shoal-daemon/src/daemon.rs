@@ -244,3 +244,86 @@ fn healthz(space: &Space) -> String {
         Some((reason, secs)) => format!("degraded: cache: {reason} (for {secs} s)\n"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::discovery::conformance::eventually;
+    use crate::discovery::Discovery;
+    use crate::meta::{BlobRecord, BlobState, Durability};
+    use shoal_core::{Digest, PieceLayout};
+
+    const TOKEN: &str = "daemon-test-token-0123";
+
+    /// A complete blob in `dir`'s store, as a previous run left it.
+    fn held_blob(dir: &std::path::Path, data: &[u8]) -> Digest {
+        let paths = Paths::new(dir);
+        paths.create().unwrap();
+        let digest = Digest::of(data);
+        std::fs::create_dir_all(paths.blob(&digest).parent().unwrap()).unwrap();
+        std::fs::write(paths.blob(&digest), data).unwrap();
+        let mut record = BlobRecord::new(PieceLayout::for_size(data.len() as u64), 1);
+        record.state = BlobState::Complete;
+        record.piece_digests[0] = crate::hash::digest(data).hex();
+        RedbMeta::open(&paths.meta_db()).unwrap().put_blob(&digest, &record, Durability::Sync).unwrap();
+        digest
+    }
+
+    /// A daemon with no scheduler, the DHT on loopback, and `cache_size`.
+    fn settings(dir: &std::path::Path, cache_size: &str) -> Settings {
+        Config {
+            data_dir: dir.into(),
+            mirror_listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
+            peer_listen: "127.0.0.1:0".into(),
+            dht_listen: Some("127.0.0.1:0".into()),
+            cluster_token: Some(TOKEN.into()),
+            host_id: Some("first".into()),
+            cache_size: cache_size.into(),
+            min_free_space: "0".into(),
+            ..Config::default()
+        }
+        .validate()
+        .unwrap()
+    }
+
+    /// Another member of the DHT, joined through `dht`.
+    async fn probe(dht: SocketAddr) -> Dht {
+        let me = Holder { host_id: "probe".into(), addr: ([127, 0, 0, 1], 9).into() };
+        let loopback = [127, 0, 0, 1].into();
+        let bootstrap = vec![dht.to_string().parse().unwrap()];
+        Dht::start(DhtConfig::new("127.0.0.1:0".parse().unwrap(), loopback, bootstrap, TOKEN.into(), me)).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn without_a_scheduler_the_dht_brings_the_peer_listener_and_advertises_what_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = b"a layer held before the restart ".repeat(1000);
+        let blob = held_blob(dir.path(), &data);
+        let running = start(&settings(dir.path(), "1GiB")).await.unwrap();
+        let (peer, dht) = (running.peer_addr.unwrap(), running.dht_addr.unwrap());
+        let probe = probe(dht).await;
+        let first = Holder { host_id: "first".into(), addr: peer };
+        eventually("the probe finds the held blob", async || probe.holders(&blob).await.unwrap() == [first.clone()])
+            .await;
+
+        let ep = crate::peer::client::endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+        let client = PeerClient::new(ep, "probe".into(), TOKEN.into(), Arc::new(Limiter::unlimited()));
+        let table = client.fetch_digests(peer, &blob, 1 << 30).await.unwrap();
+        assert!(table.complete);
+        assert_eq!(table.digests, vec![Some(crate::hash::digest(&data))]);
+    }
+
+    #[tokio::test]
+    async fn an_evicted_blob_is_withdrawn() {
+        let dir = tempfile::tempdir().unwrap();
+        let blob = held_blob(dir.path(), &[7; 4096]);
+        // A quota smaller than the blob: the first gc round evicts it.
+        let running = start(&settings(dir.path(), "1KiB")).await.unwrap();
+        let probe = probe(running.dht_addr.unwrap()).await;
+        eventually("the probe finds the blob", async || probe.holders(&blob).await.unwrap().len() == 1).await;
+        eventually("the evicted blob is withdrawn", async || probe.holders(&blob).await.unwrap().is_empty()).await;
+        assert!(!Paths::new(dir.path()).blob(&blob).exists());
+    }
+}

@@ -44,7 +44,8 @@ impl Holdings {
     /// At start-up: advertises every complete blob. Returns how many; a blob that could not be
     /// advertised is logged and left to the periodic re-publication.
     pub async fn advertise_held(&self) -> Result<usize, MetaError> {
-        let complete: Vec<Digest> = self.meta.blobs()?.into_iter().filter(|(_, r)| r.is_complete()).map(|(d, _)| d).collect();
+        let complete: Vec<Digest> =
+            self.meta.blobs()?.into_iter().filter(|(_, r)| r.is_complete()).map(|(d, _)| d).collect();
         for blob in &complete {
             if let Err(e) = self.advertise(blob).await {
                 tracing::debug!(%blob, error = %e, "advertising a held blob failed");
@@ -104,7 +105,8 @@ mod tests {
         let meta = Arc::new(MemMeta::default());
         let me = Holdings::new(Arc::new(network.join(holder("me", 1))), meta.clone());
         let other = network.join(holder("other", 2));
-        let (kept, evicted, partial) = (put(&meta, b"kept", true), put(&meta, b"evicted", true), put(&meta, b"p", false));
+        let (kept, evicted, partial) =
+            (put(&meta, b"kept", true), put(&meta, b"evicted", true), put(&meta, b"p", false));
         assert_eq!(me.advertise_held().await.unwrap(), 2);
         assert_eq!(other.holders(&kept).await.unwrap(), vec![holder("me", 1)]);
         assert!(other.holders(&partial).await.unwrap().is_empty(), "a partial blob after a restart is not served");

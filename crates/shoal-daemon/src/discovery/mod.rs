@@ -15,7 +15,7 @@ mod holdings;
 pub mod memory;
 
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;
 
 use std::net::SocketAddr;
 

@@ -147,7 +147,12 @@ impl PeerClient {
     /// The piece digests the holder at `addr` has of `task`, page by page; `max_size` bounds
     /// the blob size the holder may claim (`max_blob_size`). [`PeerError::NotFound`] when it
     /// does not hold the blob; [`PeerError::Stream`] when the table is malformed.
-    pub async fn fetch_digests(&self, addr: SocketAddr, task: &Digest, max_size: u64) -> Result<DigestTable, PeerError> {
+    pub async fn fetch_digests(
+        &self,
+        addr: SocketAddr,
+        task: &Digest,
+        max_size: u64,
+    ) -> Result<DigestTable, PeerError> {
         let first = self.digest_page(addr, task, 0).await?;
         if !first.held {
             return Err(PeerError::NotFound);

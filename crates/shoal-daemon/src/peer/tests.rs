@@ -243,7 +243,10 @@ async fn holders_answer_with_the_digests_they_have() {
         matches!(c.fetch_digests(addr, &blob.digest, MIB).await, Err(PeerError::Stream(_))),
         "a blob larger than max_size is refused"
     );
-    assert!(matches!(client(b"wrong").fetch_digests(addr, &blob.digest, 1 << 40).await, Err(PeerError::Unauthorized(_))));
+    assert!(matches!(
+        client(b"wrong").fetch_digests(addr, &blob.digest, 1 << 40).await,
+        Err(PeerError::Unauthorized(_))
+    ));
 }
 
 #[tokio::test]

@@ -63,7 +63,13 @@ pub struct DhtConfig {
 
 impl DhtConfig {
     /// A configuration with the default intervals.
-    pub fn new(listen: SocketAddr, advertise_ip: IpAddr, bootstrap: Vec<BootstrapAddr>, token: Vec<u8>, me: Holder) -> Self {
+    pub fn new(
+        listen: SocketAddr,
+        advertise_ip: IpAddr,
+        bootstrap: Vec<BootstrapAddr>,
+        token: Vec<u8>,
+        me: Holder,
+    ) -> Self {
         Self { listen, advertise_ip, bootstrap, token, me, republish: REPUBLISH, rebootstrap: REBOOTSTRAP }
     }
 }

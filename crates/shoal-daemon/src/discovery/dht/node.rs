@@ -185,19 +185,15 @@ impl Node {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.on_identify(e),
             SwarmEvent::Behaviour(BehaviourEvent::Holds(e)) => self.on_holds(e),
-            SwarmEvent::ConnectionEstablished { endpoint, .. } => {
-                if endpoint.is_dialer() {
-                    self.dialed.insert(endpoint.get_remote_address().clone());
-                }
+            SwarmEvent::ConnectionEstablished { endpoint, .. } if endpoint.is_dialer() => {
+                self.dialed.insert(endpoint.get_remote_address().clone());
             }
-            SwarmEvent::ConnectionClosed { peer_id, endpoint, num_established, cause, .. } => {
-                if num_established == 0 {
-                    self.dialed.remove(endpoint.get_remote_address());
-                    // Closed by an error (reset, keep-alive timeout): the member is gone. An
-                    // idle close keeps it: it is still a member, just quiet.
-                    if cause.is_some() {
-                        self.shared.members().remove(&peer_id);
-                    }
+            SwarmEvent::ConnectionClosed { peer_id, endpoint, num_established: 0, cause, .. } => {
+                self.dialed.remove(endpoint.get_remote_address());
+                // Closed by an error (reset, keep-alive timeout): the member is gone. An idle
+                // close keeps it: it is still a member, just quiet.
+                if cause.is_some() {
+                    self.shared.members().remove(&peer_id);
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
@@ -336,10 +332,8 @@ impl Node {
     }
 
     fn maybe_finish(&mut self, query: QueryId) {
-        let done = self
-            .lookups
-            .get(&query)
-            .is_some_and(|l| (!l.searching && l.pending == 0) || l.found.len() >= MAX_HOLDERS);
+        let done =
+            self.lookups.get(&query).is_some_and(|l| (!l.searching && l.pending == 0) || l.found.len() >= MAX_HOLDERS);
         if done {
             self.finish_lookup(query);
         }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
+use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::core::upgrade::Version;
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
 use libp2p::pnet::{PnetConfig, PreSharedKey};
@@ -34,6 +35,9 @@ pub const PROVIDER_TTL: Duration = Duration::from_secs(30 * 60);
 pub const HOLDS_TIMEOUT: Duration = Duration::from_secs(1);
 /// Connections with no stream open are kept this long, so members stay connected.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Connections at once, and those still in their handshake (a stranger's never completes).
+const MAX_CONNECTIONS: u32 = crate::listener::DEFAULT_MAX_CONNECTIONS as u32;
+const MAX_PENDING: u32 = 64;
 
 /// The domain of the pre-shared key, so the token's other uses never yield the same key.
 const PSK_DOMAIN: &[u8] = b"shoal dht private network key v1";
@@ -49,6 +53,8 @@ pub fn psk(token: &[u8]) -> PreSharedKey {
 /// The protocols a DHT node speaks.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Caps on connections (the first behaviour: it refuses before the others see anything).
+    pub limits: connection_limits::Behaviour,
     /// Provider records keyed by blob digest, and the routing table of members.
     pub kad: kad::Behaviour<MemoryStore>,
     /// Each member's host id, peer address and DHT address.
@@ -110,15 +116,18 @@ fn behaviour(key: &libp2p::identity::Keypair, agent: String, republish: Duration
             // listener on 0.0.0.0 would otherwise announce loopback and every interface.
             .with_hide_listen_addrs(true),
     );
-    let codec = request_response::json::codec::Codec::default()
-        .set_request_size_maximum(256)
-        .set_response_size_maximum(1024);
+    let codec =
+        request_response::json::codec::Codec::default().set_request_size_maximum(256).set_response_size_maximum(1024);
     let holds = request_response::Behaviour::with_codec(
         codec,
         [(HOLDS_PROTOCOL, ProtocolSupport::Full)],
         request_response::Config::default().with_request_timeout(HOLDS_TIMEOUT),
     );
-    Behaviour { kad, identify, holds }
+    let limits = ConnectionLimits::default()
+        .with_max_pending_incoming(Some(MAX_PENDING))
+        .with_max_established(Some(MAX_CONNECTIONS))
+        .with_max_established_per_peer(Some(2));
+    Behaviour { limits: connection_limits::Behaviour::new(limits), kad, identify, holds }
 }
 
 /// `/ip4/a.b.c.d/tcp/port` (or `/ip6/…`).
