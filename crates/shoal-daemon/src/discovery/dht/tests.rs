@@ -19,10 +19,16 @@ fn member(i: u16) -> Holder {
 
 /// A node of the cluster of `token`, joining through `bootstrap`.
 async fn node(i: u16, token: &[u8], bootstrap: &[SocketAddr]) -> Dht {
+    let names: Vec<String> = bootstrap.iter().map(SocketAddr::to_string).collect();
+    node_at(i, token, "127.0.0.1:0".parse().unwrap(), &names).await
+}
+
+/// A node listening on `listen`, joining through bootstrap names.
+async fn node_at(i: u16, token: &[u8], listen: SocketAddr, bootstrap: &[String]) -> Dht {
     let mut config = DhtConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
+        listen,
         [127, 0, 0, 1].into(),
-        bootstrap.iter().map(|a| a.to_string().parse().unwrap()).collect(),
+        bootstrap.iter().map(|a| a.parse().unwrap()).collect(),
         token.to_vec(),
         member(i),
     );
@@ -92,4 +98,16 @@ async fn a_dead_holder_is_not_offered() {
     let started = Instant::now();
     eventually("the dead holder is gone", async || nodes[1].holders(&blob).await.unwrap() == vec![member(1)]).await;
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn bootstrap_names_are_resolved_again_until_a_member_answers() {
+    // A port nobody listens on yet: the joiner starts first and keeps trying the name.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let joiner = node_at(1, TOKEN, "127.0.0.1:0".parse().unwrap(), &[format!("localhost:{port}")]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!joiner.ready());
+    let first = node_at(0, TOKEN, SocketAddr::from(([127, 0, 0, 1], port)), &[]).await;
+    eventually("the joiner reaches the member behind the name", async || joiner.ready() && first.ready()).await;
+    assert_eq!(joiner.members(), vec![member(0), member(1)]);
 }
