@@ -11,6 +11,8 @@ use shoal_core::duration::parse_duration;
 use shoal_core::size::{parse_rate, parse_size};
 use url::Url;
 
+use crate::discovery::bootstrap::BootstrapAddr;
+
 /// Why a configuration cannot be used; each message names the offending key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -81,16 +83,27 @@ pub struct Config {
     /// Scheduler URLs (`http://host:65000`); tasks are spread over them by rendezvous hashing.
     /// Empty: no scheduler (pulls go to the origin).
     pub scheduler: Vec<String>,
-    /// The peer (QUIC, UDP) listener other daemons fetch pieces from.
+    /// The peer (QUIC, UDP) listener other daemons fetch pieces from. It runs with a scheduler
+    /// or the DHT.
     pub peer_listen: String,
-    /// The IP other daemons dial; default: the IP of `peer_listen`, or when that is unspecified
-    /// the local address of the route to the first scheduler.
+    /// The DHT (Kademlia over TCP) listener, default `0.0.0.0:65004`. Setting it, or
+    /// `bootstrap`, turns the DHT on: with a scheduler it carries on when the scheduler does not
+    /// answer; without one it is how daemons find each other. The first member of a cluster
+    /// sets only this (or a `bootstrap` list that does not answer yet).
+    pub dht_listen: Option<String>,
+    /// Where to join the DHT: other daemons' `dht_listen` (`host:port`, or `host` for port
+    /// 65004), or a DNS name resolving to several (a Kubernetes headless service), resolved
+    /// again every 30 s. Turns the DHT on.
+    pub bootstrap: Vec<String>,
+    /// The IP other daemons dial (peer port and DHT); default: the IP of `peer_listen`, or when
+    /// that is unspecified the local address of the route to the first scheduler (else to the
+    /// first bootstrap address).
     pub advertise_addr: Option<String>,
     /// This node's site (rack, zone, edge location): parents are chosen in the same site first,
     /// and each site fetches a blob from the origin once.
     pub site: String,
-    /// The secret every daemon of the cluster shares; peers without it are refused. Required
-    /// with `scheduler`.
+    /// The secret every daemon of the cluster shares; peers without it are refused (the peer
+    /// port, the scheduler, the DHT). Required with `scheduler` or the DHT.
     pub cluster_token: Option<String>,
     /// A file holding the cluster token (first line), instead of `cluster_token`.
     pub cluster_token_file: Option<PathBuf>,
@@ -129,6 +142,8 @@ impl Default for Config {
             min_free_space: "1GiB".into(),
             scheduler: Vec::new(),
             peer_listen: "0.0.0.0:65002".into(),
+            dht_listen: None,
+            bootstrap: Vec::new(),
             advertise_addr: None,
             site: "default".into(),
             cluster_token: None,
@@ -159,7 +174,7 @@ pub struct Settings {
     pub cache_size: u64,
     /// See [`Config::min_free_space`], in bytes.
     pub min_free_space: u64,
-    /// The swarm settings; `None` without a scheduler.
+    /// The swarm settings; `None` without a scheduler and without the DHT.
     pub swarm: Option<Swarm>,
     /// Byte rates; 0 is unlimited.
     pub limits: Limits,
@@ -186,11 +201,13 @@ pub struct Limits {
     pub origin: u64,
 }
 
-/// Validated peer-to-peer settings.
+/// Validated peer-to-peer settings: a scheduler, the DHT, or both.
 #[derive(Debug, Clone)]
 pub struct Swarm {
-    /// Scheduler URLs.
+    /// Scheduler URLs; empty when the DHT alone finds peers.
     pub schedulers: Vec<Url>,
+    /// The DHT, when `dht_listen` or `bootstrap` is set.
+    pub dht: Option<Dht>,
     /// QUIC listener.
     pub peer_listen: SocketAddr,
     /// IP peers dial.
@@ -202,6 +219,18 @@ pub struct Swarm {
     /// Host id.
     pub host_id: String,
 }
+
+/// Validated DHT settings.
+#[derive(Debug, Clone)]
+pub struct Dht {
+    /// See [`Config::dht_listen`].
+    pub listen: SocketAddr,
+    /// See [`Config::bootstrap`]; may be empty (the first member).
+    pub bootstrap: Vec<BootstrapAddr>,
+}
+
+/// `dht_listen` when only `bootstrap` is set.
+pub const DEFAULT_DHT_LISTEN: &str = "0.0.0.0:65004";
 
 /// A validated upstream registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,6 +325,27 @@ impl Config {
     fn validate_swarm(&self) -> Result<Option<Swarm>, ConfigError> {
         let peer_listen: SocketAddr =
             self.peer_listen.parse().map_err(|e| invalid("peer_listen", format!("{:?}: {e}", self.peer_listen)))?;
+        let schedulers = self.validate_schedulers()?;
+        let dht = self.validate_dht()?;
+        let token = self.token()?;
+        if schedulers.is_empty() && dht.is_none() {
+            return Ok(None);
+        }
+        let token = token.ok_or_else(|| {
+            invalid(
+                "cluster_token",
+                "required when a scheduler or the DHT (bootstrap, dht_listen) is configured (or set cluster_token_file)",
+            )
+        })?;
+        let advertise_ip = self.advertise_ip(peer_listen, &schedulers, dht.as_ref())?;
+        if self.site.is_empty() {
+            return Err(invalid("site", "must not be empty"));
+        }
+        let host_id = self.host_id.clone().unwrap_or_else(|| format!("{}-{}", hostname(), peer_listen.port()));
+        Ok(Some(Swarm { schedulers, dht, peer_listen, advertise_ip, site: self.site.clone(), token, host_id }))
+    }
+
+    fn validate_schedulers(&self) -> Result<Vec<Url>, ConfigError> {
         let mut schedulers = Vec::new();
         for (i, s) in self.scheduler.iter().enumerate() {
             let url = Url::parse(s).map_err(|e| invalid(format!("scheduler[{i}]"), format!("{s:?}: {e}")))?;
@@ -304,22 +354,49 @@ impl Config {
             }
             schedulers.push(url);
         }
-        let token = self.token()?;
-        let Some(first) = schedulers.first() else { return Ok(None) };
-        let token = token.ok_or_else(|| {
-            invalid("cluster_token", "required when a scheduler is configured (or set cluster_token_file)")
-        })?;
-        let advertise_ip = match &self.advertise_addr {
-            Some(a) => a.parse().map_err(|e| invalid("advertise_addr", format!("{a:?}: {e}")))?,
-            None if !peer_listen.ip().is_unspecified() => peer_listen.ip(),
-            None => route_ip(first)
-                .ok_or_else(|| invalid("advertise_addr", "cannot be derived; set the IP other daemons should dial"))?,
-        };
-        if self.site.is_empty() {
-            return Err(invalid("site", "must not be empty"));
+        Ok(schedulers)
+    }
+
+    /// The DHT settings, when `dht_listen` or `bootstrap` turns it on.
+    fn validate_dht(&self) -> Result<Option<Dht>, ConfigError> {
+        if self.dht_listen.is_none() && self.bootstrap.is_empty() {
+            return Ok(None);
         }
-        let host_id = self.host_id.clone().unwrap_or_else(|| format!("{}-{}", hostname(), peer_listen.port()));
-        Ok(Some(Swarm { schedulers, peer_listen, advertise_ip, site: self.site.clone(), token, host_id }))
+        let listen = self.dht_listen.as_deref().unwrap_or(DEFAULT_DHT_LISTEN);
+        let listen = listen.parse().map_err(|e| invalid("dht_listen", format!("{listen:?}: {e}")))?;
+        let bootstrap = self
+            .bootstrap
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b.parse().map_err(|e: String| invalid(format!("bootstrap[{i}]"), e)))
+            .collect::<Result<_, _>>()?;
+        Ok(Some(Dht { listen, bootstrap }))
+    }
+
+    /// `advertise_addr`, else the IP of `peer_listen` or `dht_listen` (unless unspecified), else
+    /// the local IP of the route to the first scheduler or, without one, the first bootstrap
+    /// address.
+    fn advertise_ip(
+        &self,
+        peer_listen: SocketAddr,
+        schedulers: &[Url],
+        dht: Option<&Dht>,
+    ) -> Result<std::net::IpAddr, ConfigError> {
+        if let Some(a) = &self.advertise_addr {
+            return a.parse().map_err(|e| invalid("advertise_addr", format!("{a:?}: {e}")));
+        }
+        let listening = [Some(peer_listen), dht.map(|d| d.listen)].into_iter().flatten();
+        if let Some(ip) = listening.map(|a| a.ip()).find(|ip| !ip.is_unspecified()) {
+            return Ok(ip);
+        }
+        let target = match (schedulers.first(), dht.and_then(|d| d.bootstrap.first())) {
+            (Some(url), _) => url.host_str().map(|h| (h.to_owned(), url.port_or_known_default().unwrap_or(65000))),
+            (None, Some(b)) => Some((b.host.clone(), b.port)),
+            (None, None) => None,
+        };
+        target
+            .and_then(|(host, port)| route_ip(&host, port))
+            .ok_or_else(|| invalid("advertise_addr", "cannot be derived; set the IP other daemons should dial"))
     }
 
     fn token(&self) -> Result<Option<Vec<u8>>, ConfigError> {
@@ -357,10 +434,8 @@ fn rate(key: &str, v: &str) -> Result<u64, ConfigError> {
     parse_rate(v).map_err(|e| invalid(key, e.to_string()))
 }
 
-/// The local IP of the route to `url`'s host (a UDP connect sends nothing).
-fn route_ip(url: &Url) -> Option<std::net::IpAddr> {
-    let host = url.host_str()?;
-    let port = url.port_or_known_default().unwrap_or(65000);
+/// The local IP of the route to `host` (a UDP connect sends nothing).
+fn route_ip(host: &str, port: u16) -> Option<std::net::IpAddr> {
     let target = std::net::ToSocketAddrs::to_socket_addrs(&(host, port)).ok()?.next()?;
     let bind: SocketAddr =
         if target.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
@@ -485,5 +560,42 @@ mod tests {
         bad(|c| c.peer_listen = "x".into(), "peer_listen");
         let l = with(|c| c.origin_limit = "10MiB/s".into()).unwrap().limits;
         assert_eq!(l.origin, 10 << 20);
+    }
+
+    #[test]
+    fn bootstrap_or_dht_listen_turns_the_dht_on() {
+        let dht = |c: Config| c.validate().map(|s| s.swarm.and_then(|s| s.dht));
+        let token = Some("0123456789abcdef".to_owned());
+        assert!(dht(Config::default()).unwrap().is_none());
+        let first =
+            Config { dht_listen: Some("127.0.0.1:7000".into()), cluster_token: token.clone(), ..Config::default() };
+        let s = first.validate().unwrap().swarm.unwrap();
+        assert!(s.schedulers.is_empty(), "no scheduler, still a swarm");
+        assert_eq!(s.advertise_ip.to_string(), "127.0.0.1", "the IP of dht_listen");
+        let d = s.dht.unwrap();
+        assert_eq!((d.listen.port(), d.bootstrap.len()), (7000, 0));
+
+        let joining = Config {
+            bootstrap: vec!["127.0.0.1:7000".into(), "shoal-dht.shoal.svc".into()],
+            cluster_token: token.clone(),
+            ..Config::default()
+        };
+        let s = joining.validate().unwrap().swarm.unwrap();
+        assert_eq!(s.advertise_ip.to_string(), "127.0.0.1", "the route to the first bootstrap address");
+        let d = s.dht.unwrap();
+        assert_eq!(d.listen.to_string(), DEFAULT_DHT_LISTEN);
+        assert_eq!(d.bootstrap[1].to_string(), "shoal-dht.shoal.svc:65004");
+
+        let bad = |c: Config, key: &str| {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        };
+        bad(Config { bootstrap: vec!["127.0.0.1:7000".into()], ..Config::default() }, "cluster_token");
+        bad(
+            Config { bootstrap: vec!["a b".into()], cluster_token: token.clone(), ..Config::default() },
+            "bootstrap[0]",
+        );
+        bad(Config { dht_listen: Some("nope".into()), cluster_token: token, ..Config::default() }, "dht_listen");
+        assert!(toml::from_str::<Config>("bootstrap = [\"a:1\"]\ndht_listen = \"0.0.0.0:1\"").is_ok());
     }
 }

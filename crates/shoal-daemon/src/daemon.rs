@@ -1,5 +1,6 @@
 //! Wiring: opens the store, recovers it, builds the shared parts and serves the mirror and admin
-//! listeners until shutdown. No request logic lives here.
+//! listeners (and, with a scheduler or the DHT, the peer listener and discovery) until
+//! shutdown. No request logic lives here.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +13,8 @@ use tokio::net::TcpListener;
 use shoal_core::picker::PickerConfig;
 
 use crate::config::Settings;
+use crate::discovery::dht::{Dht, DhtConfig, DhtError};
+use crate::discovery::{Holder, Holdings};
 use crate::limits::Limiter;
 use crate::listener::HttpLimits;
 use crate::meta::MetaStore;
@@ -60,6 +63,9 @@ pub enum StartError {
     /// The HTTP client for origins could not be built.
     #[error("origin HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    /// The DHT could not start (`dht_listen`).
+    #[error("{0}")]
+    Dht(#[from] DhtError),
 }
 
 /// A started daemon.
@@ -68,8 +74,10 @@ pub struct Running {
     pub mirror_addr: SocketAddr,
     /// Where the admin listener listens.
     pub admin_addr: SocketAddr,
-    /// Where the peer (QUIC) listener listens, with a scheduler configured.
+    /// Where the peer (QUIC) listener listens, with a scheduler or the DHT configured.
     pub peer_addr: Option<SocketAddr>,
+    /// Where the DHT listens, when it is on.
+    pub dht_addr: Option<SocketAddr>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -105,6 +113,7 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
     let mut peer_addr = None;
     let mut endpoint = None;
     let seeds = Arc::new(Seeds::new(SeedingConfig::default()));
+    let mut holdings = None;
     if let Some(swarm) = &settings.swarm {
         let ep = crate::peer::client::endpoint(swarm.peer_listen).map_err(StartError::Peer)?;
         let addr = ep.local_addr().map_err(|source| StartError::Bind {
@@ -112,19 +121,26 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
             addr: swarm.peer_listen,
             source,
         })?;
-        let schedulers =
-            Schedulers::new(swarm, addr, settings.limits.upload).map_err(|e| StartError::Peer(e.to_string()))?;
-        let schedulers = Arc::new(schedulers);
-        handles.push(tokio::spawn(schedulers.clone().announce_forever()));
-        let download = Arc::new(Limiter::new(settings.limits.download));
-        let peers = Arc::new(PeerClient::new(ep.clone(), swarm.host_id.clone(), swarm.token.clone(), download));
-        tasks = tasks.with_swarm(Arc::new(Swarm {
-            schedulers,
-            peers,
-            picker: PickerConfig { urgent_window: 2, ..PickerConfig::default() },
-            sessions: Default::default(),
-            seeds: seeds.clone(),
-        }));
+        if !swarm.schedulers.is_empty() {
+            let schedulers =
+                Schedulers::new(swarm, addr, settings.limits.upload).map_err(|e| StartError::Peer(e.to_string()))?;
+            let schedulers = Arc::new(schedulers);
+            handles.push(tokio::spawn(schedulers.clone().announce_forever()));
+            let download = Arc::new(Limiter::new(settings.limits.download));
+            let peers = Arc::new(PeerClient::new(ep.clone(), swarm.host_id.clone(), swarm.token.clone(), download));
+            tasks = tasks.with_swarm(Arc::new(Swarm {
+                schedulers,
+                peers,
+                picker: PickerConfig { urgent_window: 2, ..PickerConfig::default() },
+                sessions: Default::default(),
+                seeds: seeds.clone(),
+            }));
+        }
+        if let Some(dht) = &swarm.dht {
+            let me = Holder { host_id: swarm.host_id.clone(), addr: SocketAddr::new(swarm.advertise_ip, addr.port()) };
+            let config = DhtConfig::new(dht.listen, swarm.advertise_ip, dht.bootstrap.clone(), swarm.token.clone(), me);
+            holdings = Some(start_dht(config, meta.clone()).await?);
+        }
         peer_addr = Some(addr);
         endpoint = Some(ep);
     }
@@ -135,6 +151,7 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
             host_id: swarm.host_id.clone(),
             token: swarm.token.clone(),
             store: tasks.clone(),
+            meta: meta.clone(),
             upload: Arc::new(Limiter::new(settings.limits.upload)),
             uploaded: metrics.uploaded_bytes.clone(),
             seeds,
@@ -175,9 +192,26 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
     let serve = |listener: TcpListener, router: Router| tokio::spawn(crate::listener::serve(listener, router, limits));
     handles.push(serve(mirror_listener, mirror::router(mirror)));
     handles.push(serve(admin_listener, admin_router(metrics.clone(), tasks_for_status)));
-    handles.push(tokio::spawn(crate::gc::run(space, metrics)));
-    tracing::info!(%mirror_addr, %admin_addr, ?peer_addr, data_dir = %settings.data_dir.display(), "shoal daemon started");
-    Ok(Running { mirror_addr, admin_addr, peer_addr, tasks: handles })
+    let dht_addr = holdings.as_ref().map(|(_, addr)| *addr);
+    handles.push(tokio::spawn(crate::gc::run(space, metrics, holdings.map(|(h, _)| h))));
+    tracing::info!(%mirror_addr, %admin_addr, ?peer_addr, ?dht_addr, data_dir = %settings.data_dir.display(), "shoal daemon started");
+    Ok(Running { mirror_addr, admin_addr, peer_addr, dht_addr, tasks: handles })
+}
+
+/// Starts the DHT and re-advertises, in the background, every complete blob of `meta`.
+/// Returns the holdings (the DHT lives as long as they do) and where the DHT listens.
+async fn start_dht(config: DhtConfig, meta: Arc<dyn MetaStore>) -> Result<(Arc<Holdings>, SocketAddr), StartError> {
+    let dht = Dht::start(config).await?;
+    let addr = dht.local_addr();
+    let holdings = Arc::new(Holdings::new(Arc::new(dht), meta));
+    let advertising = holdings.clone();
+    tokio::spawn(async move {
+        match advertising.advertise_held().await {
+            Ok(n) => tracing::info!(blobs = n, "advertised the blobs held"),
+            Err(e) => tracing::warn!(error = %e, "cannot list the blobs held to advertise them"),
+        }
+    });
+    Ok((holdings, addr))
 }
 
 fn admin_router(metrics: Arc<Metrics>, tasks: Arc<Tasks>) -> Router {
@@ -208,5 +242,88 @@ fn healthz(space: &Space) -> String {
     match space.health.degraded() {
         None => "ok\n".into(),
         Some((reason, secs)) => format!("degraded: cache: {reason} (for {secs} s)\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::discovery::conformance::eventually;
+    use crate::discovery::Discovery;
+    use crate::meta::{BlobRecord, BlobState, Durability};
+    use shoal_core::{Digest, PieceLayout};
+
+    const TOKEN: &str = "daemon-test-token-0123";
+
+    /// A complete blob in `dir`'s store, as a previous run left it.
+    fn held_blob(dir: &std::path::Path, data: &[u8]) -> Digest {
+        let paths = Paths::new(dir);
+        paths.create().unwrap();
+        let digest = Digest::of(data);
+        std::fs::create_dir_all(paths.blob(&digest).parent().unwrap()).unwrap();
+        std::fs::write(paths.blob(&digest), data).unwrap();
+        let mut record = BlobRecord::new(PieceLayout::for_size(data.len() as u64), 1);
+        record.state = BlobState::Complete;
+        record.piece_digests[0] = crate::hash::digest(data).hex();
+        RedbMeta::open(&paths.meta_db()).unwrap().put_blob(&digest, &record, Durability::Sync).unwrap();
+        digest
+    }
+
+    /// A daemon with no scheduler, the DHT on loopback, and `cache_size`.
+    fn settings(dir: &std::path::Path, cache_size: &str) -> Settings {
+        Config {
+            data_dir: dir.into(),
+            mirror_listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
+            peer_listen: "127.0.0.1:0".into(),
+            dht_listen: Some("127.0.0.1:0".into()),
+            cluster_token: Some(TOKEN.into()),
+            host_id: Some("first".into()),
+            cache_size: cache_size.into(),
+            min_free_space: "0".into(),
+            ..Config::default()
+        }
+        .validate()
+        .unwrap()
+    }
+
+    /// Another member of the DHT, joined through `dht`.
+    async fn probe(dht: SocketAddr) -> Dht {
+        let me = Holder { host_id: "probe".into(), addr: ([127, 0, 0, 1], 9).into() };
+        let loopback = [127, 0, 0, 1].into();
+        let bootstrap = vec![dht.to_string().parse().unwrap()];
+        Dht::start(DhtConfig::new("127.0.0.1:0".parse().unwrap(), loopback, bootstrap, TOKEN.into(), me)).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn without_a_scheduler_the_dht_brings_the_peer_listener_and_advertises_what_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = b"a layer held before the restart ".repeat(1000);
+        let blob = held_blob(dir.path(), &data);
+        let running = start(&settings(dir.path(), "1GiB")).await.unwrap();
+        let (peer, dht) = (running.peer_addr.unwrap(), running.dht_addr.unwrap());
+        let probe = probe(dht).await;
+        let first = Holder { host_id: "first".into(), addr: peer };
+        eventually("the probe finds the held blob", async || probe.holders(&blob).await.unwrap() == [first.clone()])
+            .await;
+
+        let ep = crate::peer::client::endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+        let client = PeerClient::new(ep, "probe".into(), TOKEN.into(), Arc::new(Limiter::unlimited()));
+        let table = client.fetch_digests(peer, &blob, 1 << 30).await.unwrap();
+        assert!(table.complete);
+        assert_eq!(table.digests, vec![Some(crate::hash::digest(&data))]);
+    }
+
+    #[tokio::test]
+    async fn an_evicted_blob_is_withdrawn() {
+        let dir = tempfile::tempdir().unwrap();
+        let blob = held_blob(dir.path(), &[7; 4096]);
+        // A quota smaller than the blob: the first gc round evicts it.
+        let running = start(&settings(dir.path(), "1KiB")).await.unwrap();
+        let probe = probe(running.dht_addr.unwrap()).await;
+        eventually("the probe finds the blob", async || probe.holders(&blob).await.unwrap().len() == 1).await;
+        eventually("the evicted blob is withdrawn", async || probe.holders(&blob).await.unwrap().is_empty()).await;
+        assert!(!Paths::new(dir.path()).blob(&blob).exists());
     }
 }

@@ -2,13 +2,15 @@
 //!
 //! Recovery makes metadata and files agree (nothing the metadata calls complete without its
 //! file; no file without a record). Eviction itself is [`crate::space`]'s: this module runs it on
-//! a timer, for what changes outside the daemon (such as the file system's free space).
+//! a timer, for what changes outside the daemon (such as the file system's free space), and
+//! after each round withdraws from discovery what is no longer held.
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::discovery::Holdings;
 use crate::meta::{MetaError, MetaStore};
 use crate::metrics::Metrics;
 use crate::paths::Paths;
@@ -60,8 +62,10 @@ fn remove_unknown(dir: &Path, known: &HashSet<String>) {
 }
 
 /// Keeps the cache within its limits forever, every [`GC_INTERVAL`] (reservations keep them at
-/// every moment; this catches what changes outside the daemon, such as the free space).
-pub async fn run(space: Arc<Space>, metrics: Arc<Metrics>) {
+/// every moment; this catches what changes outside the daemon, such as the free space). With
+/// `holdings`, each round then withdraws every blob evicted since the last (by this round or by
+/// a reservation), so other members stop being sent here for it.
+pub async fn run(space: Arc<Space>, metrics: Arc<Metrics>, holdings: Option<Arc<Holdings>>) {
     loop {
         tokio::time::sleep(GC_INTERVAL).await;
         let space = space.clone();
@@ -72,6 +76,13 @@ pub async fn run(space: Arc<Space>, metrics: Arc<Metrics>) {
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "cache eviction failed"),
             Err(e) => tracing::warn!(error = %e, "cache eviction panicked"),
+        }
+        if let Some(holdings) = &holdings {
+            match holdings.withdraw_gone().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(blobs = n, "withdrew evicted blobs from discovery"),
+                Err(e) => tracing::warn!(error = %e, "cannot list evicted blobs to withdraw"),
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod body;
 pub mod config;
 pub mod daemon;
 pub mod direct;
+pub mod discovery;
 pub mod fault;
 pub mod gc;
 pub mod hash;

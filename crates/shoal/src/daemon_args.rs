@@ -37,6 +37,13 @@ pub struct DaemonArgs {
     /// Peer QUIC listener, UDP (`peer_listen`, default 0.0.0.0:65002).
     #[arg(long, value_name = "ADDR")]
     pub peer_listen: Option<String>,
+    /// DHT listener, TCP (`dht_listen`, default 0.0.0.0:65004); setting it turns the DHT on.
+    #[arg(long, value_name = "ADDR")]
+    pub dht_listen: Option<String>,
+    /// Where to join the DHT, repeatable (`bootstrap`): another daemon's dht_listen, or a DNS
+    /// name resolving to several (a headless service); turns the DHT on.
+    #[arg(long, value_name = "ADDR")]
+    pub bootstrap: Vec<String>,
     /// The IP other daemons dial (`advertise_addr`).
     #[arg(long, value_name = "IP")]
     pub advertise_addr: Option<String>,
@@ -105,6 +112,10 @@ impl DaemonArgs {
         if !self.scheduler.is_empty() {
             config.scheduler.clone_from(&self.scheduler);
         }
+        if !self.bootstrap.is_empty() {
+            config.bootstrap.clone_from(&self.bootstrap);
+        }
+        override_opt(&mut config.dht_listen, &self.dht_listen);
         override_opt(&mut config.advertise_addr, &self.advertise_addr);
         // A token given by flag (or env) replaces both file keys.
         if self.cluster_token.is_some() || self.cluster_token_file.is_some() {
@@ -279,6 +290,14 @@ mod tests {
         assert_eq!((s.max_connections, s.max_blob_size), (8, 2 << 30));
         let bad = DaemonArgs { max_blob_size: Some("big".into()), ..DaemonArgs::default() };
         assert!(bad.settings(Config::default()).unwrap_err().to_string().contains("max_blob_size"));
+        let args = DaemonArgs {
+            bootstrap: vec!["10.0.0.1:7000".into(), "shoal-dht".into()],
+            dht_listen: Some("127.0.0.1:7001".into()),
+            cluster_token: Some("0123456789abcdef".into()),
+            ..DaemonArgs::default()
+        };
+        let dht = args.settings(Config::default()).unwrap().swarm.unwrap().dht.unwrap();
+        assert_eq!((dht.listen.port(), dht.bootstrap.len()), (7001, 2));
         let bad = DaemonArgs { registry: vec!["nourl".into()], ..DaemonArgs::default() };
         assert!(bad.settings(Config::default()).unwrap_err().to_string().contains("registry"));
     }

@@ -1,6 +1,7 @@
 //! Fetching from parents: one cached, authenticated QUIC connection per parent, one stream per
 //! piece, paced by the download limit. Bytes are returned unverified: the caller checks them
-//! against the scheduler's digest.
+//! against the scheduler's digest. A holder's piece digest table (for when no scheduler hands
+//! out a trusted one) is checked for shape here, never for truth.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -8,8 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use shoal_core::Digest;
-use shoal_proto::peer::{request, HaveRequest, HaveUpdate, Hello, PieceHeader, PieceRequest, PieceStatus, Request};
+use shoal_core::{Digest, PieceLayout};
+use shoal_proto::peer::{
+    request, DigestsAnswer, DigestsRequest, HaveRequest, HaveUpdate, Hello, PieceHeader, PieceRequest, PieceStatus,
+    Request,
+};
 
 use super::auth::{self, Role};
 use super::tls::{PROVEN_PARENT_WINDOW, SERVER_NAME};
@@ -125,6 +129,83 @@ impl PeerClient {
         let _ = send.finish();
         Ok(HaveStream { recv })
     }
+}
+
+/// A holder's piece digests of one blob: its claim, to be cross-checked (the blob's sha256 has
+/// the last word).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestTable {
+    /// The blob's layout, as the holder has it (the standard one for its size).
+    pub layout: PieceLayout,
+    /// One per piece: its digest, or `None` when the holder has no digest for it.
+    pub digests: Vec<Option<Digest>>,
+    /// The holder has the whole blob and it matched its sha256 there.
+    pub complete: bool,
+}
+
+impl PeerClient {
+    /// The piece digests the holder at `addr` has of `task`, page by page; `max_size` bounds
+    /// the blob size the holder may claim (`max_blob_size`). [`PeerError::NotFound`] when it
+    /// does not hold the blob; [`PeerError::Stream`] when the table is malformed.
+    pub async fn fetch_digests(
+        &self,
+        addr: SocketAddr,
+        task: &Digest,
+        max_size: u64,
+    ) -> Result<DigestTable, PeerError> {
+        let first = self.digest_page(addr, task, 0).await?;
+        if !first.held {
+            return Err(PeerError::NotFound);
+        }
+        let layout = PieceLayout::bounded(first.size, max_size).map_err(|e| malformed(&e))?;
+        if layout.piece_size != first.piece_size {
+            return Err(malformed(&format!("piece size {} for a blob of {} bytes", first.piece_size, first.size)));
+        }
+        let (count, complete) = (layout.count() as usize, first.complete);
+        let mut digests = Vec::new();
+        let mut page = first;
+        loop {
+            append_page(&mut digests, &page, layout)?;
+            if digests.len() == count {
+                return Ok(DigestTable { layout, digests, complete });
+            }
+            page = self.digest_page(addr, task, digests.len() as u32).await?;
+        }
+    }
+
+    async fn digest_page(&self, addr: SocketAddr, task: &Digest, first: u32) -> Result<DigestsAnswer, PeerError> {
+        let conn = self.connection(addr).await?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| PeerError::Stream(e.to_string()))?;
+        let req = DigestsRequest { task_id: task.to_string(), first };
+        frame::write(&mut send, &Request { request: Some(request::Request::Digests(req)) }).await?;
+        let _ = send.finish();
+        Ok(frame::read(&mut recv).await?)
+    }
+}
+
+/// Appends one page's digests, checking that it continues the table where it stopped, keeps
+/// the layout, brings at least one digest and no more than the blob has.
+fn append_page(digests: &mut Vec<Option<Digest>>, page: &DigestsAnswer, layout: PieceLayout) -> Result<(), PeerError> {
+    let count = layout.count() as usize;
+    let continues = page.held && page.first as usize == digests.len() && page.size == layout.size;
+    if !continues || page.piece_size != layout.piece_size {
+        return Err(malformed(&"a page that does not continue the table"));
+    }
+    if (page.digests.is_empty() && digests.len() < count) || digests.len() + page.digests.len() > count {
+        return Err(malformed(&format!("{} digests from piece {} of {count}", page.digests.len(), page.first)));
+    }
+    for d in &page.digests {
+        digests.push(match d.len() {
+            0 => None,
+            32 => Some(Digest::from_bytes(d.as_slice().try_into().unwrap_or([0; 32]))),
+            n => return Err(malformed(&format!("a piece digest of {n} bytes"))),
+        });
+    }
+    Ok(())
+}
+
+fn malformed(what: &dyn std::fmt::Display) -> PeerError {
+    PeerError::Stream(format!("malformed digest table: {what}"))
 }
 
 /// "Have" updates from one parent.

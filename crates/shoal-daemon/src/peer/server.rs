@@ -1,5 +1,5 @@
-//! Serving pieces to children: accept connections, check the cluster token, then answer piece
-//! and "have" requests, one bidirectional stream each, paced by the upload limit.
+//! Serving pieces to children: accept connections, check the cluster token, then answer piece,
+//! "have" and "digests" requests, one bidirectional stream each, paced by the upload limit.
 //!
 //! A peer that has not proven the token holds at most one stream and a few KiB of credit (see
 //! `tls`), for at most the handshake timeout; how many such peers, and connections in all, are
@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use shoal_core::Digest;
-use shoal_proto::peer::{request, HaveUpdate, Hello, PieceHeader, PieceRequest, PieceStatus, Request};
+use shoal_proto::peer::{
+    request, DigestsAnswer, DigestsRequest, HaveUpdate, Hello, PieceHeader, PieceRequest, PieceStatus, Request,
+};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -19,6 +21,7 @@ use super::auth::{self, Role};
 use super::tls::{PROVEN_CHILD_STREAMS, PROVEN_CHILD_WINDOW};
 use super::{exporter, frame, PieceStore};
 use crate::limits::Limiter;
+use crate::meta::MetaStore;
 use crate::seeding::Seeds;
 
 /// Bytes read and sent per write (the corrupt-uploads fault flips the first byte of each).
@@ -27,6 +30,8 @@ const CHUNK: u64 = crate::fault::CHUNK;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a stream has to deliver its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Piece digests in one answer to a digests request (16384 × 34 bytes fit a frame).
+pub const DIGESTS_PER_PAGE: u32 = 16384;
 
 /// What the server needs.
 pub struct ServerCtx {
@@ -36,6 +41,8 @@ pub struct ServerCtx {
     pub token: Vec<u8>,
     /// Pieces held.
     pub store: Arc<dyn PieceStore>,
+    /// Blob records, for the piece digests held (digests requests).
+    pub meta: Arc<dyn MetaStore>,
     /// Upload pacing.
     pub upload: Arc<Limiter>,
     /// Bytes uploaded to peers.
@@ -175,6 +182,9 @@ async fn request(
     match req.request {
         Some(request::Request::Piece(p)) => piece(&mut send, p, &ctx, &child).await,
         Some(request::Request::Have(h)) => have(&mut send, &h.task_id, &ctx).await,
+        Some(request::Request::Digests(d)) => {
+            frame::write(&mut send, &digest_page(ctx.meta.as_ref(), &d)).await.map_err(|e| e.to_string())
+        }
         None => Err("empty request".into()),
     }?;
     let _ = send.finish();
@@ -219,6 +229,28 @@ async fn piece(send: &mut quinn::SendStream, p: PieceRequest, ctx: &ServerCtx, c
 /// Answers a piece request with `status` and no bytes.
 async fn refuse(send: &mut quinn::SendStream, status: PieceStatus) -> Result<(), String> {
     frame::write(send, &PieceHeader { status: status as i32, length: 0 }).await.map_err(|e| e.to_string())
+}
+
+/// One page of the piece digests held of a blob: [`DIGESTS_PER_PAGE`] from `first` on, each
+/// the 32 bytes of a piece present here, else empty. Not held (or unreadable): `held` false.
+fn digest_page(meta: &dyn MetaStore, req: &DigestsRequest) -> DigestsAnswer {
+    let record = req.task_id.parse::<Digest>().ok().and_then(|d| meta.blob(&d).ok().flatten());
+    let Some(record) = record else { return DigestsAnswer::default() };
+    let (count, have) = (record.layout.count(), record.bitmap());
+    let first = req.first.min(count);
+    let end = first.saturating_add(DIGESTS_PER_PAGE).min(count);
+    let digest = |i: u32| -> Vec<u8> {
+        let hex = record.piece_digests.get(i as usize).filter(|_| have.get(i));
+        hex.and_then(|h| hex::decode(h).ok()).filter(|b| b.len() == 32).unwrap_or_default()
+    };
+    DigestsAnswer {
+        held: true,
+        size: record.layout.size,
+        piece_size: record.layout.piece_size,
+        first,
+        digests: (first..end).map(digest).collect(),
+        complete: record.is_complete(),
+    }
 }
 
 async fn have(send: &mut quinn::SendStream, task_id: &str, ctx: &ServerCtx) -> Result<(), String> {

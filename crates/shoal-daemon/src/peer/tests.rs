@@ -10,6 +10,7 @@ use super::client::{endpoint, PeerClient};
 use super::server::{serve, PeerLimits, ServerCtx};
 use super::{PeerError, PieceStore};
 use crate::limits::Limiter;
+use crate::meta::{BlobRecord, BlobState, Durability, MemMeta, MetaStore};
 use crate::seeding::Seeds;
 use crate::writer::Progress;
 use shoal_core::seeding::SeedingConfig;
@@ -48,7 +49,36 @@ impl PieceStore for OneBlob {
 }
 
 fn start_server(store: Arc<OneBlob>, token: &[u8], corrupt: bool) -> std::net::SocketAddr {
-    start_seeding(store, token, corrupt, Arc::new(Seeds::new(SeedingConfig::default())))
+    start_with_meta(store, token, corrupt, Arc::new(MemMeta::default()))
+}
+
+fn start_with_meta(store: Arc<OneBlob>, token: &[u8], corrupt: bool, meta: Arc<MemMeta>) -> std::net::SocketAddr {
+    let seeds = Arc::new(Seeds::new(SeedingConfig::default()));
+    start_full(store, token, corrupt, seeds, PeerLimits::default(), meta)
+}
+
+fn start_full(
+    store: Arc<OneBlob>,
+    token: &[u8],
+    corrupt: bool,
+    seeds: Arc<Seeds>,
+    limits: PeerLimits,
+    meta: Arc<MemMeta>,
+) -> std::net::SocketAddr {
+    let ep = endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = ep.local_addr().unwrap();
+    let ctx = ServerCtx {
+        host_id: "parent".into(),
+        token: token.to_vec(),
+        store,
+        meta,
+        upload: Arc::new(Limiter::unlimited()),
+        uploaded: Default::default(),
+        seeds,
+        corrupt,
+    };
+    tokio::spawn(serve(ep, Arc::new(ctx), limits));
+    addr
 }
 
 fn start_seeding(store: Arc<OneBlob>, token: &[u8], corrupt: bool, seeds: Arc<Seeds>) -> std::net::SocketAddr {
@@ -62,19 +92,7 @@ fn start_limited(
     seeds: Arc<Seeds>,
     limits: PeerLimits,
 ) -> std::net::SocketAddr {
-    let ep = endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = ep.local_addr().unwrap();
-    let ctx = ServerCtx {
-        host_id: "parent".into(),
-        token: token.to_vec(),
-        store,
-        upload: Arc::new(Limiter::unlimited()),
-        uploaded: Default::default(),
-        seeds,
-        corrupt,
-    };
-    tokio::spawn(serve(ep, Arc::new(ctx), limits));
-    addr
+    start_full(store, token, corrupt, seeds, limits, Arc::new(MemMeta::default()))
 }
 
 fn client(token: &[u8]) -> PeerClient {
@@ -182,4 +200,71 @@ async fn a_stream_without_a_complete_request_is_reset() {
     // The connection itself still serves.
     let c = client(b"t");
     assert!(c.fetch_piece(addr, &blob.digest, 0, MIB).await.is_ok());
+}
+
+/// A record of `blob` in `meta` holding `pieces`, with their true digests (complete: all).
+fn record(meta: &MemMeta, blob: &OneBlob, bytes: &[u8], pieces: &[u32], complete: bool) {
+    let mut r = BlobRecord::new(blob.layout, 0);
+    let mut have = Bitmap::new(blob.layout.count());
+    for &i in pieces {
+        let p = blob.layout.piece(i);
+        r.piece_digests[i as usize] = crate::hash::digest(&bytes[p.start as usize..p.end as usize]).hex();
+        have.set(i);
+    }
+    r.state = if complete { BlobState::Complete } else { BlobState::Partial { bitmap: have.as_bytes().to_vec() } };
+    meta.put_blob(&blob.digest, &r, Durability::Sync).unwrap();
+}
+
+#[tokio::test]
+async fn holders_answer_with_the_digests_they_have() {
+    let bytes = data(3 * MIB + 5);
+    let blob = Arc::new(OneBlob::new(&bytes));
+    let meta = Arc::new(MemMeta::default());
+    record(&meta, &blob, &bytes, &[0, 1, 2, 3], true);
+    let addr = start_with_meta(blob.clone(), b"t", false, meta.clone());
+    let c = client(b"t");
+    let table = c.fetch_digests(addr, &blob.digest, 1 << 40).await.unwrap();
+    assert!(table.complete);
+    assert_eq!(table.layout, blob.layout);
+    for (i, d) in table.digests.iter().enumerate() {
+        let p = blob.layout.piece(i as u32);
+        assert_eq!(*d, Some(crate::hash::digest(&bytes[p.start as usize..p.end as usize])), "piece {i}");
+    }
+
+    record(&meta, &blob, &bytes, &[0, 2], false);
+    let table = c.fetch_digests(addr, &blob.digest, 1 << 40).await.unwrap();
+    assert!(!table.complete);
+    let present: Vec<bool> = table.digests.iter().map(Option::is_some).collect();
+    assert_eq!(present, [true, false, true, false]);
+
+    let unknown = Digest::of(b"not here");
+    assert!(matches!(c.fetch_digests(addr, &unknown, 1 << 40).await, Err(PeerError::NotFound)));
+    assert!(
+        matches!(c.fetch_digests(addr, &blob.digest, MIB).await, Err(PeerError::Stream(_))),
+        "a blob larger than max_size is refused"
+    );
+    assert!(matches!(
+        client(b"wrong").fetch_digests(addr, &blob.digest, 1 << 40).await,
+        Err(PeerError::Unauthorized(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_large_table_comes_in_bounded_pages() {
+    // A 320 GiB blob: 20000 pieces of 16 MiB, more than one page. Only its record exists.
+    let layout = PieceLayout::for_size(20_000 * 16 * MIB);
+    assert!(layout.count() > super::server::DIGESTS_PER_PAGE);
+    let digest = Digest::of(b"huge");
+    let mut r = BlobRecord::new(layout, 0);
+    for (i, d) in r.piece_digests.iter_mut().enumerate() {
+        *d = Digest::of(&i.to_be_bytes()).hex();
+    }
+    r.state = BlobState::Complete;
+    let meta = Arc::new(MemMeta::default());
+    meta.put_blob(&digest, &r, Durability::Sync).unwrap();
+    let addr = start_with_meta(Arc::new(OneBlob::new(b"unrelated")), b"t", false, meta);
+    let table = client(b"t").fetch_digests(addr, &digest, 1 << 40).await.unwrap();
+    assert_eq!(table.digests.len(), 20_000);
+    assert_eq!(table.digests[19_999], Some(Digest::of(&19_999usize.to_be_bytes())));
+    assert!(table.digests.iter().all(Option::is_some));
 }
