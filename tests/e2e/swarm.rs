@@ -202,9 +202,13 @@ mod fallback;
 mod faults;
 #[path = "swarm/limits.rs"]
 mod limits;
+#[path = "swarm/parent_kill_cost.rs"]
+mod parent_kill_cost;
 #[path = "swarm/poison.rs"]
 mod poison;
 #[path = "swarm/rogue.rs"]
 mod rogue;
 #[path = "swarm/sched_access.rs"]
 mod sched_access;
+#[path = "swarm/schedulers.rs"]
+mod schedulers;
