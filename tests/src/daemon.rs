@@ -172,12 +172,6 @@ impl Daemon {
         tail(&self.stderr_path(), 6000)
     }
 
-    /// The lines of its stderr (all runs) that contain every one of `needles`, colours removed.
-    pub fn log_lines_with(&self, needles: &[&str]) -> Vec<String> {
-        let text = std::fs::read_to_string(self.stderr_path()).unwrap_or_default();
-        text.lines().map(crate::swarm::strip_ansi).filter(|l| needles.iter().all(|n| l.contains(n))).collect()
-    }
-
     /// SIGKILL, no clean shutdown.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
