@@ -268,3 +268,81 @@ impl Schedulers {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url() -> Url {
+        Url::parse("http://127.0.0.1:9").expect("a valid URL")
+    }
+
+    /// Schedulers at `ports` of loopback, where nothing listens (in a runtime: the lazy
+    /// channels spawn their workers).
+    fn schedulers(ports: &[u16]) -> Schedulers {
+        let swarm = Swarm {
+            schedulers: ports.iter().map(|p| Url::parse(&format!("http://127.0.0.1:{p}")).expect("URL")).collect(),
+            peer_listen: "127.0.0.1:0".parse().expect("address"),
+            advertise_ip: "127.0.0.1".parse().expect("IP"),
+            site: "default".into(),
+            token: b"a-cluster-token-for-unit-tests".to_vec(),
+            host_id: "h1".into(),
+        };
+        Schedulers::new(&swarm, "127.0.0.1:7".parse().expect("address"), 0).expect("lazy clients")
+    }
+
+    /// A loopback port nobody listens on (it was free a moment ago).
+    fn closed_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address").port()
+    }
+
+    #[test]
+    fn transport_failures_are_deaths_and_other_statuses_are_answers() {
+        for code in [tonic::Code::Unavailable, tonic::Code::DeadlineExceeded, tonic::Code::Unknown] {
+            let e = SchedError::from_status(&url(), &tonic::Status::new(code, "x"));
+            assert!(matches!(e, SchedError::Unreachable { .. }), "{code:?}: {e}");
+        }
+        for code in [tonic::Code::PermissionDenied, tonic::Code::FailedPrecondition, tonic::Code::InvalidArgument] {
+            let e = SchedError::from_status(&url(), &tonic::Status::new(code, "x"));
+            assert!(matches!(e, SchedError::Refused { code: c, .. } if c == code), "{code:?}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refusal_keeps_a_scheduler_live_and_a_failure_marks_it_dead() {
+        let s = schedulers(&[1]);
+        let refused =
+            SchedError::Refused { url: String::new(), code: tonic::Code::PermissionDenied, message: "x".into() };
+        let unreachable = SchedError::timed_out(&url());
+        let gauge = Gauge::default();
+        let s = s.with_live_gauge(gauge.clone());
+        s.record(&s.schedulers[0], Err(&refused));
+        assert_eq!((s.live_count(), gauge.get()), (1, 1));
+        s.record(&s.schedulers[0], Err(&unreachable));
+        assert_eq!((s.live_count(), gauge.get()), (0, 0));
+        s.record(&s.schedulers[0], Ok(()));
+        assert_eq!((s.live_count(), gauge.get()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_dead_scheduler_is_tried_last() {
+        let s = schedulers(&[1, 2, 3]);
+        let task = Digest::of(b"a task");
+        let owner = s.candidates(&task)[0].url.clone();
+        let dead = s.schedulers.iter().find(|x| x.url == owner).expect("the owner is configured");
+        s.record(dead, Err(&SchedError::timed_out(&owner)));
+        let order: Vec<&Url> = s.candidates(&task).iter().map(|x| &x.url).collect();
+        assert_eq!(order.len(), 3);
+        assert_eq!(order[2], &owner, "{order:?}");
+    }
+
+    #[tokio::test]
+    async fn open_tries_every_scheduler_and_marks_the_unreachable_ones_dead() {
+        let s = schedulers(&[closed_port(), closed_port()]);
+        let layout = PieceLayout::for_size(4 << 20);
+        let result = s.open(&Digest::of(b"a blob"), layout, &Bitmap::new(layout.count())).await;
+        assert!(matches!(result, Err(SchedError::Unreachable { .. })), "{:?}", result.err());
+        assert_eq!(s.live_count(), 0);
+    }
+}
