@@ -28,6 +28,7 @@ use tonic::transport::Channel;
 use url::Url;
 
 use crate::config::Swarm;
+use crate::sched_connect::Refusal;
 
 /// Bound on connecting to a scheduler and on one announcement or registration attempt.
 pub const SCHEDULER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -64,10 +65,13 @@ pub enum SchedError {
 }
 
 impl SchedError {
-    /// Classifies a gRPC status: transport failures mean unreachable, anything else is the
-    /// scheduler's own answer.
+    /// Classifies a gRPC status: transport failures mean unreachable, anything else (a status
+    /// of the scheduler's, or its refusal of our membership proof) is the scheduler's answer.
     fn from_status(url: &Url, status: &tonic::Status) -> Self {
         let (url, message) = (url.to_string(), status.message().to_owned());
+        if let Some(refusal) = std::error::Error::source(status).and_then(Refusal::find) {
+            return Self::Refused { url, code: tonic::Code::Unauthenticated, message: refusal.to_string() };
+        }
         match status.code() {
             tonic::Code::Unavailable
             | tonic::Code::DeadlineExceeded
@@ -307,6 +311,19 @@ mod tests {
             let e = SchedError::from_status(&url(), &tonic::Status::new(code, "x"));
             assert!(matches!(e, SchedError::Refused { code: c, .. } if c == code), "{code:?}: {e}");
         }
+    }
+
+    /// An error wrapping another, as tonic and hyper wrap a connector's error.
+    #[derive(Debug, thiserror::Error)]
+    #[error("transport error")]
+    struct Wrapped(#[source] Refusal);
+
+    #[test]
+    fn a_refused_membership_proof_is_an_answer() {
+        let mut status = tonic::Status::unavailable("transport error");
+        status.set_source(Arc::new(Wrapped(Refusal::ProofRefused)));
+        let e = SchedError::from_status(&url(), &status);
+        assert!(matches!(e, SchedError::Refused { code: tonic::Code::Unauthenticated, .. }), "{e}");
     }
 
     #[tokio::test]
