@@ -12,9 +12,11 @@ const CHILD_LIMIT: &str = "12MiB/s";
 const KILL_AT: f64 = 0.35;
 /// The issue's bound on the delay a dead parent adds to a child.
 const MAX_COST: Duration = Duration::from_secs(3);
-/// The parent: the first to fetch the blob (from the origin), killed in the disturbed run.
+/// The parent: a complete holder that fetched the blob from H, killed in the disturbed run. (H,
+/// which fetched it from the origin, seeds it: it may answer a child "busy", so the child takes
+/// most pieces from P.)
 const P: usize = 0;
-/// The second complete holder (it fetches from P before the child starts).
+/// The second complete holder: the first to fetch the blob, from the origin.
 const H: usize = 1;
 /// The child, download-limited.
 const C: usize = 2;
@@ -33,8 +35,8 @@ async fn progress(daemon: &Daemon, digest: &str) -> Option<f64> {
     Some(task["have"].as_f64()? / task["pieces"].as_f64()?.max(1.0))
 }
 
-/// A fresh scheduler and P, H, C with fresh data dirs: P fetches the layer from the origin, H
-/// from P, then C (download-limited) pulls it; with `kill_at`, P gets SIGKILL once C holds that
+/// A fresh scheduler and P, H, C with fresh data dirs: H fetches the layer from the origin, P
+/// from H, then C (download-limited) pulls it; with `kill_at`, P gets SIGKILL once C holds that
 /// fraction of the pieces.
 async fn child_pull(origin: &Origin, kill_at: Option<f64>, label: &str) -> Result<ChildPull> {
     let scheduler = Scheduler::start().await?;
@@ -42,7 +44,7 @@ async fn child_pull(origin: &Origin, kill_at: Option<f64>, label: &str) -> Resul
     let mut swarm = Swarm::start(3, config, |i, c| if i == C { c.download_limit(CHILD_LIMIT) } else { c }).await?;
     let _logs = KeepLogs::new(&format!("swarm-parent-kill-{label}"), &swarm, Some(&scheduler));
     let layer = origin.image.largest_layer().clone();
-    for (holder, who) in [(P, "P"), (H, "H")] {
+    for (holder, who) in [(H, "H"), (P, "P")] {
         expect_pulls(vec![blob_get(origin, &swarm.daemons[holder], &layer, who)], PULL_LIMIT, &swarm).await?;
     }
     let mark = origin.registry.mark();
@@ -64,7 +66,7 @@ async fn child_pull(origin: &Origin, kill_at: Option<f64>, label: &str) -> Resul
     Ok(ChildPull { took, origin_bytes })
 }
 
-/// P, H and C as above: C's pull undisturbed, then again (everything fresh) with P killed
+/// H, P and C as above: C's pull undisturbed, then again (everything fresh) with P killed
 /// (SIGKILL) at 35% of C's transfer. Prints both times, the cost and the origin's bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs per-request progress deadlines (issue 8 §5)"]
