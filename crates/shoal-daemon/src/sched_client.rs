@@ -22,7 +22,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use shoal_core::{sched_owner, Bitmap, Digest, PieceLayout};
 use shoal_proto::scheduler::scheduler_client::SchedulerClient;
 use shoal_proto::scheduler::{peer_event, HostAnnouncement, PeerEvent, Register, SchedulerEvent};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use url::Url;
@@ -101,6 +101,8 @@ pub struct Schedulers {
     host: HostAnnouncement,
     /// How many schedulers are live (see [`Schedulers::with_live_gauge`]).
     live_gauge: Gauge,
+    /// Counts the liveness changes (see [`Schedulers::changes`]).
+    changes: watch::Sender<u64>,
 }
 
 /// An open peer stream for one task.
@@ -109,6 +111,9 @@ pub struct Session {
     pub events: tonic::Streaming<SchedulerEvent>,
     /// Reports to the scheduler.
     pub reports: mpsc::UnboundedSender<PeerEvent>,
+    /// The scheduler it is open with, by its index in the configured list: when it is no
+    /// longer [`Schedulers::owner`] of the task, the session is with a stand-in (or a dead one).
+    pub scheduler: usize,
 }
 
 impl Session {
@@ -140,7 +145,7 @@ impl Schedulers {
         };
         let live_gauge = Gauge::default();
         live_gauge.set(schedulers.len() as i64);
-        Ok(Self { schedulers, host, live_gauge })
+        Ok(Self { schedulers, host, live_gauge, changes: watch::Sender::new(0) })
     }
 
     /// Keeps `gauge` at the number of live schedulers (e.g. the daemon's `schedulers_live`).
@@ -160,12 +165,25 @@ impl Schedulers {
         self.schedulers.iter().filter(|s| s.live.load(Ordering::Relaxed)).count()
     }
 
-    /// The order in which to try the schedulers for `task`: its owner among the live ones
-    /// first, the dead ones last.
-    fn candidates(&self, task: &Digest) -> Vec<&Scheduler> {
+    /// The order in which to try the schedulers for `task` (indices in the configured list):
+    /// its owner among the live ones first, the dead ones last.
+    fn candidates(&self, task: &Digest) -> Vec<usize> {
         let urls: Vec<&str> = self.schedulers.iter().map(|s| s.url.as_str()).collect();
         let live: Vec<bool> = self.schedulers.iter().map(|s| s.live.load(Ordering::Relaxed)).collect();
-        sched_owner::candidates(&urls, &live, task).into_iter().map(|i| &self.schedulers[i]).collect()
+        sched_owner::candidates(&urls, &live, task)
+    }
+
+    /// The scheduler that owns `task` now (its index in the configured list): the first live one
+    /// in its rendezvous order. Compare with [`Session::scheduler`] after [`Schedulers::changes`].
+    pub fn owner(&self, task: &Digest) -> Option<usize> {
+        self.candidates(task).first().copied()
+    }
+
+    /// A receiver that sees a new value at every death and every return of a scheduler: the cue
+    /// to re-open the sessions (e.g. of completed blobs kept as seeds) whose
+    /// [`Session::scheduler`] no longer owns their task, so that the owner knows its holders.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Records how `scheduler` answered: dead only when it could not be reached.
@@ -175,6 +193,7 @@ impl Schedulers {
             return;
         }
         self.live_gauge.set(self.live_count() as i64);
+        self.changes.send_modify(|n| *n += 1);
         match outcome {
             Err(e) if !live => {
                 tracing::warn!(scheduler = %scheduler.url, error = %e, "scheduler dead: its tasks go to the next scheduler");
@@ -217,12 +236,13 @@ impl Schedulers {
     pub async fn open(&self, task: &Digest, layout: PieceLayout, have: &Bitmap) -> Result<Session, SchedError> {
         let deadline = Instant::now() + OPEN_TIMEOUT;
         let mut last = None;
-        for scheduler in self.candidates(task) {
+        for index in self.candidates(task) {
+            let scheduler = &self.schedulers[index];
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            let attempt = self.register_at(scheduler, task, layout, have);
+            let attempt = self.register_at(index, task, layout, have);
             let result = match tokio::time::timeout(left.min(SCHEDULER_TIMEOUT), attempt).await {
                 Ok(result) => result,
                 Err(_) => Err(SchedError::timed_out(&scheduler.url)),
@@ -239,15 +259,16 @@ impl Schedulers {
         }))
     }
 
-    /// One registration at `scheduler`; announces the host first if the scheduler does not
-    /// know it (e.g. it just restarted).
+    /// One registration at the scheduler at `index`; announces the host first if the scheduler
+    /// does not know it (e.g. it just restarted).
     async fn register_at(
         &self,
-        scheduler: &Scheduler,
+        index: usize,
         task: &Digest,
         layout: PieceLayout,
         have: &Bitmap,
     ) -> Result<Session, SchedError> {
+        let scheduler = &self.schedulers[index];
         let mut announced = false;
         loop {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -262,7 +283,7 @@ impl Schedulers {
             let mut client = scheduler.client.clone();
             let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
             match client.peer(stream).await {
-                Ok(resp) => return Ok(Session { events: resp.into_inner(), reports: tx }),
+                Ok(resp) => return Ok(Session { events: resp.into_inner(), reports: tx, scheduler: index }),
                 Err(status) if status.code() == tonic::Code::FailedPrecondition && !announced => {
                     self.announce_to(scheduler).await?;
                     announced = true;
@@ -334,24 +355,28 @@ mod tests {
         let unreachable = SchedError::timed_out(&url());
         let gauge = Gauge::default();
         let s = s.with_live_gauge(gauge.clone());
+        let changes = s.changes();
         s.record(&s.schedulers[0], Err(&refused));
-        assert_eq!((s.live_count(), gauge.get()), (1, 1));
+        assert_eq!((s.live_count(), gauge.get(), *changes.borrow()), (1, 1, 0));
         s.record(&s.schedulers[0], Err(&unreachable));
-        assert_eq!((s.live_count(), gauge.get()), (0, 0));
+        s.record(&s.schedulers[0], Err(&unreachable));
+        assert_eq!((s.live_count(), gauge.get(), *changes.borrow()), (0, 0, 1));
         s.record(&s.schedulers[0], Ok(()));
-        assert_eq!((s.live_count(), gauge.get()), (1, 1));
+        assert_eq!((s.live_count(), gauge.get(), *changes.borrow()), (1, 1, 2));
     }
 
     #[tokio::test]
     async fn a_dead_scheduler_is_tried_last() {
         let s = schedulers(&[1, 2, 3]);
         let task = Digest::of(b"a task");
-        let owner = s.candidates(&task)[0].url.clone();
-        let dead = s.schedulers.iter().find(|x| x.url == owner).expect("the owner is configured");
-        s.record(dead, Err(&SchedError::timed_out(&owner)));
-        let order: Vec<&Url> = s.candidates(&task).iter().map(|x| &x.url).collect();
+        let owner = s.owner(&task).expect("an owner");
+        let changes = s.changes();
+        s.record(&s.schedulers[owner], Err(&SchedError::timed_out(&url())));
+        let order = s.candidates(&task);
         assert_eq!(order.len(), 3);
-        assert_eq!(order[2], &owner, "{order:?}");
+        assert_eq!(order[2], owner, "{order:?}");
+        assert_eq!(s.owner(&task), Some(order[0]));
+        assert!(changes.has_changed().expect("the sender lives"), "a death is a change");
     }
 
     #[tokio::test]
