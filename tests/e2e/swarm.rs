@@ -202,6 +202,8 @@ mod fallback;
 mod faults;
 #[path = "swarm/limits.rs"]
 mod limits;
+#[path = "swarm/parent_kill_cost.rs"]
+mod parent_kill_cost;
 #[path = "swarm/poison.rs"]
 mod poison;
 #[path = "swarm/ranges.rs"]
@@ -210,3 +212,5 @@ mod ranges;
 mod rogue;
 #[path = "swarm/sched_access.rs"]
 mod sched_access;
+#[path = "swarm/schedulers.rs"]
+mod schedulers;

@@ -84,6 +84,17 @@ impl Skopeo {
         Ok(out)
     }
 
+    /// A fresh skopeo copies `reference` (`host:port/name:tag` on `origin`) through `mirror`
+    /// and checks every file against `image`; returns how long the copy took.
+    pub async fn pull_verified(origin: &str, mirror: &str, reference: &str, image: &Image) -> Result<Duration> {
+        let mut skopeo = Self::new(origin, Some(mirror))?;
+        let started = std::time::Instant::now();
+        let out = skopeo.pull(reference, None).await?;
+        let took = started.elapsed();
+        Self::verify_dir(&out, image)?;
+        Ok(took)
+    }
+
     /// Checks a `dir:` copy: the manifest is the image's, every blob file hashes to its digest.
     pub fn verify_dir(out: &Path, image: &Image) -> Result<()> {
         let manifest = std::fs::read(out.join("manifest.json")).context("read manifest.json")?;

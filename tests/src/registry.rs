@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tempfile::TempDir;
 
-use crate::image::Blob;
+use crate::image::{Blob, Image};
 use crate::util::{daemon_command, free_port, kill_child, log_file, tail, wait_until};
 
 /// A running (or stopped) `docker-registry`.
@@ -187,6 +187,22 @@ impl Registry {
             .filter(|l| l.method == "GET" && matches!(l.status, 200 | 206) && l.blob_digest() == Some(digest))
             .map(|l| l.bytes)
             .sum()
+    }
+
+    /// Body bytes the origin sent for every blob of `image` (config and layers) in `GET`s logged
+    /// after `mark`, read once the access log stops growing (it lags the responses a little; at
+    /// most 3 s).
+    pub async fn image_bytes_served_since(&self, image: &Image, mark: usize) -> u64 {
+        let total = || image.blobs().iter().map(|b| self.blob_bytes_served_since(&b.digest, mark)).sum::<u64>();
+        let mut last = total();
+        wait_until(Duration::from_secs(3), Duration::from_millis(300), || {
+            let now = total();
+            let stable = now == last;
+            last = now;
+            async move { stable }
+        })
+        .await;
+        total()
     }
 
     /// Successful `GET /v2/<name>/blobs/<digest>` responses so far, for any repository

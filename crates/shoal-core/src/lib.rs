@@ -20,6 +20,7 @@ pub mod piece;
 pub mod range;
 pub mod route;
 pub mod sched;
+pub mod sched_owner;
 pub mod seeding;
 pub mod size;
 

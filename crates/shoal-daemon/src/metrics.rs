@@ -73,6 +73,8 @@ pub struct Metrics {
     pub downloads_running: Gauge,
     /// Bytes of complete blobs in the cache.
     pub cache_bytes: Gauge,
+    /// Configured schedulers that answered their last announcement or registration.
+    pub schedulers_live: Gauge,
     /// Blobs evicted to stay under the quota.
     pub evictions: Counter,
     /// Bytes uploaded to peers.
@@ -106,6 +108,7 @@ impl Default for Metrics {
         });
         let downloads_running = Gauge::default();
         let cache_bytes = Gauge::default();
+        let schedulers_live = Gauge::default();
         let evictions = Counter::default();
         let uploaded_bytes = Counter::default();
         let piece_failures = Family::default();
@@ -140,6 +143,11 @@ impl Default for Metrics {
         registry.register("blob_download_seconds", "Blob download durations", download_seconds.clone());
         registry.register("downloads_running", "Blob downloads in progress", downloads_running.clone());
         registry.register("cache_bytes", "Bytes of complete blobs in the cache", cache_bytes.clone());
+        registry.register(
+            "schedulers_live",
+            "Configured schedulers that answered their last announcement or registration",
+            schedulers_live.clone(),
+        );
         registry.register("cache_evictions", "Blobs evicted to stay under the cache quota", evictions.clone());
         Self {
             registry,
@@ -150,6 +158,7 @@ impl Default for Metrics {
             download_seconds,
             downloads_running,
             cache_bytes,
+            schedulers_live,
             evictions,
             uploaded_bytes,
             piece_failures,

@@ -21,6 +21,33 @@ const SERVER_NAME: &str = "shoal-scheduler";
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The scheduler answered the connection and turned it down: it is up, but not for us.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// It closed the connection on our proof of the cluster token. Remedy: the same token on
+    /// both sides.
+    #[error("the scheduler refused our proof of the cluster token (is it the same token on both sides?)")]
+    ProofRefused,
+    /// Its own proof did not match our token. Remedy: as above; or it is not our scheduler.
+    #[error("the scheduler did not prove the cluster token")]
+    BadProof,
+}
+
+impl Refusal {
+    /// The refusal somewhere in `error`'s chain of sources, if any (a connection error reaches
+    /// the caller wrapped in tonic's and hyper's errors).
+    pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Refusal> {
+        let mut next = Some(error);
+        while let Some(e) = next {
+            if let Some(refusal) = e.downcast_ref::<Refusal>() {
+                return Some(refusal);
+            }
+            next = e.source();
+        }
+        None
+    }
+}
+
 /// A lazy channel to the scheduler at `url` (nothing is dialed until the first call); each
 /// connection is bounded by `timeout` up to the end of the proof.
 pub fn channel(url: &Url, token: Arc<[u8]>, timeout: Duration) -> Result<Channel, String> {
@@ -66,11 +93,9 @@ async fn connect(uri: &Uri, tls: Arc<rustls::ClientConfig>, token: &[u8]) -> Res
     stream.write_all(&membership::prove(token, Role::Client, &secret)).await?;
     stream.flush().await?;
     let mut proof = [0u8; PROOF_LEN];
-    stream.read_exact(&mut proof).await.map_err(|_| {
-        "the scheduler refused our proof of the cluster token (is it the same token on both sides?)".to_owned()
-    })?;
+    stream.read_exact(&mut proof).await.map_err(|_| Refusal::ProofRefused)?;
     if !membership::verify(token, Role::Server, &secret, &proof) {
-        return Err("the scheduler did not prove the cluster token".into());
+        return Err(Refusal::BadProof.into());
     }
     Ok(stream)
 }
