@@ -192,6 +192,8 @@ use timeline::StatusTimeline;
 
 #[path = "swarm/corrupt.rs"]
 mod corrupt;
+#[path = "swarm/dht.rs"]
+mod dht;
 #[path = "swarm/digests.rs"]
 mod digests;
 #[path = "swarm/everyone.rs"]

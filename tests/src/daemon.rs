@@ -45,6 +45,10 @@ pub struct DaemonConfig {
     pub origin_limit: Option<String>,
     /// Mount a tmpfs of this many bytes as the data dir (root only).
     pub data_tmpfs: Option<u64>,
+    /// `--dht-listen ADDR` (with it, the daemon also gets the peer listener on loopback).
+    pub dht_listen: Option<String>,
+    /// `--bootstrap ADDR`, repeatable.
+    pub bootstrap: Vec<String>,
     /// Extra environment variables (e.g. `SHOAL_FAULT_CORRUPT_UPLOADS=1`; the binary must be built with the `fault-injection` feature).
     pub env: Vec<(String, String)>,
 }

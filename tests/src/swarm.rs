@@ -55,6 +55,15 @@ impl DaemonConfig {
         self
     }
 
+    /// Turns the DHT on: `--dht-listen 127.0.0.1:<free port>` and `--bootstrap ADDR` for each
+    /// of `bootstrap`. Returns the DHT address this daemon will listen on.
+    pub fn dht(mut self, bootstrap: &[String]) -> (Self, String) {
+        let listen = format!("127.0.0.1:{}", crate::util::free_port());
+        self.dht_listen = Some(listen.clone());
+        self.bootstrap = bootstrap.to_vec();
+        (self, listen)
+    }
+
     /// Sets an environment variable for the daemon process.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_string(), value.to_string()));
@@ -67,9 +76,15 @@ impl DaemonConfig {
         for url in &self.schedulers {
             args.extend(["--scheduler".into(), url.clone()]);
         }
-        if !self.schedulers.is_empty() {
+        if !self.schedulers.is_empty() || self.dht_listen.is_some() {
             args.extend(["--peer-listen".into(), format!("127.0.0.1:{peer_port}")]);
             args.extend(["--advertise-addr".into(), "127.0.0.1".into()]);
+        }
+        if let Some(listen) = &self.dht_listen {
+            args.extend(["--dht-listen".into(), listen.clone()]);
+        }
+        for addr in &self.bootstrap {
+            args.extend(["--bootstrap".into(), addr.clone()]);
         }
         let options = [
             ("--cluster-token", &self.cluster_token),

@@ -121,26 +121,28 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
             addr: swarm.peer_listen,
             source,
         })?;
-        if !swarm.schedulers.is_empty() {
-            let schedulers =
-                Schedulers::new(swarm, addr, settings.limits.upload).map_err(|e| StartError::Peer(e.to_string()))?;
-            let schedulers = Arc::new(schedulers);
-            handles.push(tokio::spawn(schedulers.clone().announce_forever()));
-            let download = Arc::new(Limiter::new(settings.limits.download));
-            let peers = Arc::new(PeerClient::new(ep.clone(), swarm.host_id.clone(), swarm.token.clone(), download));
-            tasks = tasks.with_swarm(Arc::new(Swarm {
-                schedulers,
-                peers,
-                picker: PickerConfig { urgent_window: 2, ..PickerConfig::default() },
-                sessions: Default::default(),
-                seeds: seeds.clone(),
-            }));
-        }
         if let Some(dht) = &swarm.dht {
             let me = Holder { host_id: swarm.host_id.clone(), addr: SocketAddr::new(swarm.advertise_ip, addr.port()) };
             let config = DhtConfig::new(dht.listen, swarm.advertise_ip, dht.bootstrap.clone(), swarm.token.clone(), me);
             holdings = Some(start_dht(config, meta.clone()).await?);
         }
+        let schedulers = Schedulers::new(swarm, addr, settings.limits.upload)
+            .map_err(|e| StartError::Peer(e.to_string()))?
+            .with_live_gauge(metrics.schedulers_live.clone());
+        let schedulers = Arc::new(schedulers);
+        if !swarm.schedulers.is_empty() {
+            handles.push(tokio::spawn(schedulers.clone().announce_forever()));
+        }
+        let download = Arc::new(Limiter::new(settings.limits.download));
+        let peers = Arc::new(PeerClient::new(ep.clone(), swarm.host_id.clone(), swarm.token.clone(), download));
+        tasks = tasks.with_swarm(Arc::new(Swarm {
+            schedulers,
+            peers,
+            picker: PickerConfig { urgent_window: 2, ..PickerConfig::default() },
+            sessions: Default::default(),
+            seeds: seeds.clone(),
+            holdings: holdings.as_ref().map(|(h, _)| h.clone()),
+        }));
         peer_addr = Some(addr);
         endpoint = Some(ep);
     }

@@ -36,5 +36,6 @@ pub mod seeding;
 pub mod serve_pieces;
 pub mod space;
 pub mod swarm;
+pub mod swarm_dht;
 pub mod task;
 pub mod writer;

@@ -155,6 +155,11 @@ impl Schedulers {
         self
     }
 
+    /// Whether any scheduler is configured.
+    pub fn configured(&self) -> bool {
+        !self.schedulers.is_empty()
+    }
+
     /// This host's id.
     pub fn host_id(&self) -> String {
         self.host.host_id.clone()

@@ -1,51 +1,56 @@
-//! A blob's download through the swarm: register with the scheduler, fetch pieces from the
-//! parents it names (rarest first, the client's next piece first), check every piece against the
-//! scheduler's digest, report progress, and fall back to the origin when told to, when parents
-//! fail or stall, or when the scheduler is gone. A pull never fails because of the swarm.
+//! A blob's download through the swarm: the driver of [`shoal_core::child::Child`].
+//!
+//! The machine decides everything (which piece from whom, when a parent is stalled or slow,
+//! busy back-off, bad parents, falling back to the origin, registering again); this driver
+//! does what it says — piece requests over QUIC, origin runs over HTTP, reports to the
+//! scheduler — and feeds it the results, the bytes as they arrive, the readers' positions and
+//! the time. A pull never fails because of the swarm: every road ends at the origin.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
-use shoal_core::picker::{pick, ParentPieces, PickInput, PickerConfig};
-use shoal_core::seeding::SeedingConfig;
+use futures::FutureExt;
+use shoal_core::child::{Action, Checked, Child, ChildConfig, Failure, Offered, ParentId, Report, RequestId, Verdict};
+use shoal_core::picker::PickerConfig;
+use shoal_core::sched::FailReason as CoreReason;
 use shoal_core::{Bitmap, Digest, PieceLayout};
 use shoal_proto::scheduler::{
     peer_event, scheduler_event, BlobMismatch, FailReason, PieceFailed, PieceFinished, SchedulerEvent,
 };
 use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
 
+use crate::discovery::Holdings;
 use crate::metrics::{Metrics, ReasonLabels, SourceLabels};
-use crate::origin_fetch::{runs_of, verify, Chunk, OriginSource};
+use crate::origin_fetch::{verify, Chunk, OriginSource};
 use crate::peer::client::PeerClient;
 use crate::peer::PeerError;
-use crate::sched_client::{Schedulers, Session};
+use crate::readers::Readers;
+use crate::sched_client::{SchedError, Schedulers, Session};
 use crate::seeding::Seeds;
+use crate::swarm_dht::{DhtSource, Found};
 use crate::task::TaskCounters;
 use crate::writer::{Progress, Verified};
 
-/// Without a new piece for this long, ask the scheduler again. Generous: behind a capped link a
-/// parent shared by many children legitimately takes seconds per round of pieces, and every
-/// early give-up costs an extra origin copy.
-const STALL: Duration = Duration::from_secs(10);
-/// Stalls after which the origin takes over.
-const STALLS_BEFORE_ORIGIN: u32 = 3;
-/// Failures of one parent before it is dropped.
-const PARENT_FAILURES: u32 = 3;
-/// Piece requests in flight at once, over all parents.
-const MAX_IN_FLIGHT: usize = 16;
 /// Completed blobs this daemon keeps announcing as a parent (seed), most recent first.
 const MAX_SEEDS: usize = 512;
-/// A piece a parent refused as "busy" (it seeds it and just gave it to a sibling) is not asked
-/// of that parent again for this long; the sibling announces it meanwhile. Matches the
-/// parent's seeding window.
-const BUSY_BACKOFF: Duration = Duration::from_millis(SeedingConfig::DEFAULT_WINDOW_MS);
+/// How often the bytes of running requests are read for the progress deadlines.
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+/// Steered by the DHT: how often holders and their tables are looked up.
+const LOOKUP_EVERY: u64 = 1000;
+/// Steered by the DHT: the first lookup waits this long, so that members starting the same
+/// blob at the same moment see each other's advertisements before agreeing who fetches it.
+const RENDEZVOUS_SETTLE: u64 = 300;
+/// Steered by the DHT: how long to wait for the member that fetches from the origin to have
+/// pieces, before fetching from the origin here.
+const RENDEZVOUS_WAIT: u64 = 3000;
+/// With no scheduler session: how often the schedulers are tried again.
+const SCHEDULER_RETRY: u64 = 5000;
 
 /// What a daemon needs to download through the swarm.
 pub struct Swarm {
@@ -61,6 +66,8 @@ pub struct Swarm {
     /// Blobs fetched from the origin here, whose pieces the peer server hands out one child
     /// at a time.
     pub seeds: Arc<Seeds>,
+    /// The DHT: parents when no scheduler answers, and where this node is found.
+    pub holdings: Option<Arc<Holdings>>,
 }
 
 impl Swarm {
@@ -69,483 +76,492 @@ impl Swarm {
         sessions.push_front(session);
         sessions.truncate(MAX_SEEDS);
     }
+
+    fn config(&self) -> ChildConfig {
+        ChildConfig { picker: self.picker, ..ChildConfig::default() }
+    }
 }
 
-struct Parent {
-    host_id: String,
-    addr: SocketAddr,
-    have: Bitmap,
-    in_flight: u32,
-    failures: u32,
-    bad: bool,
-    /// Marked bad only for pieces that did not match the digest table: forgiven when the
-    /// scheduler drops that table (the table, not the parent, may have been forged).
-    bad_digest: bool,
-    /// Pieces it refused as busy, and until when they are not asked of it again.
-    refused: HashMap<u32, Instant>,
+/// The writer's side of a download.
+pub struct Sink<'a> {
+    /// The writer's progress (pieces held).
+    pub have: &'a mut watch::Receiver<Progress>,
+    /// Chunks to the writer.
+    pub tx: &'a mpsc::Sender<Chunk>,
+    /// Pieces the writer stored, with their digests.
+    pub finished: mpsc::UnboundedReceiver<(u32, Digest)>,
 }
 
 /// A piece from a parent and its sha256 (computed off the async workers).
 type Fetched = Result<(Bytes, Digest), PeerError>;
-type Fetch<'a> = BoxFuture<'a, (usize, u32, Fetched)>;
 
-struct Download<'a> {
+/// Both ends of a channel the driver feeds itself through.
+type Channel<T> = (mpsc::UnboundedSender<T>, mpsc::UnboundedReceiver<T>);
+
+/// A request running on its own task.
+struct Running {
+    piece: u32,
+    abort: AbortHandle,
+    bytes: Arc<AtomicU64>,
+}
+
+struct Driver<'a> {
     swarm: &'a Swarm,
     metrics: &'a Metrics,
     counters: &'a TaskCounters,
     origin: &'a OriginSource<'a>,
     digest: Digest,
     layout: PieceLayout,
+    started: Instant,
     session: Option<Session>,
-    parents: Vec<Parent>,
-    digests: HashMap<u32, Digest>,
-    /// Generation of `digests` (see the scheduler's `PieceDigests.epoch`).
-    digest_epoch: u32,
-    /// The oldest table generation a piece from a parent was accepted with.
-    used_epoch: Option<u32>,
-    /// Which parent each piece held came from.
-    from_parent: HashMap<u32, usize>,
-    /// Times the whole blob did not verify.
-    mismatches: u32,
-    in_flight: HashSet<u32>,
-    from_origin: Bitmap,
-    origin_mode: bool,
-    last_progress: Instant,
-    stalls: u32,
-    tie_offset: u32,
-    have_tx: mpsc::UnboundedSender<(usize, Bitmap)>,
-    watchers: Vec<tokio::task::JoinHandle<()>>,
+    addrs: Vec<Option<SocketAddr>>,
+    running: HashMap<RequestId, Running>,
+    results: Channel<(RequestId, Fetched)>,
+    haves: Channel<(ParentId, Bitmap)>,
+    watchers: Vec<AbortHandle>,
+    origin_job: Option<BoxFuture<'a, Result<(), String>>>,
+    /// A registration running; `true` when the machine asked for it (it wants the answer).
+    register_job: Option<(bool, BoxFuture<'a, Result<Session, SchedError>>)>,
+    dht: Option<Arc<DhtSource>>,
+    lookup_job: Option<BoxFuture<'a, Found>>,
+    next_lookup: u64,
+    /// Steered by the DHT: whether who fetches from the origin is still to be agreed.
+    rendezvous: bool,
+    /// Steered by the DHT: since when we wait for the origin fetcher's first pieces.
+    waiting_since: Option<u64>,
+    /// Pieces whose DHT digests the machine has.
+    dht_digests: std::collections::HashSet<u32>,
+    /// The scheduler's last digest table generation (DHT digests extend it).
+    epoch: u32,
+    retry_scheduler_at: u64,
 }
 
-/// Downloads the pieces `have` lacks; returns once every piece is with the writer.
-#[allow(clippy::too_many_arguments)]
+/// Downloads the pieces the writer lacks; returns once the blob is complete and verified.
 pub async fn download(
     swarm: &Swarm,
     metrics: &Metrics,
     counters: &TaskCounters,
     origin: &OriginSource<'_>,
-    have: &mut watch::Receiver<Progress>,
-    tx: &mpsc::Sender<Chunk>,
-    mut finished: mpsc::UnboundedReceiver<(u32, Digest)>,
+    sink: Sink<'_>,
+    readers: Arc<Readers>,
 ) -> Result<(), String> {
     let (digest, layout) = (origin.digest, origin.layout);
-    let held = have.borrow().have.clone();
+    let held = sink.have.borrow().have.clone();
     let session = swarm.schedulers.open(&digest, layout, &held).await;
     if let Err(e) = &session {
-        tracing::info!(%digest, error = %e, "no scheduler; fetching from the origin");
+        tracing::info!(%digest, error = %e, "no scheduler; fetching from the origin unless parents are found");
     }
-    let (have_tx, mut have_rx) = mpsc::unbounded_channel();
-    let mut d = Download {
+    let started = Instant::now();
+    let host_id = swarm.schedulers.host_id();
+    let tie = tie_offset(&host_id, &digest);
+    let dht = DhtSource::new(swarm.holdings.as_ref(), swarm.peers.clone(), digest, layout, host_id).map(Arc::new);
+    if let Some(dht) = &dht {
+        dht.advertise();
+    }
+    let by_dht = session.is_err() && dht.as_ref().is_some_and(|d| d.ready());
+    let mut child = Child::new(swarm.config(), layout, held, tie, 0, session.is_ok() || by_dht);
+    let mut d = Driver {
         swarm,
         metrics,
         counters,
         origin,
         digest,
         layout,
+        started,
         session: session.ok(),
-        parents: Vec::new(),
-        digests: HashMap::new(),
-        digest_epoch: 0,
-        used_epoch: None,
-        from_parent: HashMap::new(),
-        mismatches: 0,
-        in_flight: HashSet::new(),
-        from_origin: Bitmap::new(layout.count()),
-        origin_mode: false,
-        last_progress: Instant::now(),
-        stalls: 0,
-        tie_offset: tie_offset(&swarm.schedulers.host_id(), &digest),
-        have_tx,
+        addrs: Vec::new(),
+        running: HashMap::new(),
+        results: mpsc::unbounded_channel(),
+        haves: mpsc::unbounded_channel(),
         watchers: Vec::new(),
+        origin_job: None,
+        register_job: None,
+        dht,
+        lookup_job: None,
+        next_lookup: RENDEZVOUS_SETTLE,
+        rendezvous: by_dht,
+        waiting_since: None,
+        dht_digests: Default::default(),
+        epoch: 0,
+        retry_scheduler_at: SCHEDULER_RETRY,
     };
-    if d.session.is_none() {
-        d.origin_mode = true;
-    }
-    let result = d.run(have, tx, &mut finished, &mut have_rx).await;
+    let result = d.run(&mut child, sink, readers).await;
+    d.running.values().for_each(|r| r.abort.abort());
     d.watchers.iter().for_each(|w| w.abort());
-    metrics.task_parents.observe(d.parents.len() as f64);
+    metrics.task_parents.observe(child.parents().len() as f64);
     result
 }
 
-impl<'a> Download<'a> {
-    async fn run(
-        &mut self,
-        have: &mut watch::Receiver<Progress>,
-        tx: &mpsc::Sender<Chunk>,
-        finished: &mut mpsc::UnboundedReceiver<(u32, Digest)>,
-        have_rx: &mut mpsc::UnboundedReceiver<(usize, Bitmap)>,
-    ) -> Result<(), String> {
-        let mut fetches: FuturesUnordered<Fetch<'a>> = FuturesUnordered::new();
-        let mut origin_job: Option<BoxFuture<'a, Result<(), String>>> = None;
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+impl<'a> Driver<'a> {
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    async fn run(&mut self, child: &mut Child, mut sink: Sink<'_>, readers: Arc<Readers>) -> Result<(), String> {
+        let mut positions = readers.watch();
+        child.readers(self.now(), &readers.pieces());
         loop {
-            let held = have.borrow().have.clone();
-            self.in_flight.retain(|i| !held.get(*i));
-            if held.is_full() {
-                // Pieces finished just now may still be queued: their digests must reach the
-                // scheduler before Done, or children cannot verify them.
-                while let Ok((index, digest)) = finished.try_recv() {
-                    self.on_finished(index, digest);
-                }
-                if let Verified::Dropped { pieces, kept } = verify(tx).await? {
-                    self.on_blob_mismatch(&pieces, &kept);
-                    continue;
-                }
-                self.report(peer_event::Event::Done(Default::default()));
-                if let Some(session) = self.session.take() {
-                    self.swarm.keep_seeding(session);
-                }
-                return Ok(());
-            }
-            if self.origin_mode && origin_job.is_none() {
-                origin_job = self.start_origin(&held, have.clone(), tx.clone());
-            }
-            if !self.origin_mode {
-                for f in self.pick(&held) {
-                    fetches.push(f);
+            while let Some(action) = child.poll_action() {
+                if self.act(child, action, &mut sink).await? {
+                    return Ok(());
                 }
             }
+            let wake = self.wake_in(child);
             tokio::select! {
-                event = next_event(&mut self.session) => self.on_event(event),
-                Some((index, digest)) = finished.recv() => self.on_finished(index, digest),
-                Some((p, bitmap)) = have_rx.recv() => self.parents[p].have = bitmap,
-                Some((p, index, result)) = fetches.next() => self.on_piece(p, index, result, tx).await?,
-                done = async { origin_job.as_mut().expect("guarded").await }, if origin_job.is_some() => {
-                    origin_job = None;
+                event = next_event(&mut self.session) => self.on_event(child, event),
+                Some((index, digest)) = sink.finished.recv() => child.piece_stored(self.now(), index, digest),
+                Some((parent, have)) = self.haves.1.recv() => child.parent_have(self.now(), parent, have),
+                Some((id, fetched)) = self.results.1.recv() => self.on_piece(child, id, fetched, sink.tx).await?,
+                done = async { self.origin_job.as_mut().expect("guarded").await }, if self.origin_job.is_some() => {
+                    self.origin_job = None;
                     done?;
+                    child.origin_done(self.now());
                 }
-                _ = have.changed() => {}
-                _ = tick.tick() => self.on_tick(&held).await,
+                opened = async { (&mut self.register_job.as_mut().expect("guarded").1).await }, if self.register_job.is_some() => {
+                    let asked = self.register_job.take().is_some_and(|(asked, _)| asked);
+                    self.on_registered(child, opened, asked);
+                }
+                found = async { self.lookup_job.as_mut().expect("guarded").await }, if self.lookup_job.is_some() => {
+                    self.lookup_job = None;
+                    self.on_found(child, found);
+                }
+                Ok(()) = positions.changed() => {
+                    let pieces = positions.borrow_and_update().clone();
+                    child.readers(self.now(), &pieces);
+                }
+                _ = tokio::time::sleep(wake) => {
+                    self.read_progress(child);
+                    child.handle_timeout(self.now());
+                    self.steer(child);
+                }
             }
         }
     }
 
-    fn report(&self, event: peer_event::Event) {
+    /// Until the machine's next deadline, or the next progress reading while requests run.
+    fn wake_in(&self, child: &Child) -> Duration {
+        let now = self.now();
+        let mut next = child.poll_timeout().unwrap_or(now + 3_600_000);
+        if self.steered_by_dht() && !child.at_origin() {
+            next = next.min(self.next_lookup);
+        }
+        if self.session.is_none() && self.swarm.schedulers.configured() {
+            next = next.min(self.retry_scheduler_at);
+        }
+        let deadline = Duration::from_millis(next.saturating_sub(now));
+        if self.running.is_empty() {
+            deadline
+        } else {
+            deadline.min(PROGRESS_EVERY)
+        }
+    }
+
+    /// No scheduler session, and the DHT knows other members.
+    fn steered_by_dht(&self) -> bool {
+        self.session.is_none() && self.dht.as_ref().is_some_and(|d| d.ready())
+    }
+
+    /// Without a scheduler: DHT lookups while pieces are missing, and the schedulers tried
+    /// again now and then.
+    fn steer(&mut self, child: &mut Child) {
+        let now = self.now();
+        let retry = self.session.is_none() && self.register_job.is_none() && self.swarm.schedulers.configured();
+        if retry && now >= self.retry_scheduler_at {
+            self.retry_scheduler_at = now + SCHEDULER_RETRY;
+            self.register(child, false);
+        }
+        if !self.steered_by_dht() || child.at_origin() || self.lookup_job.is_some() || now < self.next_lookup {
+            return;
+        }
+        self.next_lookup = now + LOOKUP_EVERY;
+        if let Some(dht) = self.dht.clone() {
+            self.lookup_job = Some(async move { dht.look().await }.boxed());
+        }
+    }
+
+    /// Holders and digests from the DHT: new parents and digests for the machine, and the
+    /// rendezvous on who fetches from the origin.
+    fn on_found(&mut self, child: &mut Child, found: Found) {
+        let now = self.now();
+        if !self.steered_by_dht() {
+            return;
+        }
+        let fresh: Vec<(u32, Digest)> =
+            found.digests.iter().copied().filter(|(i, _)| !self.dht_digests.contains(i)).collect();
+        self.dht_digests.extend(fresh.iter().map(|(i, _)| *i));
+        child.digests(now, self.epoch, fresh);
+        let has_pieces = found.has_pieces();
+        let fetch_here =
+            self.rendezvous && !has_pieces && self.dht.as_ref().is_some_and(|d| d.fetches_from_origin(&found));
+        child.parents_offered(now, found.offered);
+        if has_pieces {
+            self.waiting_since = None;
+        } else if fetch_here {
+            tracing::info!(digest = %self.digest, "no member holds this blob and the rendezvous picked this one: fetching it from the origin");
+            child.back_to_source(now);
+        } else {
+            let since = *self.waiting_since.get_or_insert(now);
+            if now >= since + RENDEZVOUS_WAIT {
+                tracing::info!(digest = %self.digest, "the member picked to fetch this blob has no piece yet; fetching from the origin");
+                child.back_to_source(now);
+            }
+        }
+        self.rendezvous = false;
+    }
+
+    fn register(&mut self, child: &Child, asked: bool) {
+        let (schedulers, digest, layout, held) =
+            (self.swarm.schedulers.clone(), self.digest, self.layout, child.held().clone());
+        self.register_job = Some((asked, async move { schedulers.open(&digest, layout, &held).await }.boxed()));
+    }
+
+    fn read_progress(&self, child: &mut Child) {
+        let now = self.now();
+        for (id, r) in &self.running {
+            child.progress(now, *id, r.bytes.load(Ordering::Relaxed));
+        }
+    }
+
+    /// Carries out one decision; true when the download is over.
+    async fn act(&mut self, child: &mut Child, action: Action, sink: &mut Sink<'_>) -> Result<bool, String> {
+        match action {
+            Action::Watch(parent) => self.watch(child, parent),
+            Action::Request { id, parent, piece } => self.request(id, parent, piece),
+            Action::Cancel(id) => {
+                if let Some(r) = self.running.remove(&id) {
+                    r.abort.abort();
+                }
+            }
+            Action::Forget(parent) => {
+                if let Some(addr) = self.addrs[parent.0] {
+                    self.swarm.peers.forget(addr);
+                }
+            }
+            Action::FetchOrigin(runs) => {
+                self.swarm.seeds.mark(&self.digest);
+                let (origin, mut have, tx) = (self.origin, sink.have.clone(), sink.tx.clone());
+                self.origin_job = Some(async move { origin.fetch(runs, &mut have, &tx).await }.boxed());
+            }
+            Action::Report(report) => self.report(child, report),
+            Action::Register => {
+                if self.register_job.is_none() {
+                    self.register(child, true);
+                } else if let Some((asked, _)) = &mut self.register_job {
+                    *asked = true;
+                }
+            }
+            Action::Verify => {
+                let checked = match verify(sink.tx).await? {
+                    Verified::Complete => Checked::Complete,
+                    Verified::Dropped { pieces, kept } => {
+                        self.metrics.blob_mismatches.inc();
+                        tracing::warn!(digest = %self.digest, pieces = pieces.len(), "blob did not verify; dropped the pieces from parents and their digests");
+                        Checked::Dropped { dropped: pieces, kept }
+                    }
+                };
+                child.verified(self.now(), checked);
+            }
+            Action::Done => {
+                if let Some(dht) = &self.dht {
+                    dht.advertise();
+                }
+                if let Some(session) = self.session.take() {
+                    self.swarm.keep_seeding(session);
+                }
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// A new parent: remember its address and follow its "have" updates.
+    fn watch(&mut self, child: &Child, parent: ParentId) {
+        let addr = child.parent(parent).addr.parse::<SocketAddr>().ok();
+        self.addrs.resize(parent.0 + 1, None);
+        self.addrs[parent.0] = addr;
+        self.counters.parents.fetch_add(1, Ordering::Relaxed);
+        let Some(addr) = addr else { return };
+        let (peers, digest, tx, count) =
+            (self.swarm.peers.clone(), self.digest, self.haves.0.clone(), self.layout.count());
+        let watcher = tokio::spawn(async move {
+            let Ok(mut stream) = peers.watch_have(addr, &digest).await else { return };
+            while let Some(update) = stream.next().await {
+                if let Ok(b) = Bitmap::from_bytes(count, &update.have) {
+                    if tx.send((parent, b)).is_err() || update.complete {
+                        return;
+                    }
+                }
+            }
+        });
+        self.watchers.push(watcher.abort_handle());
+    }
+
+    fn request(&mut self, id: RequestId, parent: ParentId, piece: u32) {
+        let bytes = Arc::new(AtomicU64::new(0));
+        let (peers, digest, results, counter) =
+            (self.swarm.peers.clone(), self.digest, self.results.0.clone(), bytes.clone());
+        let addr = self.addrs.get(parent.0).copied().flatten();
+        let want = self.layout.piece(piece).len();
+        let task = tokio::spawn(async move {
+            let fetched = match addr {
+                Some(addr) => match peers.fetch_piece(addr, &digest, piece, want, &counter).await {
+                    Ok(bytes) => hash_off_workers(bytes).await,
+                    Err(e) => Err(e),
+                },
+                None => Err(PeerError::Stream("the parent's address does not parse".into())),
+            };
+            let _ = results.send((id, fetched));
+        });
+        self.running.insert(id, Running { piece, abort: task.abort_handle(), bytes });
+    }
+
+    async fn on_piece(
+        &mut self,
+        child: &mut Child,
+        id: RequestId,
+        fetched: Fetched,
+        tx: &mpsc::Sender<Chunk>,
+    ) -> Result<(), String> {
+        let Some(Running { piece: index, .. }) = self.running.remove(&id) else {
+            return Ok(()); // cancelled meanwhile
+        };
+        let now = self.now();
+        let (bytes, got) = match fetched {
+            Ok(ok) => ok,
+            Err(e) => {
+                let failure = failure_of(&e);
+                if failure == Failure::Busy {
+                    self.metrics.piece_busy.inc();
+                }
+                tracing::debug!(digest = %self.digest, error = %e, "piece fetch failed");
+                child.piece_failed(now, id, failure);
+                return Ok(());
+            }
+        };
+        let Verdict::Store(digest) = child.piece_received(now, id, got) else { return Ok(()) };
+        let len = bytes.len() as u64;
+        self.metrics.fetched_bytes.get_or_create(&SourceLabels { source: "peer" }).inc_by(len);
+        self.counters.peer_bytes.fetch_add(len, Ordering::Relaxed);
+        tx.send(Chunk::Piece(index, bytes, digest)).await.map_err(|_| "blob writer stopped".to_owned())
+    }
+
+    fn report(&mut self, child: &Child, report: Report) {
+        if self.session.is_none() {
+            if report == Report::Reschedule {
+                self.next_lookup = self.now();
+            }
+            return;
+        }
+        let event = match report {
+            Report::PieceFinished { index, digest, from_origin } => peer_event::Event::PieceFinished(PieceFinished {
+                index,
+                digest: digest.as_bytes().to_vec(),
+                from_origin,
+            }),
+            Report::PieceFailed { index, parent, reason } => {
+                let reason = proto_reason(reason);
+                self.metrics.piece_failures.get_or_create(&ReasonLabels { reason: reason_label(reason) }).inc();
+                if reason == FailReason::DigestMismatch {
+                    tracing::warn!(digest = %self.digest, parent = %child.parent(parent).host_id, piece = index, "parent sent a corrupt piece; avoiding it");
+                }
+                let parent_host_id = child.parent(parent).host_id.clone();
+                peer_event::Event::PieceFailed(PieceFailed { index, parent_host_id, reason: reason as i32 })
+            }
+            Report::Reschedule => peer_event::Event::Reschedule(Default::default()),
+            Report::BlobMismatch { epoch, parents } => {
+                let parent_host_ids = parents.iter().map(|p| child.parent(*p).host_id.clone()).collect();
+                peer_event::Event::BlobMismatch(BlobMismatch { epoch, parent_host_ids })
+            }
+            Report::Done => peer_event::Event::Done(Default::default()),
+        };
         if let Some(s) = &self.session {
             s.report(event);
         }
     }
 
-    /// Starts fetching every piece not held and not in flight from the origin.
-    fn start_origin(
-        &mut self,
-        held: &Bitmap,
-        mut have: watch::Receiver<Progress>,
-        tx: mpsc::Sender<Chunk>,
-    ) -> Option<BoxFuture<'a, Result<(), String>>> {
-        let runs = runs_of(self.layout.count(), |i| !held.get(i) && !self.in_flight.contains(&i));
-        if runs.is_empty() {
-            return None;
-        }
-        for i in runs.iter().cloned().flatten() {
-            self.from_origin.set(i);
-            self.in_flight.insert(i);
-        }
-        self.swarm.seeds.mark(&self.digest);
-        let origin = self.origin;
-        Some(async move { origin.fetch(runs, &mut have, &tx).await }.boxed())
-    }
-
-    /// New piece requests to parents, for pieces whose trusted digest is known.
-    fn pick(&mut self, held: &Bitmap) -> Vec<Fetch<'a>> {
-        let room = MAX_IN_FLIGHT.saturating_sub(self.in_flight.len());
-        if room == 0 || self.parents.is_empty() {
-            return Vec::new();
-        }
-        let mut known = Bitmap::new(self.layout.count());
-        self.digests.keys().for_each(|&i| {
-            known.set(i);
-        });
-        let now = Instant::now();
-        let masked: Vec<Bitmap> = self
-            .parents
-            .iter_mut()
-            .map(|p| {
-                if p.bad {
-                    return Bitmap::new(self.layout.count());
-                }
-                let mut usable = p.have.and(&known);
-                p.refused.retain(|&i, until| {
-                    let live = *until > now;
-                    if live {
-                        usable.unset(i);
-                    }
-                    live
-                });
-                usable
-            })
-            .collect();
-        let inputs: Vec<ParentPieces<'_>> =
-            masked.iter().zip(&self.parents).map(|(have, p)| ParentPieces { have, in_flight: p.in_flight }).collect();
-        let mut in_flight = Bitmap::new(self.layout.count());
-        self.in_flight.iter().for_each(|&i| {
-            in_flight.set(i);
-        });
-        let input = PickInput {
-            held,
-            in_flight: &in_flight,
-            parents: &inputs,
-            read_position: held.prefix(),
-            max_requests: room,
-            tie_offset: self.tie_offset,
-        };
-        let picks = pick(&self.swarm.picker, &input);
-        picks
-            .into_iter()
-            .map(|p| {
-                self.in_flight.insert(p.piece);
-                let parent = &mut self.parents[p.parent];
-                parent.in_flight += 1;
-                let (peers, addr, digest) = (self.swarm.peers.clone(), parent.addr, self.digest);
-                let want = self.layout.piece(p.piece).len();
-                let limit = Duration::from_secs(10) + Duration::from_millis(want / 1024);
-                async move {
-                    let r = match tokio::time::timeout(limit, peers.fetch_piece(addr, &digest, p.piece, want)).await {
-                        Ok(Ok(bytes)) => hash_off_workers(bytes).await,
-                        Ok(Err(e)) => Err(e),
-                        Err(_) => Err(PeerError::Stream("timed out".into())),
-                    };
-                    (p.parent, p.piece, r)
-                }
-                .boxed()
-            })
-            .collect()
-    }
-
-    async fn on_piece(
-        &mut self,
-        p: usize,
-        index: u32,
-        result: Fetched,
-        tx: &mpsc::Sender<Chunk>,
-    ) -> Result<(), String> {
-        let parent = &mut self.parents[p];
-        parent.in_flight = parent.in_flight.saturating_sub(1);
-        let trusted = self.digests.get(&index).copied();
-        let failure = match result {
-            Ok((bytes, got)) if trusted == Some(got) => {
-                self.metrics.fetched_bytes.get_or_create(&SourceLabels { source: "peer" }).inc_by(bytes.len() as u64);
-                self.counters.peer_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                let digest = trusted.unwrap_or_else(|| unreachable!("guarded above"));
-                tx.send(Chunk::Piece(index, bytes, digest)).await.map_err(|_| "blob writer stopped".to_owned())?;
-                self.from_parent.insert(index, p);
-                self.used_epoch = Some(self.used_epoch.map_or(self.digest_epoch, |e| e.min(self.digest_epoch)));
-                return Ok(());
+    fn on_registered(&mut self, child: &mut Child, opened: Result<Session, SchedError>, asked: bool) {
+        match opened {
+            Ok(session) => {
+                tracing::info!(digest = %self.digest, "registered with the scheduler again");
+                self.session = Some(session);
+                child.session_opened(self.now());
             }
-            Ok(_) if trusted.is_none() => {
-                // The table was dropped while the piece was in flight: nothing to check it
-                // against, and nothing to blame the parent for. Fetch it again later.
-                self.in_flight.remove(&index);
-                return Ok(());
-            }
-            Ok(_) => {
-                parent.bad_digest = !parent.bad;
-                parent.bad = true;
-                FailReason::DigestMismatch
-            }
-            Err(PeerError::Unauthorized(_)) => {
-                parent.bad = true;
-                FailReason::Refused
-            }
-            Err(PeerError::Busy) => {
-                // Not a failure: the parent seeds this piece and a sibling has it soon.
-                parent.refused.insert(index, Instant::now() + BUSY_BACKOFF);
-                self.in_flight.remove(&index);
-                self.metrics.piece_busy.inc();
-                return Ok(());
-            }
-            Err(PeerError::NotFound) => {
-                parent.have.unset(index);
-                FailReason::Refused
+            Err(e) if asked && !self.steered_by_dht() => {
+                tracing::info!(digest = %self.digest, error = %e, "scheduler unreachable");
+                child.register_failed(self.now());
             }
             Err(e) => {
-                parent.failures += 1;
-                parent.bad |= parent.failures >= PARENT_FAILURES;
-                self.swarm.peers.forget(parent.addr);
-                tracing::debug!(parent = %parent.host_id, error = %e, "piece fetch failed");
-                FailReason::Io
+                tracing::debug!(digest = %self.digest, error = %e, "scheduler still unreachable; the DHT steers");
+                if asked {
+                    self.next_lookup = self.now();
+                }
             }
-        };
-        self.in_flight.remove(&index);
-        self.metrics.piece_failures.get_or_create(&ReasonLabels { reason: reason_label(failure) }).inc();
-        if failure == FailReason::DigestMismatch {
-            tracing::warn!(digest = %self.digest, parent = %self.parents[p].host_id, piece = index, "parent sent a corrupt piece; avoiding it");
         }
-        let parent_host_id = self.parents[p].host_id.clone();
-        self.report(peer_event::Event::PieceFailed(PieceFailed { index, parent_host_id, reason: failure as i32 }));
-        if self.parents.iter().all(|p| p.bad) && self.session.is_none() {
-            self.origin_mode = true;
-        }
-        Ok(())
     }
 
-    fn on_finished(&mut self, index: u32, digest: Digest) {
-        self.last_progress = Instant::now();
-        self.stalls = 0;
-        let from_origin = self.from_origin.get(index);
-        self.report(peer_event::Event::PieceFinished(PieceFinished {
-            index,
-            digest: digest.as_bytes().to_vec(),
-            from_origin,
-        }));
-    }
-
-    fn on_event(&mut self, event: Option<SchedulerEvent>) {
+    fn on_event(&mut self, child: &mut Child, event: Option<SchedulerEvent>) {
+        let now = self.now();
         let Some(event) = event else {
             if self.session.take().is_some() {
-                tracing::info!(digest = %self.digest, "scheduler stream ended; continuing with current parents");
+                self.retry_scheduler_at = now;
+                if self.steered_by_dht() {
+                    tracing::info!(digest = %self.digest, "scheduler stream ended; the DHT steers until it is back");
+                    self.next_lookup = now;
+                } else {
+                    tracing::info!(digest = %self.digest, "scheduler stream ended; continuing with current parents");
+                    child.session_lost(now);
+                }
             }
             return;
         };
         match event.event {
             Some(scheduler_event::Event::BackToSource(_)) => {
                 self.metrics.back_to_source.inc();
-                self.origin_mode = true;
+                child.back_to_source(now);
             }
             Some(scheduler_event::Event::Parents(ps)) => {
-                for p in ps.parents {
-                    self.add_parent(p.host_id, &p.peer_addr, &p.have);
-                }
+                let count = self.layout.count();
+                let offered = ps
+                    .parents
+                    .into_iter()
+                    .filter(|p| p.peer_addr.parse::<SocketAddr>().is_ok())
+                    .map(|p| Offered {
+                        host_id: p.host_id,
+                        addr: p.peer_addr,
+                        have: Bitmap::from_bytes(count, &p.have).unwrap_or_else(|_| Bitmap::new(count)),
+                    })
+                    .collect();
+                child.parents_offered(now, offered);
             }
             Some(scheduler_event::Event::PieceDigests(ds)) => {
-                if ds.epoch < self.digest_epoch {
-                    return;
-                }
-                if ds.epoch > self.digest_epoch {
-                    // The scheduler dropped a forged table: none of its digests count any more,
-                    // and parents blamed only for not matching it get another chance.
-                    self.digests.clear();
-                    self.digest_epoch = ds.epoch;
-                    for parent in self.parents.iter_mut().filter(|p| p.bad_digest) {
-                        (parent.bad, parent.bad_digest) = (false, false);
-                    }
-                }
-                for d in ds.digests {
-                    if let Ok(bytes) = <[u8; 32]>::try_from(d.digest.as_slice()) {
-                        self.digests.insert(d.index, Digest::from_bytes(bytes));
-                    }
-                }
+                self.epoch = self.epoch.max(ds.epoch);
+                self.dht_digests.clear();
+                let digests = ds.digests.into_iter().filter_map(|d| {
+                    let bytes = <[u8; 32]>::try_from(d.digest.as_slice()).ok()?;
+                    Some((d.index, Digest::from_bytes(bytes)))
+                });
+                child.digests(now, ds.epoch, digests);
             }
             None => {}
         }
     }
+}
 
-    fn add_parent(&mut self, host_id: String, addr: &str, have: &[u8]) {
-        let Ok(addr) = addr.parse::<SocketAddr>() else { return };
-        if self.parents.iter().any(|p| p.host_id == host_id) {
-            return;
-        }
-        let have = Bitmap::from_bytes(self.layout.count(), have).unwrap_or_else(|_| Bitmap::new(self.layout.count()));
-        let index = self.parents.len();
-        self.parents.push(Parent {
-            host_id,
-            addr,
-            have,
-            in_flight: 0,
-            failures: 0,
-            bad: false,
-            bad_digest: false,
-            refused: HashMap::new(),
-        });
-        self.counters.parents.fetch_add(1, Ordering::Relaxed);
-        let (peers, digest, tx, count) =
-            (self.swarm.peers.clone(), self.digest, self.have_tx.clone(), self.layout.count());
-        self.watchers.push(tokio::spawn(async move {
-            let Ok(mut stream) = peers.watch_have(addr, &digest).await else { return };
-            while let Some(update) = stream.next().await {
-                if let Ok(b) = Bitmap::from_bytes(count, &update.have) {
-                    if tx.send((index, b)).is_err() || update.complete {
-                        return;
-                    }
-                }
-            }
-        }));
+fn failure_of(e: &PeerError) -> Failure {
+    match e {
+        PeerError::Busy => Failure::Busy,
+        PeerError::NotFound => Failure::NotFound,
+        PeerError::Unauthorized(_) => Failure::Refused,
+        _ => Failure::Io,
     }
+}
 
-    /// Stalled: ask the scheduler again (re-registering if it went away); after a few stalls,
-    /// or with no scheduler and no usable parent, the origin takes over.
-    async fn on_tick(&mut self, held: &Bitmap) {
-        if !self.origin_mode && self.orphaned(held) {
-            // The scheduler is gone and every piece still missing lacks a trusted digest:
-            // parents cannot help. Re-register at once, else take the rest from the origin.
-            match self.swarm.schedulers.open(&self.digest, self.layout, held).await {
-                Ok(s) => {
-                    tracing::info!(digest = %self.digest, "re-registered with the scheduler");
-                    self.session = Some(s);
-                }
-                Err(e) => {
-                    tracing::info!(digest = %self.digest, error = %e, "scheduler gone and no digest for the missing pieces; fetching them from the origin");
-                    self.origin_mode = true;
-                }
-            }
-            return;
-        }
-        if self.origin_mode || self.last_progress.elapsed() < STALL {
-            return;
-        }
-        self.last_progress = Instant::now();
-        self.stalls += 1;
-        if self.session.is_none() {
-            if let Ok(s) = self.swarm.schedulers.open(&self.digest, self.layout, held).await {
-                tracing::info!(digest = %self.digest, "re-registered with the scheduler");
-                self.session = Some(s);
-                return;
-            }
-        } else {
-            self.report(peer_event::Event::Reschedule(Default::default()));
-        }
-        let usable = self.parents.iter().any(|p| !p.bad);
-        if self.stalls >= STALLS_BEFORE_ORIGIN || (self.session.is_none() && !usable) {
-            tracing::info!(digest = %self.digest, stalls = self.stalls, "swarm stalled; fetching the rest from the origin");
-            self.origin_mode = true;
-        }
-    }
-
-    /// Every piece matched its trusted digest, yet the blob did not: the writer dropped
-    /// `pieces` (from parents, or resumed). Stop trusting the digest table, tell the scheduler (which drops the table and decides again, usually sending this
-    /// daemon to the origin), or go to the origin at once without a scheduler or the second
-    /// time. The client's request waits meanwhile: it has only been sent origin bytes.
-    fn on_blob_mismatch(&mut self, pieces: &[u32], kept: &[(u32, Digest)]) {
-        self.mismatches += 1;
-        self.metrics.blob_mismatches.inc();
-        let mut parents: Vec<String> = Vec::new();
-        for i in pieces {
-            // A parent that relayed a forged piece is not banned: it cannot be told from a
-            // victim, and every piece is checked against the new table from now on.
-            if let Some(parent) = self.from_parent.remove(i).and_then(|p| self.parents.get(p)) {
-                if !parents.contains(&parent.host_id) {
-                    parents.push(parent.host_id.clone());
-                }
-            }
-        }
-        let epoch = self.used_epoch.take();
-        tracing::warn!(digest = %self.digest, pieces = pieces.len(), ?parents, ?epoch, table = self.digest_epoch, "blob did not verify; dropped the pieces from parents and their digests");
-        if epoch.is_none_or(|e| e >= self.digest_epoch) {
-            // Else a newer table arrived already: it is not the forged one, keep it.
-            self.digests.clear();
-        }
-        self.in_flight.clear();
-        match (epoch, &self.session) {
-            (Some(epoch), Some(_)) if self.mismatches < 2 => {
-                self.report(peer_event::Event::BlobMismatch(BlobMismatch { epoch, parent_host_ids: parents }));
-                // The pieces kept came from the origin here: if the scheduler sends this daemon
-                // back to source, their digests start the new table (else they are ignored).
-                for &(index, digest) in kept {
-                    let digest = digest.as_bytes().to_vec();
-                    self.report(peer_event::Event::PieceFinished(PieceFinished { index, digest, from_origin: true }));
-                }
-                self.last_progress = Instant::now();
-            }
-            _ => self.origin_mode = true,
-        }
-    }
-
-    /// No scheduler, nothing in flight from parents, and no digest known for any missing piece.
-    fn orphaned(&self, held: &Bitmap) -> bool {
-        self.session.is_none()
-            && self.in_flight.is_empty()
-            && !held.is_full()
-            && held.missing().all(|i| !self.digests.contains_key(&i))
+fn proto_reason(r: CoreReason) -> FailReason {
+    match r {
+        CoreReason::DigestMismatch => FailReason::DigestMismatch,
+        CoreReason::Timeout => FailReason::Timeout,
+        CoreReason::Refused => FailReason::Refused,
+        CoreReason::Io => FailReason::Io,
     }
 }
 

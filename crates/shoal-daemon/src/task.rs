@@ -318,10 +318,10 @@ impl Tasks {
         running.insert(digest, task.clone());
         drop(running);
         let tasks = self.clone();
-        let counters = task.counters.clone();
+        let (counters, readers) = (task.counters.clone(), task.readers.clone());
         let download_pin = self.pins.pin(digest);
         tokio::spawn(async move {
-            tasks.run(writer, fetch, counters, reservation).await;
+            tasks.run(writer, fetch, counters, readers, reservation).await;
             tasks.lock().remove(&digest);
             drop(download_pin);
         });
@@ -353,6 +353,7 @@ impl Tasks {
         mut writer: PieceWriter,
         fetch: OriginFetch,
         counters: Arc<TaskCounters>,
+        readers: Arc<Readers>,
         reservation: Reservation,
     ) {
         let started = Instant::now();
@@ -377,7 +378,8 @@ impl Tasks {
         };
         let fetched = match &self.swarm {
             Some(swarm) if !layout.is_single_piece() => {
-                crate::swarm::download(swarm, &self.metrics, &counters, &origin, &mut have, &tx, finished).await
+                let sink = crate::swarm::Sink { have: &mut have, tx: &tx, finished };
+                crate::swarm::download(swarm, &self.metrics, &counters, &origin, sink, readers).await
             }
             _ => from_origin(&origin, &mut have, &tx).await,
         };

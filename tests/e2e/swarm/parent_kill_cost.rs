@@ -69,7 +69,6 @@ async fn child_pull(origin: &Origin, kill_at: Option<f64>, label: &str) -> Resul
 /// H, P and C as above: C's pull undisturbed, then again (everything fresh) with P killed
 /// (SIGKILL) at 35% of C's transfer. Prints both times, the cost and the origin's bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs per-request progress deadlines (issue 8 §5)"]
 async fn a_parent_killed_mid_transfer_costs_the_child_at_most_3_s() -> Result<()> {
     require_tools();
     let _alone = SERIAL.write().await;

@@ -15,7 +15,7 @@ pub struct ChildConfig {
     /// [`ChildConfig::suspend_ms`]. Default 1000. Smaller: faster failover, more false alarms
     /// behind a congested link.
     pub progress_deadline_ms: u64,
-    /// How long a stalled parent is left alone. Default 5000.
+    /// How long a stalled parent is left alone. Default 2000.
     pub suspend_ms: u64,
     /// A request still running after this long (and after three times the usual piece time)
     /// is also asked of a second parent; the first answer wins. Default 1000.
@@ -30,8 +30,9 @@ pub struct ChildConfig {
     pub stall_ms: u64,
     /// Stalls after which the origin takes over. Default 3.
     pub stalls_before_origin: u32,
-    /// With no live parent left (all dropped or stalled), the scheduler is asked again at once;
-    /// if no live parent comes within this long, the origin takes over. Default 1000.
+    /// With no live parent left (all dropped or stalled), the scheduler is asked again at once
+    /// (once until a parent is live again). Without a scheduler, the origin takes over when no live
+    /// parent comes within this long. Default 1000.
     pub orphan_ms: u64,
     /// A piece a parent refused as busy is not asked of it again for this long. Default: the
     /// parent's seeding window.
@@ -46,7 +47,7 @@ impl Default for ChildConfig {
             picker: PickerConfig::default(),
             max_in_flight: 16,
             progress_deadline_ms: 1000,
-            suspend_ms: 5000,
+            suspend_ms: 2000,
             hedge_after_ms: 1000,
             endgame_hedge_after_ms: 500,
             parent_failures: 3,

@@ -13,8 +13,8 @@
 //!   requests is stalled: they are cancelled and asked elsewhere; a request that runs long is
 //!   hedged on a second parent (the first answer wins, the other is cancelled);
 //! - a parent is dropped for a corrupt piece, a refusal, or repeated failures;
-//! - with no live parent, the scheduler is asked at once, and the origin takes over after
-//!   [`ChildConfig::orphan_ms`]; without a new piece for [`ChildConfig::stall_ms`] the scheduler
+//! - with no live parent, the scheduler is asked at once (without one, the origin takes over
+//!   after [`ChildConfig::orphan_ms`]); without a new piece for [`ChildConfig::stall_ms`] the scheduler
 //!   is asked again, and after [`ChildConfig::stalls_before_origin`] stalls the origin takes over;
 //! - when every piece is held the blob is verified; if it does not match, the pieces from
 //!   parents are dropped and the scheduler told (or the origin used).
@@ -150,6 +150,9 @@ struct OriginState {
     running: bool,
     /// Pieces fetched (or being fetched) from the origin.
     pieces: Bitmap,
+    /// Pieces the origin fetch took that the writer has not stored yet (it lags behind the
+    /// fetch): not fetched again.
+    pending: Bitmap,
 }
 
 /// One child download. See the module documentation.
@@ -213,7 +216,7 @@ impl Child {
             used_epoch: None,
             from_parent: HashMap::new(),
             mismatches: 0,
-            origin: OriginState { mode: false, running: false, pieces: Bitmap::new(n) },
+            origin: OriginState { mode: false, running: false, pieces: Bitmap::new(n), pending: Bitmap::new(n) },
             session,
             registering: false,
             last_progress: now,
@@ -454,6 +457,7 @@ impl Child {
         }
         self.held.set(index);
         self.landing.unset(index);
+        self.origin.pending.unset(index);
         self.last_progress = now;
         self.stalls = 0;
         let from_origin = self.origin.pieces.get(index);
@@ -532,7 +536,7 @@ impl Child {
         }
         let mut wanted = Bitmap::new(self.layout.count());
         for i in self.held.missing() {
-            if !self.landing.get(i) && !self.requests.has_piece(i) {
+            if !self.landing.get(i) && !self.origin.pending.get(i) && !self.requests.has_piece(i) {
                 wanted.set(i);
             }
         }
@@ -542,6 +546,7 @@ impl Child {
         }
         for i in runs.iter().cloned().flatten() {
             self.origin.pieces.set(i);
+            self.origin.pending.set(i);
         }
         self.origin.running = true;
         self.actions.push_back(Action::FetchOrigin(runs));
@@ -661,12 +666,24 @@ impl Child {
         self.parents.iter().any(|p| p.is_live(now))
     }
 
-    /// No live parent and nothing in flight from one: ask the scheduler again at once (or
-    /// register again without one); the origin takes over after `orphan_ms`.
+    /// No live parent and nothing in flight from one: ask the scheduler again at once (it
+    /// knows the other holders, or sends this child to the origin). Without a scheduler,
+    /// register again, and the origin takes over after `orphan_ms`.
     fn check_orphaned(&mut self, now: u64) {
         let lost = !self.parents.is_empty() && !self.any_live_parent(now) && self.requests.is_empty();
-        let no_help = !self.session && self.orphaned(now);
-        if !(lost || no_help) {
+        if self.session {
+            // Once per episode: the scheduler counts a child's asks, and sends it to the
+            // origin after a few.
+            self.orphaned_since = None;
+            if !lost {
+                self.rescheduled_at = None;
+            } else if self.rescheduled_at.is_none() {
+                self.rescheduled_at = Some(now);
+                self.report(Report::Reschedule);
+            }
+            return;
+        }
+        if !(lost || self.orphaned(now)) {
             self.orphaned_since = None;
             return;
         }
@@ -674,13 +691,6 @@ impl Child {
         if now >= since + self.config.orphan_ms {
             self.origin.mode = true;
             self.start_origin();
-            return;
-        }
-        if self.session {
-            if self.rescheduled_at.is_none_or(|t| now >= t + self.config.orphan_ms) {
-                self.rescheduled_at = Some(now);
-                self.report(Report::Reschedule);
-            }
         } else if !self.registering {
             self.registering = true;
             self.actions.push_back(Action::Register);
@@ -714,9 +724,14 @@ impl Child {
             p.fail(limit);
             p.suspended_until = now + self.config.suspend_ms;
             p.in_flight = 0;
-            for (id, piece) in self.requests.remove_parent(ParentId(q)) {
-                self.actions.push_back(Action::Cancel(id));
+            let cancelled = self.requests.remove_parent(ParentId(q));
+            // One failure per stall, whatever the number of requests: a parent behind a
+            // congested link is not dropped by the scheduler for one quiet second.
+            if let Some(&(_, piece)) = cancelled.first() {
                 self.report(Report::PieceFailed { index: piece, parent: ParentId(q), reason: FailReason::Timeout });
+            }
+            for (id, _) in cancelled {
+                self.actions.push_back(Action::Cancel(id));
             }
             self.actions.push_back(Action::Forget(ParentId(q)));
         }
@@ -770,6 +785,7 @@ impl Child {
         let mut blamed: Vec<ParentId> = Vec::new();
         for i in dropped {
             self.held.unset(*i);
+            self.origin.pending.unset(*i);
             // A parent that relayed a forged piece is not dropped: it cannot be told from a
             // victim, and every piece is checked against the new table from now on.
             if let Some(p) = self.from_parent.remove(i) {

@@ -184,47 +184,84 @@ fn a_silent_parent_is_replaced_within_the_progress_deadline() {
     assert!(a.contains(&Action::Forget(ParentId(0))));
     let timeouts =
         reports(&a).iter().filter(|r| matches!(r, Report::PieceFailed { reason: FailReason::Timeout, .. })).count();
-    assert_eq!(timeouts, of_a.len());
+    assert_eq!(timeouts, 1, "one failure per stall");
     // a is suspended: nothing new goes to it; its pieces wait for b's free slots.
     assert!(requests(&a).iter().all(|x| x.1 == ParentId(1)));
     assert!(!c.parent(ParentId(0)).is_live(deadline));
 }
 
 #[test]
-fn the_only_parent_dying_sends_the_child_to_the_origin_within_two_seconds() {
+fn the_only_parent_dying_asks_the_scheduler_at_once() {
     let mut c = child_with(&["a"]);
     let r = requests(&drain(&mut c));
-    let (id, _, piece) = r[0];
-    deliver(&mut c, 200, id, piece);
+    deliver(&mut c, 200, r[0].0, r[0].2);
     drain(&mut c);
-    let config = ChildConfig::default();
-    let dead = 200 + config.progress_deadline_ms;
+    let dead = 200 + ChildConfig::default().progress_deadline_ms;
+    assert!(c.poll_timeout().is_some_and(|t| t <= dead));
+    c.handle_timeout(dead - 1);
+    assert!(reports(&drain(&mut c)).is_empty(), "not stalled before the deadline");
+    c.handle_timeout(dead);
+    let a = drain(&mut c);
+    let timeouts =
+        reports(&a).iter().filter(|r| matches!(r, Report::PieceFailed { reason: FailReason::Timeout, .. })).count();
+    assert_eq!(timeouts, 1, "one failure per stall: {a:?}");
+    assert_eq!(reports(&a).last(), Some(&&Report::Reschedule));
+    // Once: the scheduler counts asks.
+    c.handle_timeout(dead + 1500);
+    assert!(reports(&drain(&mut c)).iter().all(|r| **r != Report::Reschedule));
+    // The scheduler decides: here, back to source.
+    c.back_to_source(dead + 5);
+    assert!(drain(&mut c).iter().any(|a| matches!(a, Action::FetchOrigin(_))));
+}
+
+#[test]
+fn without_a_scheduler_the_only_parent_dying_sends_the_child_to_the_origin_within_two_seconds() {
+    let mut c = child_with(&["a"]);
+    c.session_lost(0);
+    let r = requests(&drain(&mut c));
+    let piece = r[0].2;
+    deliver(&mut c, 200, r[0].0, piece);
+    drain(&mut c);
     let mut now = 200;
-    let mut rescheduled = None;
     let mut origin = None;
     for _ in 0..100 {
-        if origin.is_some() {
-            break;
-        }
-        let next = c.poll_timeout().expect("a timeout");
-        assert!(next > now || next == now && rescheduled.is_none(), "timeout {next} not after {now}");
+        let Some(next) = c.poll_timeout() else { break };
+        assert!(next > now, "timeout {next} not after {now}");
         now = next;
         c.handle_timeout(now);
         for a in drain(&mut c) {
             match a {
-                Action::Report(Report::Reschedule) => rescheduled = rescheduled.or(Some(now)),
                 Action::FetchOrigin(runs) => {
                     assert!(runs.iter().cloned().flatten().all(|i| i != piece));
-                    origin = Some(now);
+                    origin = origin.or(Some(now));
                 }
+                Action::Register => c.register_failed(now),
                 _ => {}
             }
         }
+        if origin.is_some() {
+            break;
+        }
     }
-    assert_eq!(rescheduled, Some(dead), "the scheduler is asked again at once");
     let origin = origin.expect("origin");
     assert!(origin - 200 <= 2000, "origin after {} ms", origin - 200);
-    assert!(c.at_origin());
+}
+
+#[test]
+fn pieces_the_writer_has_not_stored_yet_are_not_fetched_from_the_origin_again() {
+    let mut c = Child::new(ChildConfig::default(), layout(), Bitmap::new(8), 0, 0, true);
+    c.back_to_source(0);
+    assert_eq!(drain(&mut c), vec![Action::FetchOrigin(std::iter::once(0..8).collect())]);
+    c.piece_stored(1, 0, truth(0));
+    c.origin_done(2);
+    assert!(drain(&mut c).iter().all(|a| !matches!(a, Action::FetchOrigin(_))), "the writer lags, that is all");
+    // Dropped by the whole-blob check: fetched again.
+    (1..8).for_each(|i| c.piece_stored(3, i, truth(i)));
+    drain(&mut c);
+    c.verified(4, Checked::Dropped { dropped: vec![5], kept: vec![] });
+    c.back_to_source(5);
+    let again: Vec<Action> = drain(&mut c).into_iter().filter(|a| matches!(a, Action::FetchOrigin(_))).collect();
+    assert_eq!(again, vec![Action::FetchOrigin(std::iter::once(5..6).collect())]);
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -86,12 +87,14 @@ impl PeerClient {
     }
 
     /// Fetches piece `index` of `task` from the parent at `addr`; `want` is its length.
+    /// `received` counts the bytes as they arrive (the caller's progress deadline reads it).
     pub async fn fetch_piece(
         &self,
         addr: SocketAddr,
         task: &Digest,
         index: u32,
         want: u64,
+        received: &AtomicU64,
     ) -> Result<Bytes, PeerError> {
         let conn = self.connection(addr).await?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| PeerError::Stream(e.to_string()))?;
@@ -116,6 +119,7 @@ impl PeerClient {
             };
             self.download.acquire(chunk.bytes.len() as u64).await;
             buf.extend_from_slice(&chunk.bytes);
+            received.store(buf.len() as u64, Ordering::Relaxed);
         }
         Ok(buf.freeze())
     }

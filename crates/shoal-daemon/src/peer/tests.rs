@@ -115,25 +115,31 @@ async fn serves_pieces_to_members_only() {
     let c = client(b"secret");
     for i in 0..blob.layout.count() {
         let want = blob.layout.piece(i);
-        let bytes = c.fetch_piece(addr, &blob.digest, i, want.len()).await.unwrap();
+        let bytes = c.fetch_piece(addr, &blob.digest, i, want.len(), &Default::default()).await.unwrap();
         assert_eq!(&bytes[..], &data(3 * MIB + 5)[want.start as usize..want.end as usize]);
     }
-    assert!(matches!(c.fetch_piece(addr, &blob.digest, 99, MIB).await, Err(PeerError::NotFound)));
-    assert!(matches!(c.fetch_piece(addr, &blob.digest, 0, 5).await, Err(PeerError::Length { .. })));
+    assert!(matches!(c.fetch_piece(addr, &blob.digest, 99, MIB, &Default::default()).await, Err(PeerError::NotFound)));
+    assert!(matches!(
+        c.fetch_piece(addr, &blob.digest, 0, 5, &Default::default()).await,
+        Err(PeerError::Length { .. })
+    ));
     let mut have = c.watch_have(addr, &blob.digest).await.unwrap();
     let update = have.next().await.unwrap();
     assert!(update.complete);
     assert_eq!(Bitmap::from_bytes(4, &update.have).unwrap().count(), 4);
 
     let intruder = client(b"wrong");
-    assert!(matches!(intruder.fetch_piece(addr, &blob.digest, 0, MIB).await, Err(PeerError::Unauthorized(_))));
+    assert!(matches!(
+        intruder.fetch_piece(addr, &blob.digest, 0, MIB, &Default::default()).await,
+        Err(PeerError::Unauthorized(_))
+    ));
 }
 
 #[tokio::test]
 async fn the_fault_switch_corrupts_what_is_served() {
     let blob = Arc::new(OneBlob::new(&data(MIB)));
     let addr = start_server(blob.clone(), b"t", true);
-    let bytes = client(b"t").fetch_piece(addr, &blob.digest, 0, MIB).await.unwrap();
+    let bytes = client(b"t").fetch_piece(addr, &blob.digest, 0, MIB, &Default::default()).await.unwrap();
     assert_ne!(Digest::of(&bytes), blob.digest);
 }
 
@@ -144,10 +150,13 @@ async fn a_seeded_blob_goes_to_one_child_per_piece_at_a_time() {
     seeds.mark(&blob.digest);
     let addr = start_seeding(blob.clone(), b"t", false, seeds);
     let (a, b) = (named_client("a", b"t"), named_client("b", b"t"));
-    assert!(a.fetch_piece(addr, &blob.digest, 0, MIB).await.is_ok());
-    assert!(matches!(b.fetch_piece(addr, &blob.digest, 0, MIB).await, Err(PeerError::Busy)), "b gets piece 0 from a");
-    assert!(b.fetch_piece(addr, &blob.digest, 1, MIB).await.is_ok(), "piece 1 is b's");
-    assert!(a.fetch_piece(addr, &blob.digest, 0, MIB).await.is_ok(), "a may retry");
+    assert!(a.fetch_piece(addr, &blob.digest, 0, MIB, &Default::default()).await.is_ok());
+    assert!(
+        matches!(b.fetch_piece(addr, &blob.digest, 0, MIB, &Default::default()).await, Err(PeerError::Busy)),
+        "b gets piece 0 from a"
+    );
+    assert!(b.fetch_piece(addr, &blob.digest, 1, MIB, &Default::default()).await.is_ok(), "piece 1 is b's");
+    assert!(a.fetch_piece(addr, &blob.digest, 0, MIB, &Default::default()).await.is_ok(), "a may retry");
 }
 
 /// A connection that completed TLS (and, with `token`, the membership proof) by hand.
@@ -199,7 +208,7 @@ async fn a_stream_without_a_complete_request_is_reset() {
     assert!(started.elapsed() >= std::time::Duration::from_millis(250));
     // The connection itself still serves.
     let c = client(b"t");
-    assert!(c.fetch_piece(addr, &blob.digest, 0, MIB).await.is_ok());
+    assert!(c.fetch_piece(addr, &blob.digest, 0, MIB, &Default::default()).await.is_ok());
 }
 
 /// A record of `blob` in `meta` holding `pieces`, with their true digests (complete: all).
