@@ -317,6 +317,7 @@ mod tests {
             site: "default".into(),
             token: b"a-cluster-token-for-unit-tests".to_vec(),
             host_id: "h1".into(),
+            dht: None,
         };
         Schedulers::new(&swarm, "127.0.0.1:7".parse().expect("address"), 0).expect("lazy clients")
     }
