@@ -15,7 +15,7 @@ async fn dht_swarm(
 ) -> Result<Swarm> {
     let base = Swarm::config(&origin.registry, schedulers);
     let (first, first_dht) = base.clone().dht(&[]);
-    let mut swarm = Swarm::start(1, first, |i, c| configure(i, c)).await?;
+    let mut swarm = Swarm::start(1, first, &configure).await?;
     for i in 1..n {
         let (c, _) = base.clone().dht(std::slice::from_ref(&first_dht));
         swarm.add(configure(i, c)).await?;
