@@ -22,7 +22,8 @@ pub fn plain_client(url: &str) -> Result<SchedulerClient<Channel>> {
 /// A client connecting the way daemons do, proving `token` (right or wrong).
 pub fn member_client(url: &str, token: &[u8]) -> Result<SchedulerClient<Channel>> {
     let url = url::Url::parse(url)?;
-    let channel = shoal_daemon::sched_connect::channel(&url, token.into(), CALL_LIMIT).map_err(anyhow::Error::msg)?;
+    let channel =
+        shoal_daemon::api::sched_connect::channel(&url, token.into(), CALL_LIMIT).map_err(anyhow::Error::msg)?;
     Ok(SchedulerClient::new(channel))
 }
 

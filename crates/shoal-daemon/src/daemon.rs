@@ -14,22 +14,22 @@ use shoal_core::picker::PickerConfig;
 
 use crate::config::Settings;
 use crate::discovery::dht::{Dht, DhtConfig, DhtError};
+use crate::discovery::scheduler::Schedulers;
 use crate::discovery::{Holder, Holdings};
+use crate::download::swarm::Swarm;
+use crate::download::tasks::{Pins, Tasks};
 use crate::limits::Limiter;
 use crate::listener::HttpLimits;
-use crate::meta::MetaStore;
-use crate::meta_redb::RedbMeta;
 use crate::metrics::Metrics;
 use crate::mirror::{self, Authz, Mirror};
 use crate::origin::Origins;
-use crate::paths::Paths;
 use crate::peer::client::PeerClient;
+use crate::peer::seeding::Seeds;
 use crate::peer::server::{PeerLimits, ServerCtx};
-use crate::sched_client::Schedulers;
-use crate::seeding::Seeds;
-use crate::space::Space;
-use crate::swarm::Swarm;
-use crate::task::{Pins, Tasks};
+use crate::store::meta::MetaStore;
+use crate::store::meta_redb::RedbMeta;
+use crate::store::paths::Paths;
+use crate::store::space::Space;
 use shoal_core::evict::Limits;
 use shoal_core::seeding::SeedingConfig;
 
@@ -46,7 +46,7 @@ pub enum StartError {
     },
     /// The metadata store could not be opened or recovered.
     #[error("metadata store in data_dir: {0}")]
-    Meta(#[from] crate::meta::MetaError),
+    Meta(#[from] crate::store::meta::MetaError),
     /// A listener could not bind.
     #[error("cannot listen on {key} {addr}: {source}")]
     Bind {
@@ -100,7 +100,7 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
     let paths = Paths::new(&settings.data_dir);
     paths.create().map_err(|source| StartError::DataDir { path: settings.data_dir.display().to_string(), source })?;
     let meta: Arc<dyn MetaStore> = Arc::new(RedbMeta::open(&paths.meta_db())?);
-    let cached = crate::gc::recover(&paths, meta.as_ref())?;
+    let cached = crate::store::gc::recover(&paths, meta.as_ref())?;
     let metrics = Arc::new(Metrics::default());
     metrics.cache_bytes.set(cached as i64);
     let limits = Limits { quota: settings.cache_size, min_free: settings.min_free_space };
@@ -135,14 +135,18 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
         }
         let download = Arc::new(Limiter::new(settings.limits.download));
         let peers = Arc::new(PeerClient::new(ep.clone(), swarm.host_id.clone(), swarm.token.clone(), download));
-        tasks = tasks.with_swarm(Arc::new(Swarm {
+        let driver = Arc::new(Swarm {
             schedulers,
             peers,
             picker: PickerConfig { urgent_window: 2, ..PickerConfig::default() },
             sessions: Default::default(),
             seeds: seeds.clone(),
             holdings: holdings.as_ref().map(|(h, _)| h.clone()),
-        }));
+        });
+        if driver.schedulers.configured() {
+            handles.push(tokio::spawn(driver.clone().follow_owners()));
+        }
+        tasks = tasks.with_swarm(driver);
         peer_addr = Some(addr);
         endpoint = Some(ep);
     }
@@ -195,7 +199,7 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
     handles.push(serve(mirror_listener, mirror::router(mirror)));
     handles.push(serve(admin_listener, admin_router(metrics.clone(), tasks_for_status)));
     let dht_addr = holdings.as_ref().map(|(_, addr)| *addr);
-    handles.push(tokio::spawn(crate::gc::run(space, metrics, holdings.map(|(h, _)| h))));
+    handles.push(tokio::spawn(crate::store::gc::run(space, metrics, holdings.map(|(h, _)| h))));
     tracing::info!(%mirror_addr, %admin_addr, ?peer_addr, ?dht_addr, data_dir = %settings.data_dir.display(), "shoal daemon started");
     Ok(Running { mirror_addr, admin_addr, peer_addr, dht_addr, tasks: handles })
 }
@@ -253,7 +257,7 @@ mod tests {
     use crate::config::Config;
     use crate::discovery::conformance::eventually;
     use crate::discovery::Discovery;
-    use crate::meta::{BlobRecord, BlobState, Durability};
+    use crate::store::meta::{BlobRecord, BlobState, Durability};
     use shoal_core::{Digest, PieceLayout};
 
     const TOKEN: &str = "daemon-test-token-0123";

@@ -5,9 +5,11 @@
 //! always answers "no faults" and no variable is looked at. Never enable the feature in a release.
 
 /// Corrupt every piece served to peers (`=1`): children must detect and avoid the parent.
+#[cfg(any(test, feature = "fault-injection"))]
 pub const CORRUPT_UPLOADS: &str = "SHOAL_FAULT_CORRUPT_UPLOADS";
 /// Poison (`=1`): report forged digests for pieces fetched from the origin and serve pieces
 /// that match them, as a member holding the cluster token could. Implies corrupt uploads.
+#[cfg(any(test, feature = "fault-injection"))]
 pub const POISON: &str = "SHOAL_FAULT_POISON";
 
 /// Which faults are on.

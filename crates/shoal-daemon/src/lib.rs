@@ -1,41 +1,40 @@
 //! The Shoal node daemon: a registry mirror in front of origin registries, with a
 //! content-addressed blob cache whose downloads are tasks made of pieces.
 //!
-//! Module map: `config` (keys and validation), `paths` (every on-disk path), `meta` and
-//! `meta_redb` (metadata), `writer` (piece assembly into a partial file), `task` (one download per
-//! blob, shared by every reader), `origin` (upstream registries and their auth), `mirror` (the
-//! OCI distribution HTTP API), `metrics` and `admin`, `space` (the cache's quota and free-space floor, at every moment), `gc`
-//! (recovery and the periodic check), `health` (whether the cache can store), `direct` (blob
-//! bytes straight from the origin, uncached), `listener` (the hardened HTTP accept loop),
-//! `daemon` (wiring).
+//! The tree shows the architecture (see DESIGN.md):
+//! - `mirror/` — the OCI distribution HTTP API: parse, authorize, serve from the cache or join a
+//!   download; `mirror/body` streams a blob as its pieces land;
+//! - `download/` — one download per blob (`tasks`), driving `shoal_core::child` (`swarm`) with
+//!   parents from the scheduler or the DHT (`dht`) and runs from the origin (`origin`), pieces
+//!   assembled and verified by the `writer`, readers' positions in `readers`;
+//! - `store/` — on-disk paths, metadata (`meta`, `meta_redb`), the cache's room (`space`),
+//!   recovery and eviction (`gc`), store health, pieces as a parent sees them;
+//! - `peer/` — the QUIC transport: TLS, membership proof, framing, serving and fetching pieces,
+//!   seeding;
+//! - `discovery/` — finding holders: the scheduler client, the libp2p Kademlia DHT, in-memory;
+//! - `origin/` — the origin registries, their auth, and blob bytes straight from them;
+//! - `config`, `limits`, `listener` (the hardened HTTP accept loop), `metrics`, `hash`, `fault`
+//!   (test-only faults), `daemon` (wiring).
+//!
+//! Imports go one way: mirror → download → (peer, discovery, store, origin).
 #![warn(missing_docs)]
 
-pub mod body;
 pub mod config;
 pub mod daemon;
-pub mod direct;
 pub mod discovery;
-pub mod fault;
-pub mod gc;
-pub mod hash;
-pub mod health;
-pub mod limits;
+pub(crate) mod download;
+pub(crate) mod fault;
+pub(crate) mod hash;
+pub(crate) mod limits;
 pub mod listener;
-pub mod meta;
-pub mod meta_redb;
-pub mod metrics;
-pub mod mirror;
-pub mod origin;
-pub mod origin_fetch;
-pub mod paths;
+pub(crate) mod metrics;
+pub(crate) mod mirror;
+pub(crate) mod origin;
 pub mod peer;
-pub mod readers;
-pub mod sched_client;
-pub mod sched_connect;
-pub mod seeding;
-pub mod serve_pieces;
-pub mod space;
-pub mod swarm;
-pub mod swarm_dht;
-pub mod task;
-pub mod writer;
+pub(crate) mod store;
+
+/// What the `shoal` binary and the end-to-end tests use besides `config` and `daemon`.
+pub mod api {
+    pub use crate::discovery::sched_connect;
+    pub use crate::download::tasks::TaskStatus;
+}

@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use shoal_core::size::format_size;
-use shoal_daemon::task::TaskStatus;
+use shoal_daemon::api::TaskStatus;
 
 /// Flags of `shoal status`.
 #[derive(Args, Debug)]
@@ -73,7 +73,7 @@ fn table(tasks: &[TaskStatus]) -> String {
 
 async fn scheduler(url: &str, token: std::sync::Arc<[u8]>) -> Result<()> {
     let parsed = url::Url::parse(url).with_context(|| format!("--scheduler {url:?}"))?;
-    let channel = shoal_daemon::sched_connect::channel(&parsed, token, std::time::Duration::from_secs(5))
+    let channel = shoal_daemon::api::sched_connect::channel(&parsed, token, std::time::Duration::from_secs(5))
         .map_err(|e| anyhow::anyhow!("scheduler {url}: {e}"))?;
     let mut client = shoal_proto::scheduler::scheduler_client::SchedulerClient::new(channel);
     let reply = client

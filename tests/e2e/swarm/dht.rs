@@ -51,8 +51,13 @@ async fn six_daemons_without_a_scheduler_share_through_the_dht() -> Result<()> {
     ensure!(peer > 0.0, "nothing moved between peers\n{traffic}");
     ensure!(ratio <= 1.5, "at once: the origin sent {ratio:.2}x the image (> 1.5x)\n{traffic}");
 
-    // The same daemons, one after another, on another image.
-    let one_by_one = Origin::start(811, &[24 * MB, 16 * MB, 8 * MB], "e2e/dht-in-turn").await?;
+    // The same daemons, one after another, on another image of the same registry.
+    let mut one_by_one = at_once;
+    let second = Image::build(811, &[24 * MB, 16 * MB, 8 * MB])?;
+    second.push(&one_by_one.registry, "e2e/dht-in-turn", "v1").await?;
+    one_by_one.reference = format!("{}/e2e/dht-in-turn:v1", one_by_one.registry.host());
+    one_by_one.name = "e2e/dht-in-turn".into();
+    one_by_one.image = Arc::new(second);
     let mut took = Vec::new();
     for (i, d) in swarm.daemons.iter().enumerate() {
         let mut t = expect_pulls(vec![skopeo_pull(&one_by_one, d, &format!("d{i}"))], PULL_LIMIT, &swarm).await?;

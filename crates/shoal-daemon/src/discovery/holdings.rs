@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use shoal_core::Digest;
 
 use super::{Discovery, DiscoveryError};
-use crate::meta::{MetaError, MetaStore};
+use crate::store::meta::{MetaError, MetaStore};
 
 /// This node's advertisements through one [`Discovery`], of the blobs in one metadata store.
 pub struct Holdings {
@@ -82,7 +82,7 @@ mod tests {
     use super::*;
     use crate::discovery::memory::MemoryNetwork;
     use crate::discovery::Holder;
-    use crate::meta::{BlobRecord, BlobState, Durability, MemMeta};
+    use crate::store::meta::{BlobRecord, BlobState, Durability, MemMeta};
     use shoal_core::PieceLayout;
 
     fn holder(name: &str, port: u16) -> Holder {

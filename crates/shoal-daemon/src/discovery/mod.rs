@@ -13,6 +13,8 @@ pub mod bootstrap;
 pub mod dht;
 mod holdings;
 pub mod memory;
+pub mod sched_connect;
+pub(crate) mod scheduler;
 
 #[cfg(test)]
 pub(crate) mod conformance;

@@ -22,8 +22,8 @@ use shoal_core::{Digest, ErrorCode, RepoName};
 
 use super::error::ApiError;
 use super::grants::{now_ms, Challenged, Credential, Grants};
-use crate::meta::MetaStore;
 use crate::origin::{Upstream, SMALL_REQUEST_TIMEOUT};
+use crate::store::meta::MetaStore;
 
 /// How long a positive answer is reused.
 const TTL: Duration = Duration::from_secs(60);

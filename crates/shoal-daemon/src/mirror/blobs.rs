@@ -12,12 +12,12 @@ use shoal_core::{ByteRange, Digest, ErrorCode, PieceLayout, RepoName};
 use super::authz::{refusal, Access, Kind};
 use super::error::ApiError;
 use super::{relay, Mirror};
-use crate::body;
-use crate::direct::{self, Direct};
+use crate::download::tasks::OriginFetch;
 use crate::hash::Hasher;
 use crate::metrics::{KindLabels, ReasonLabels};
+use crate::mirror::body;
+use crate::origin::direct::{self, Direct};
 use crate::origin::Upstream;
-use crate::task::OriginFetch;
 
 pub(super) async fn serve(
     m: &Mirror,

@@ -27,7 +27,7 @@ use sha2::Sha256;
 use shoal_core::access::Remembered;
 use shoal_core::{Digest, RepoName};
 
-use crate::meta::MetaStore;
+use crate::store::meta::MetaStore;
 
 /// A stored grant is rewritten when older than this: a grant's time is at most this stale.
 pub const REFRESH: Duration = Duration::from_secs(600);
@@ -243,7 +243,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
-    use crate::meta::MemMeta;
+    use crate::store::meta::MemMeta;
 
     fn name(s: &str) -> RepoName {
         RepoName::parse(s).unwrap()

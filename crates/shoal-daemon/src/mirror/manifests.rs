@@ -13,8 +13,8 @@ use shoal_core::access::{Answer, Decision, Unavailable};
 use super::authz::{refusal, Access, Asked, Kind};
 use super::error::ApiError;
 use super::{read_limited, relay, Mirror};
-use crate::meta::{tag_key, ManifestRecord, TagRecord};
 use crate::origin::Upstream;
+use crate::store::meta::{tag_key, ManifestRecord, TagRecord};
 
 /// Largest manifest accepted (the distribution registry's own limit).
 const MAX_MANIFEST: usize = 4 << 20;

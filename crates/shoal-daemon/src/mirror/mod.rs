@@ -5,6 +5,7 @@
 
 mod authz;
 mod blobs;
+pub(crate) mod body;
 pub mod error;
 mod grants;
 mod manifests;
@@ -21,10 +22,10 @@ use shoal_core::access::Answer;
 use shoal_core::route::{self, Route};
 use shoal_core::ErrorCode;
 
-use crate::meta::MetaStore;
+use crate::download::tasks::Tasks;
 use crate::metrics::{Metrics, RequestLabels};
 use crate::origin::{Origins, Upstream};
-use crate::task::Tasks;
+use crate::store::meta::MetaStore;
 pub use authz::Authz;
 use error::ApiError;
 use grants::Challenged;

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod client;
 pub mod frame;
+pub mod seeding;
 pub mod server;
 pub mod tls;
 
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use shoal_core::{Bitmap, ByteRange, Digest};
 use tokio::sync::watch;
 
-use crate::writer::Progress;
+use crate::download::writer::Progress;
 
 /// What a parent serves from: the pieces it holds, complete or partial.
 pub trait PieceStore: Send + Sync + 'static {

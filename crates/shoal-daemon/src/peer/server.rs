@@ -21,8 +21,8 @@ use super::auth::{self, Role};
 use super::tls::{PROVEN_CHILD_STREAMS, PROVEN_CHILD_WINDOW};
 use super::{exporter, frame, PieceStore};
 use crate::limits::Limiter;
-use crate::meta::MetaStore;
-use crate::seeding::Seeds;
+use crate::peer::seeding::Seeds;
+use crate::store::meta::MetaStore;
 
 /// Bytes read and sent per write (the corrupt-uploads fault flips the first byte of each).
 const CHUNK: u64 = crate::fault::CHUNK;
@@ -267,8 +267,11 @@ async fn have(send: &mut quinn::SendStream, task_id: &str, ctx: &ServerCtx) -> R
             let p = rx.borrow_and_update();
             (
                 p.have.as_bytes().to_vec(),
-                p.state == crate::writer::State::Complete,
-                matches!(p.state, crate::writer::State::Failed(_) | crate::writer::State::StoreFailed(_)),
+                p.state == crate::download::writer::State::Complete,
+                matches!(
+                    p.state,
+                    crate::download::writer::State::Failed(_) | crate::download::writer::State::StoreFailed(_)
+                ),
             )
         };
         frame::write(send, &HaveUpdate { have: bytes, complete }).await.map_err(|e| e.to_string())?;

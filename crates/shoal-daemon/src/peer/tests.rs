@@ -9,10 +9,10 @@ use tokio::sync::watch;
 use super::client::{endpoint, PeerClient};
 use super::server::{serve, PeerLimits, ServerCtx};
 use super::{PeerError, PieceStore};
+use crate::download::writer::Progress;
 use crate::limits::Limiter;
-use crate::meta::{BlobRecord, BlobState, Durability, MemMeta, MetaStore};
-use crate::seeding::Seeds;
-use crate::writer::Progress;
+use crate::peer::seeding::Seeds;
+use crate::store::meta::{BlobRecord, BlobState, Durability, MemMeta, MetaStore};
 use shoal_core::seeding::SeedingConfig;
 use shoal_proto::peer::Hello;
 

@@ -28,8 +28,6 @@ use tokio::sync::{mpsc, oneshot};
 use super::bootstrap::BootstrapAddr;
 use super::{Discovery, DiscoveryError, Holder, QUERY_TIMEOUT};
 
-pub use transport::psk;
-
 /// The most blob keys one node's record store keeps (its own and other members' records).
 pub const MAX_PROVIDED: usize = 1 << 16;
 /// The most members one node keeps track of.

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use shoal_core::{Bitmap, ByteRange, Digest};
 use tokio::sync::watch;
 
+use crate::download::tasks::Tasks;
+use crate::download::writer::Progress;
 use crate::peer::PieceStore;
-use crate::task::Tasks;
-use crate::writer::Progress;
 
 impl PieceStore for Tasks {
     fn piece(&self, task: &Digest, index: u32) -> Option<(Arc<File>, ByteRange)> {

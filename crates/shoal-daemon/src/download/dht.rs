@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use shoal_core::child::Offered;
@@ -28,6 +28,9 @@ use crate::peer::client::{DigestTable, PeerClient};
 const MAX_TABLES: usize = 8;
 /// Bound on reading one holder's table.
 const TABLE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the DHT's list of holders is reused: tables are read from them more often (they
+/// grow as the holders download), the DHT is asked again for newcomers.
+const HOLDERS_FOR: Duration = Duration::from_secs(3);
 
 /// One blob's view of the DHT.
 pub struct DhtSource {
@@ -37,6 +40,8 @@ pub struct DhtSource {
     layout: PieceLayout,
     host_id: String,
     liars: Mutex<HashSet<String>>,
+    /// The holders the DHT named last, and when.
+    holders: Mutex<Option<(Vec<Holder>, Instant)>>,
 }
 
 /// What one lookup found.
@@ -66,7 +71,7 @@ impl DhtSource {
         host_id: String,
     ) -> Option<Self> {
         let holdings = holdings?.clone();
-        Some(Self { holdings, peers, digest, layout, host_id, liars: Mutex::default() })
+        Some(Self { holdings, peers, digest, layout, host_id, liars: Mutex::default(), holders: Mutex::default() })
     }
 
     /// Whether the DHT knows another member.
@@ -98,15 +103,32 @@ impl DhtSource {
         });
     }
 
-    /// Holders, their pieces, and the digests they agree on.
-    pub async fn look(&self) -> Found {
-        let holders = match self.holdings.discovery().holders(&self.digest).await {
-            Ok(h) => h,
+    /// Marks members whose pieces made the blob fail its sha256: never offered again.
+    pub fn blame(&self, hosts: impl IntoIterator<Item = String>) {
+        self.liars.lock().unwrap_or_else(|p| p.into_inner()).extend(hosts);
+    }
+
+    /// The holders the DHT names, asked again every [`HOLDERS_FOR`].
+    async fn holders(&self) -> Vec<Holder> {
+        let cached = self.holders.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some((holders, _)) = cached.filter(|(h, at)| !h.is_empty() && at.elapsed() < HOLDERS_FOR) {
+            return holders;
+        }
+        match self.holdings.discovery().holders(&self.digest).await {
+            Ok(h) => {
+                *self.holders.lock().unwrap_or_else(|p| p.into_inner()) = Some((h.clone(), Instant::now()));
+                h
+            }
             Err(e) => {
                 tracing::debug!(digest = %self.digest, error = %e, "DHT lookup failed");
-                return Found::default();
+                Vec::new()
             }
-        };
+        }
+    }
+
+    /// Holders, their pieces, and the digests they agree on.
+    pub async fn look(&self) -> Found {
+        let holders = self.holders().await;
         let liars = self.liars.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let holders: Vec<Holder> = holders
             .into_iter()

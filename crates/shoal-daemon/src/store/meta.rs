@@ -3,7 +3,9 @@
 //! The redb implementation lives in `meta_redb`; both pass the same conformance suite below.
 //! A blob becomes `Complete` here only after its file is written, synced, verified and in place.
 
+#[cfg(test)]
 use std::collections::BTreeMap;
+#[cfg(test)]
 use std::sync::Mutex;
 
 use shoal_core::{Bitmap, Digest, PieceLayout};
@@ -147,6 +149,7 @@ pub fn tag_key(registry: &str, name: &str, tag: &str) -> String {
 }
 
 /// An in-memory [`MetaStore`] for unit tests of the modules above it.
+#[cfg(test)]
 #[derive(Debug, Default)]
 pub struct MemMeta {
     blobs: Mutex<BTreeMap<Digest, BlobRecord>>,
@@ -156,10 +159,12 @@ pub struct MemMeta {
     challenges: Mutex<BTreeMap<String, String>>,
 }
 
+#[cfg(test)]
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+#[cfg(test)]
 impl MetaStore for MemMeta {
     fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetaError> {
         Ok(locked(&self.blobs).get(digest).cloned())

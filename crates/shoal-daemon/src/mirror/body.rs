@@ -8,11 +8,11 @@
 //! A body of a range sends its bytes as soon as they are verified, piece by piece: streamed from
 //! the origin, or from a parent and matching their trusted digest (see [`Progress::verified`]);
 //! it does not wait for the rest of the blob. Each body of a download tells the download where it
-//! reads next ([`crate::readers`]).
+//! reads next ([`crate::download::readers`]).
 //!
 //! When the download or the cache file fails (a full or failing disk, a download that gave up),
 //! a body with a [`Fallback`] goes on from its position with bytes straight from the origin
-//! ([`crate::direct`]), so the client's response still completes; without one it is cut short.
+//! ([`crate::origin::direct`]), so the client's response still completes; without one it is cut short.
 
 use std::fs::File;
 use std::io;
@@ -26,12 +26,12 @@ use prometheus_client::metrics::family::Family;
 use shoal_core::{ByteRange, Digest, PieceLayout};
 use tokio::sync::watch;
 
-use crate::direct::{Direct, Origin};
+use crate::download::readers::ReaderGuard;
+use crate::download::tasks::{LocalBlob, Pin, Task};
+use crate::download::writer::{Progress, State};
 use crate::hash::Hasher;
 use crate::metrics::ReasonLabels;
-use crate::readers::ReaderGuard;
-use crate::task::{LocalBlob, Pin, Task};
-use crate::writer::{Progress, State};
+use crate::origin::direct::{Direct, Origin};
 
 /// Bytes read per chunk sent to a client.
 const CHUNK: u64 = 1 << 20;

@@ -16,8 +16,8 @@ use shoal_core::{Bitmap, Digest, PieceLayout};
 use tokio::sync::watch;
 
 use crate::hash::Hasher;
-use crate::meta::{BlobRecord, BlobState, Durability, MetaError, MetaStore};
-use crate::paths::Paths;
+use crate::store::meta::{BlobRecord, BlobState, Durability, MetaError, MetaStore};
+use crate::store::paths::Paths;
 
 /// How often piece progress is made durable (between, progress commits are lazy).
 const SYNC_EVERY: Duration = Duration::from_secs(1);
@@ -234,6 +234,7 @@ impl PieceWriter {
     }
 
     /// Pieces present.
+    #[cfg(test)]
     pub fn have(&self) -> &Bitmap {
         &self.have
     }
@@ -525,7 +526,7 @@ fn verify_pieces(file: &File, record: &mut BlobRecord) -> Result<Bitmap, WriteEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::meta::MemMeta;
+    use crate::store::meta::MemMeta;
 
     /// Reads a whole local file into its digest (used to re-verify complete blobs on demand).
     pub fn digest_file(path: &std::path::Path) -> std::io::Result<Digest> {

@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use shoal_core::evict::{room, trim, Candidate, Limits, Room, Usage};
 use shoal_core::Digest;
 
-use crate::health::CacheHealth;
-use crate::meta::{MetaError, MetaStore};
-use crate::paths::Paths;
-use crate::task::Pins;
+use crate::download::tasks::Pins;
+use crate::store::health::CacheHealth;
+use crate::store::meta::{MetaError, MetaStore};
+use crate::store::paths::Paths;
 
 /// Why a blob gets no room in the cache.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +135,7 @@ impl Space {
     }
 
     /// Bytes of complete blobs and bytes reserved.
+    #[cfg(test)]
     pub fn usage(&self) -> (u64, u64) {
         let ledger = self.lock();
         (ledger.complete, ledger.reserved)
@@ -185,7 +186,7 @@ pub fn free_bytes(path: &Path) -> io::Result<u64> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::meta::{BlobRecord, BlobState, Durability, MemMeta};
+    use crate::store::meta::{BlobRecord, BlobState, Durability, MemMeta};
     use shoal_core::PieceLayout;
 
     /// A complete blob on disk and in `meta` (also used by the gc tests).

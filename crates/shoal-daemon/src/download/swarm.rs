@@ -25,24 +25,24 @@ use shoal_proto::scheduler::{
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
+use crate::discovery::scheduler::{SchedError, Schedulers, Session};
 use crate::discovery::Holdings;
+use crate::download::dht::{DhtSource, Found};
+use crate::download::origin::{verify, Chunk, OriginSource};
+use crate::download::readers::Readers;
+use crate::download::tasks::TaskCounters;
+use crate::download::writer::{Progress, Verified};
 use crate::metrics::{Metrics, ReasonLabels, SourceLabels};
-use crate::origin_fetch::{verify, Chunk, OriginSource};
 use crate::peer::client::PeerClient;
+use crate::peer::seeding::Seeds;
 use crate::peer::PeerError;
-use crate::readers::Readers;
-use crate::sched_client::{SchedError, Schedulers, Session};
-use crate::seeding::Seeds;
-use crate::swarm_dht::{DhtSource, Found};
-use crate::task::TaskCounters;
-use crate::writer::{Progress, Verified};
 
 /// Completed blobs this daemon keeps announcing as a parent (seed), most recent first.
 const MAX_SEEDS: usize = 512;
 /// How often the bytes of running requests are read for the progress deadlines.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 /// Steered by the DHT: how often holders and their tables are looked up.
-const LOOKUP_EVERY: u64 = 1000;
+const LOOKUP_EVERY: u64 = 500;
 /// Steered by the DHT: the first lookup waits this long, so that members starting the same
 /// blob at the same moment see each other's advertisements before agreeing who fetches it.
 const RENDEZVOUS_SETTLE: u64 = 300;
@@ -62,7 +62,7 @@ pub struct Swarm {
     pub picker: PickerConfig,
     /// Open sessions of completed blobs: the scheduler keeps offering this daemon as a parent
     /// while they stay open. The oldest is closed past [`MAX_SEEDS`].
-    pub sessions: std::sync::Mutex<std::collections::VecDeque<Session>>,
+    pub sessions: std::sync::Mutex<std::collections::VecDeque<Seeding>>,
     /// Blobs fetched from the origin here, whose pieces the peer server hands out one child
     /// at a time.
     pub seeds: Arc<Seeds>,
@@ -71,15 +71,51 @@ pub struct Swarm {
 }
 
 impl Swarm {
-    fn keep_seeding(&self, session: Session) {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.push_front(session);
+    fn keep_seeding(&self, digest: Digest, layout: PieceLayout, session: Session) {
+        let mut sessions = self.lock_sessions();
+        sessions.push_front(Seeding { digest, layout, session });
         sessions.truncate(MAX_SEEDS);
+    }
+
+    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Seeding>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps the seeds registered with the scheduler that owns their blob: when a scheduler
+    /// dies or comes back, the sessions opened with another one are opened again with the
+    /// owner, so that newcomers it steers find this daemon. Runs forever.
+    pub async fn follow_owners(self: Arc<Self>) {
+        let mut changes = self.schedulers.changes();
+        while changes.changed().await.is_ok() {
+            let stale: Vec<(Digest, PieceLayout)> = self
+                .lock_sessions()
+                .iter()
+                .filter(|s| self.schedulers.owner(&s.digest) != Some(s.session.scheduler))
+                .map(|s| (s.digest, s.layout))
+                .collect();
+            for (digest, layout) in stale {
+                let mut full = Bitmap::new(layout.count());
+                (0..layout.count()).for_each(|i| {
+                    full.set(i);
+                });
+                let Ok(session) = self.schedulers.open(&digest, layout, &full).await else { continue };
+                if let Some(seed) = self.lock_sessions().iter_mut().find(|s| s.digest == digest) {
+                    seed.session = session;
+                }
+            }
+        }
     }
 
     fn config(&self) -> ChildConfig {
         ChildConfig { picker: self.picker, ..ChildConfig::default() }
     }
+}
+
+/// A completed blob's session, kept open so the scheduler offers this daemon as its parent.
+pub struct Seeding {
+    digest: Digest,
+    layout: PieceLayout,
+    session: Session,
 }
 
 /// The writer's side of a download.
@@ -134,6 +170,8 @@ struct Driver<'a> {
     /// The scheduler's last digest table generation (DHT digests extend it).
     epoch: u32,
     retry_scheduler_at: u64,
+    /// Steered by the DHT, the blob did not verify: the origin has the last word.
+    pending_origin: bool,
 }
 
 /// Downloads the pieces the writer lacks; returns once the blob is complete and verified.
@@ -184,6 +222,7 @@ pub async fn download(
         dht_digests: Default::default(),
         epoch: 0,
         retry_scheduler_at: SCHEDULER_RETRY,
+        pending_origin: false,
     };
     let result = d.run(&mut child, sink, readers).await;
     d.running.values().for_each(|r| r.abort.abort());
@@ -205,6 +244,10 @@ impl<'a> Driver<'a> {
                 if self.act(child, action, &mut sink).await? {
                     return Ok(());
                 }
+            }
+            if std::mem::take(&mut self.pending_origin) {
+                child.back_to_source(self.now());
+                continue;
             }
             let wake = self.wake_in(child);
             tokio::select! {
@@ -366,7 +409,7 @@ impl<'a> Driver<'a> {
                     dht.advertise();
                 }
                 if let Some(session) = self.session.take() {
-                    self.swarm.keep_seeding(session);
+                    self.swarm.keep_seeding(self.digest, self.layout, session);
                 }
                 return Ok(true);
             }
@@ -447,9 +490,7 @@ impl<'a> Driver<'a> {
 
     fn report(&mut self, child: &Child, report: Report) {
         if self.session.is_none() {
-            if report == Report::Reschedule {
-                self.next_lookup = self.now();
-            }
+            self.steer_report(child, report);
             return;
         }
         let event = match report {
@@ -476,6 +517,22 @@ impl<'a> Driver<'a> {
         };
         if let Some(s) = &self.session {
             s.report(event);
+        }
+    }
+
+    /// What the scheduler would have been told, when the DHT steers: a reschedule looks up
+    /// holders at once; a blob that did not verify blames its parents and goes to the origin
+    /// (no scheduler to drop the table).
+    fn steer_report(&mut self, child: &Child, report: Report) {
+        match report {
+            Report::Reschedule => self.next_lookup = self.now(),
+            Report::BlobMismatch { parents, .. } => {
+                if let Some(dht) = &self.dht {
+                    dht.blame(parents.iter().map(|p| child.parent(*p).host_id.clone()));
+                }
+                self.pending_origin = true;
+            }
+            _ => {}
         }
     }
 

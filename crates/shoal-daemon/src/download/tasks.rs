@@ -16,18 +16,18 @@ use http::HeaderMap;
 use shoal_core::{Digest, PieceLayout, RepoName};
 use tokio::sync::{mpsc, watch};
 
-use crate::body::Fallback;
-use crate::direct::Origin;
+use crate::download::origin::{runs_of, verify, Chunk, OriginSource};
+use crate::download::readers::Readers;
+use crate::download::swarm::Swarm;
+use crate::download::writer::{PieceWriter, Progress, State, Verified, WriteError};
 use crate::limits::Limiter;
-use crate::meta::{Durability, MetaStore};
 use crate::metrics::{Metrics, ResultLabels, SourceLabels};
+use crate::mirror::body::Fallback;
+use crate::origin::direct::Origin;
 use crate::origin::Upstream;
-use crate::origin_fetch::{runs_of, verify, Chunk, OriginSource};
-use crate::paths::Paths;
-use crate::readers::Readers;
-use crate::space::{NoRoom, Reservation, Space};
-use crate::swarm::Swarm;
-use crate::writer::{PieceWriter, Progress, State, Verified, WriteError};
+use crate::store::meta::{Durability, MetaStore};
+use crate::store::paths::Paths;
+use crate::store::space::{NoRoom, Reservation, Space};
 
 /// Chunks queued between the network and the writer thread.
 const WRITER_QUEUE: usize = 64;
@@ -328,7 +328,7 @@ impl Tasks {
         Ok((task, pin))
     }
 
-    /// The origin as a direct source for `fetch`'s client (see [`crate::direct`]).
+    /// The origin as a direct source for `fetch`'s client (see [`crate::origin::direct`]).
     pub fn direct_origin(&self, fetch: OriginFetch) -> Origin {
         let fetched = self.metrics.fetched_bytes.get_or_create(&SourceLabels { source: "origin" }).clone();
         Origin { fetch, limiter: self.origin_limit.clone(), fetched }
@@ -378,8 +378,8 @@ impl Tasks {
         };
         let fetched = match &self.swarm {
             Some(swarm) if !layout.is_single_piece() => {
-                let sink = crate::swarm::Sink { have: &mut have, tx: &tx, finished };
-                crate::swarm::download(swarm, &self.metrics, &counters, &origin, sink, readers).await
+                let sink = crate::download::swarm::Sink { have: &mut have, tx: &tx, finished };
+                crate::download::swarm::download(swarm, &self.metrics, &counters, &origin, sink, readers).await
             }
             _ => from_origin(&origin, &mut have, &tx).await,
         };

@@ -6,6 +6,8 @@
 //! cached per repository); otherwise the request goes anonymously and a 401 is passed back so the
 //! client can authenticate itself. This module knows nothing of caching or of HTTP handlers.
 
+pub(crate) mod direct;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -28,7 +28,7 @@ use tonic::transport::Channel;
 use url::Url;
 
 use crate::config::Swarm;
-use crate::sched_connect::Refusal;
+use crate::discovery::sched_connect::Refusal;
 
 /// Bound on connecting to a scheduler and on one announcement or registration attempt.
 pub const SCHEDULER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -130,7 +130,7 @@ impl Schedulers {
         let mut schedulers = Vec::new();
         let token: Arc<[u8]> = swarm.token.as_slice().into();
         for url in &swarm.schedulers {
-            let channel = crate::sched_connect::channel(url, token.clone(), SCHEDULER_TIMEOUT)
+            let channel = crate::discovery::sched_connect::channel(url, token.clone(), SCHEDULER_TIMEOUT)
                 .map_err(|message| SchedError::Unreachable { url: url.to_string(), message })?;
             let client = SchedulerClient::new(channel);
             schedulers.push(Scheduler { url: url.clone(), client, live: AtomicBool::new(true) });

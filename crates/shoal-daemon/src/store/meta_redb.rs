@@ -14,7 +14,7 @@ use std::sync::{RwLock, RwLockReadGuard};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use shoal_core::Digest;
 
-use crate::meta::{BlobRecord, Durability, ManifestRecord, MetaError, MetaStore, TagRecord};
+use crate::store::meta::{BlobRecord, Durability, ManifestRecord, MetaError, MetaStore, TagRecord};
 
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs_v1");
 const MANIFESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("manifests_v1");
@@ -254,7 +254,7 @@ mod tests {
     #[test]
     fn redb_meta_conforms() {
         let dir = tempfile::tempdir().unwrap();
-        crate::meta::conformance::run(&RedbMeta::open(&dir.path().join("m.redb")).unwrap());
+        crate::store::meta::conformance::run(&RedbMeta::open(&dir.path().join("m.redb")).unwrap());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The cache on disk: recovery after a crash, and the periodic check of the cache's limits.
 //!
 //! Recovery makes metadata and files agree (nothing the metadata calls complete without its
-//! file; no file without a record). Eviction itself is [`crate::space`]'s: this module runs it on
+//! file; no file without a record). Eviction itself is [`crate::store::space`]'s: this module runs it on
 //! a timer, for what changes outside the daemon (such as the file system's free space), and
 //! after each round withdraws from discovery what is no longer held.
 
@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::discovery::Holdings;
-use crate::meta::{MetaError, MetaStore};
 use crate::metrics::Metrics;
-use crate::paths::Paths;
-use crate::space::Space;
+use crate::store::meta::{MetaError, MetaStore};
+use crate::store::paths::Paths;
+use crate::store::space::Space;
 
 /// How often the limits are checked.
 pub const GC_INTERVAL: Duration = Duration::from_secs(5);
@@ -90,8 +90,8 @@ pub async fn run(space: Arc<Space>, metrics: Arc<Metrics>, holdings: Option<Arc<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::meta::MemMeta;
-    use crate::space::tests::put_complete;
+    use crate::store::meta::MemMeta;
+    use crate::store::space::tests::put_complete;
     use shoal_core::Digest;
 
     #[test]

@@ -1,0 +1,9 @@
+//! Downloads: one per blob, shared by every reader; the driver of the child machine; the origin
+//! and peer sources; the piece writer.
+
+pub(crate) mod dht;
+pub(crate) mod origin;
+pub(crate) mod readers;
+pub(crate) mod swarm;
+pub(crate) mod tasks;
+pub(crate) mod writer;

@@ -1,0 +1,11 @@
+//! The store: blob files and partial files (`paths`), metadata (`meta`, `meta_redb`), the
+//! cache's room under its quota and free-space floor (`space`), recovery and eviction (`gc`),
+//! whether the disk can store (`health`), and the pieces a parent serves (`pieces`).
+
+pub(crate) mod gc;
+pub(crate) mod health;
+pub(crate) mod meta;
+pub(crate) mod meta_redb;
+pub(crate) mod paths;
+mod pieces;
+pub(crate) mod space;
