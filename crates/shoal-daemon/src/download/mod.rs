@@ -1,6 +1,7 @@
 //! Downloads: one per blob, shared by every reader; the driver of the child machine; the origin
 //! and peer sources; the piece writer.
 
+pub(crate) mod counters;
 pub(crate) mod dht;
 pub(crate) mod origin;
 pub(crate) mod readers;

@@ -12,10 +12,10 @@ use prometheus_client::metrics::counter::Counter;
 use shoal_core::{Bitmap, Digest, PieceLayout};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::download::tasks::OriginFetch;
 use crate::download::writer::{Progress, Verified};
 use crate::limits::Limiter;
 use crate::origin::error_chain;
+use crate::origin::OriginFetch;
 
 /// Attempts at fetching a set of pieces before giving up.
 const MAX_ATTEMPTS: u32 = 4;

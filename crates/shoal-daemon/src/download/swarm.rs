@@ -27,10 +27,10 @@ use tokio::task::AbortHandle;
 
 use crate::discovery::scheduler::{SchedError, Schedulers, Session};
 use crate::discovery::Holdings;
+use crate::download::counters::TaskCounters;
 use crate::download::dht::{DhtSource, Found};
 use crate::download::origin::{verify, Chunk, OriginSource};
 use crate::download::readers::Readers;
-use crate::download::tasks::TaskCounters;
 use crate::download::writer::{Progress, Verified};
 use crate::metrics::{Metrics, ReasonLabels, SourceLabels};
 use crate::peer::client::PeerClient;

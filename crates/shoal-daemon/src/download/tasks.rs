@@ -4,29 +4,29 @@
 //! (parents chosen by the scheduler, see `swarm`) or straight from the origin when there is no
 //! scheduler or the blob is a single piece. Readers join a task at any moment and stream from
 //! its file as pieces land.
-//! [`Pins`] mark blobs in use so eviction never removes one being served or downloaded.
+//! Pins (`store::pins`) mark blobs in use so eviction never removes one being served or downloaded.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use http::HeaderMap;
-use shoal_core::{Digest, PieceLayout, RepoName};
+use shoal_core::{Digest, PieceLayout};
 use tokio::sync::{mpsc, watch};
 
+pub use crate::download::counters::TaskCounters;
 use crate::download::origin::{runs_of, verify, Chunk, OriginSource};
 use crate::download::readers::Readers;
 use crate::download::swarm::Swarm;
 use crate::download::writer::{PieceWriter, Progress, State, Verified, WriteError};
 use crate::limits::Limiter;
 use crate::metrics::{Metrics, ResultLabels, SourceLabels};
-use crate::mirror::body::Fallback;
 use crate::origin::direct::Origin;
-use crate::origin::Upstream;
+use crate::origin::OriginFetch;
 use crate::store::meta::{Durability, MetaStore};
 use crate::store::paths::Paths;
+use crate::store::pins::{Pin, Pins};
 use crate::store::space::{NoRoom, Reservation, Space};
 
 /// Chunks queued between the network and the writer thread.
@@ -35,47 +35,6 @@ const WRITER_QUEUE: usize = 64;
 /// Unix time in milliseconds.
 pub fn now_millis() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Blobs in use (served or downloading), which eviction must leave alone.
-#[derive(Default, Clone)]
-pub struct Pins {
-    counts: Arc<Mutex<HashMap<Digest, usize>>>,
-}
-
-/// Keeps a blob pinned until dropped.
-pub struct Pin {
-    pins: Pins,
-    digest: Digest,
-}
-
-impl Pins {
-    /// Pins `digest`.
-    pub fn pin(&self, digest: Digest) -> Pin {
-        *self.lock().entry(digest).or_insert(0) += 1;
-        Pin { pins: self.clone(), digest }
-    }
-
-    /// Runs `f` with the set of pinned digests locked, so no pin can start meanwhile.
-    pub fn with_locked<T>(&self, f: impl FnOnce(&HashMap<Digest, usize>) -> T) -> T {
-        f(&self.lock())
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, usize>> {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Drop for Pin {
-    fn drop(&mut self) {
-        let mut counts = self.pins.lock();
-        if let Some(n) = counts.get_mut(&self.digest) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.digest);
-            }
-        }
-    }
 }
 
 /// Why a blob is not being cached: the caller serves it straight from the origin.
@@ -117,17 +76,6 @@ pub struct Task {
     pub readers: Arc<Readers>,
 }
 
-/// Per-task tallies.
-#[derive(Debug, Default)]
-pub struct TaskCounters {
-    /// Bytes fetched from the origin.
-    pub origin_bytes: AtomicU64,
-    /// Verified bytes fetched from parents.
-    pub peer_bytes: AtomicU64,
-    /// Parents offered by the scheduler.
-    pub parents: AtomicU32,
-}
-
 /// One running download, as `GET /status` on the admin listener shows it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TaskStatus {
@@ -156,18 +104,6 @@ impl Task {
     pub fn progress(&self) -> watch::Receiver<Progress> {
         self.progress.clone()
     }
-}
-
-/// Where a download's bytes come from: the origin, for one repository, with one client's
-/// credentials.
-#[derive(Clone)]
-pub struct OriginFetch {
-    /// The registry.
-    pub upstream: Arc<Upstream>,
-    /// The repository the client asked through.
-    pub name: RepoName,
-    /// The client's Authorization/Accept headers.
-    pub headers: HeaderMap,
 }
 
 /// A complete, verified blob on disk.
@@ -334,11 +270,6 @@ impl Tasks {
         Origin { fetch, limiter: self.origin_limit.clone(), fetched }
     }
 
-    /// Where a response of `digest` goes on when its file fails.
-    pub fn fallback(&self, fetch: OriginFetch, digest: Digest) -> Fallback {
-        Fallback { origin: self.direct_origin(fetch), digest, uncached: self.metrics.uncached.clone() }
-    }
-
     /// The cache's room and health.
     pub fn space(&self) -> &Arc<Space> {
         &self.space
@@ -466,19 +397,3 @@ async fn from_origin(
     Err("blob did not verify after fetching its pieces again from the origin".into())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pins_count_and_release() {
-        let pins = Pins::default();
-        let d = Digest::of(b"x");
-        let a = pins.pin(d);
-        let b = pins.pin(d);
-        assert_eq!(pins.with_locked(|m| m.get(&d).copied()), Some(2));
-        drop(a);
-        drop(b);
-        assert_eq!(pins.with_locked(|m| m.get(&d).copied()), None);
-    }
-}

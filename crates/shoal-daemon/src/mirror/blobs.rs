@@ -12,11 +12,11 @@ use shoal_core::{ByteRange, Digest, ErrorCode, PieceLayout, RepoName};
 use super::authz::{refusal, Access, Kind};
 use super::error::ApiError;
 use super::{relay, Mirror};
-use crate::download::tasks::OriginFetch;
 use crate::hash::Hasher;
 use crate::metrics::{KindLabels, ReasonLabels};
 use crate::mirror::body;
 use crate::origin::direct::{self, Direct};
+use crate::origin::OriginFetch;
 use crate::origin::Upstream;
 
 pub(super) async fn serve(
@@ -42,7 +42,8 @@ pub(super) async fn serve(
         forwarded.insert(AUTHORIZATION, a.clone());
     }
     let fetch = OriginFetch { upstream: up.clone(), name: name.clone(), headers: forwarded };
-    let fallback = Some(m.tasks.fallback(fetch.clone(), *digest));
+    let origin = m.tasks.direct_origin(fetch.clone());
+    let fallback = Some(body::Fallback { origin, digest: *digest, uncached: m.metrics.uncached.clone() });
     if let Some(local) = m.tasks.local(digest) {
         m.metrics.cache_lookup("blob", true);
         return respond(method, digest, local.size, spec, |r| body::local(local, r, served, fallback));

@@ -27,11 +27,12 @@ use shoal_core::{ByteRange, Digest, PieceLayout};
 use tokio::sync::watch;
 
 use crate::download::readers::ReaderGuard;
-use crate::download::tasks::{LocalBlob, Pin, Task};
+use crate::download::tasks::{LocalBlob, Task};
 use crate::download::writer::{Progress, State};
 use crate::hash::Hasher;
 use crate::metrics::ReasonLabels;
 use crate::origin::direct::{Direct, Origin};
+use crate::store::pins::Pin;
 
 /// Bytes read per chunk sent to a client.
 const CHUNK: u64 = 1 << 20;

@@ -19,10 +19,10 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use prometheus_client::metrics::counter::Counter;
 use shoal_core::{ByteRange, Digest};
 
-use crate::download::tasks::OriginFetch;
 use crate::hash::Hasher;
 use crate::limits::Limiter;
 use crate::origin::error_chain;
+use crate::origin::OriginFetch;
 
 /// Requests for one response before it is cut short.
 const MAX_ATTEMPTS: u32 = 4;

@@ -347,3 +347,15 @@ mod tests {
         assert_eq!(header_for(&Auth::Bearer("t0k".into())), "Bearer t0k");
     }
 }
+
+/// Where a download's bytes come from: the origin, for one repository, with one client's
+/// credentials.
+#[derive(Clone)]
+pub struct OriginFetch {
+    /// The registry.
+    pub upstream: Arc<Upstream>,
+    /// The repository the client asked through.
+    pub name: RepoName,
+    /// The client's Authorization/Accept headers.
+    pub headers: HeaderMap,
+}

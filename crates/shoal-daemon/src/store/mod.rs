@@ -8,4 +8,5 @@ pub(crate) mod meta;
 pub(crate) mod meta_redb;
 pub(crate) mod paths;
 mod pieces;
+pub(crate) mod pins;
 pub(crate) mod space;

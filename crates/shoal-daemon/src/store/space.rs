@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use shoal_core::evict::{room, trim, Candidate, Limits, Room, Usage};
 use shoal_core::Digest;
 
-use crate::download::tasks::Pins;
 use crate::store::health::CacheHealth;
 use crate::store::meta::{MetaError, MetaStore};
 use crate::store::paths::Paths;
+use crate::store::pins::Pins;
 
 /// Why a blob gets no room in the cache.
 #[derive(Debug, thiserror::Error)]
