@@ -12,8 +12,8 @@ pub struct ChildConfig {
     pub max_in_flight: usize,
     /// A parent with requests in flight that sends no byte for this long is stalled: its
     /// requests are cancelled and asked of others, and it gets no new request for
-    /// [`ChildConfig::suspend_ms`]. Default 1000. Smaller: faster failover, more false alarms
-    /// behind a congested link.
+    /// [`ChildConfig::suspend_ms`]. Default 1500 (replaced within 2 s). Smaller: faster
+    /// failover, more false alarms behind a congested link or a busy CPU.
     pub progress_deadline_ms: u64,
     /// How long a stalled parent is left alone. Default 2000.
     pub suspend_ms: u64,
@@ -32,7 +32,8 @@ pub struct ChildConfig {
     pub stalls_before_origin: u32,
     /// With no live parent left (all dropped or stalled), the scheduler is asked again at once
     /// (once until a parent is live again). Without a scheduler, the origin takes over when no live
-    /// parent comes within this long. Default 1000.
+    /// parent comes within this long. Default 500 (with the progress deadline: replaced by
+    /// the origin within 2 s).
     pub orphan_ms: u64,
     /// A piece a parent refused as busy is not asked of it again for this long. Default: the
     /// parent's seeding window.
@@ -46,14 +47,14 @@ impl Default for ChildConfig {
         Self {
             picker: PickerConfig::default(),
             max_in_flight: 16,
-            progress_deadline_ms: 1000,
+            progress_deadline_ms: 1500,
             suspend_ms: 2000,
             hedge_after_ms: 1000,
             endgame_hedge_after_ms: 500,
             parent_failures: 3,
             stall_ms: 10_000,
             stalls_before_origin: 3,
-            orphan_ms: 1000,
+            orphan_ms: 500,
             busy_backoff_ms: SeedingConfig::DEFAULT_WINDOW_MS,
             slow_after_lost_races: 2,
         }

@@ -666,12 +666,15 @@ impl Child {
         self.parents.iter().any(|p| p.is_live(now))
     }
 
-    /// No live parent and nothing in flight from one: ask the scheduler again at once (it
-    /// knows the other holders, or sends this child to the origin). Without a scheduler,
-    /// register again, and the origin takes over after `orphan_ms`.
+    /// Every parent dropped and nothing in flight: ask the scheduler again at once (it knows
+    /// the other holders, or sends this child to the origin). Without a scheduler, no live
+    /// parent: register again, and the origin takes over after `orphan_ms`.
     fn check_orphaned(&mut self, now: u64) {
         let lost = !self.parents.is_empty() && !self.any_live_parent(now) && self.requests.is_empty();
         if self.session {
+            // Stalled parents come back after `suspend_ms` (under load a live parent may be
+            // quiet for a second); only when every parent is dropped does the scheduler decide.
+            let lost = lost && self.parents.iter().all(|p| p.bad);
             // Once per episode: the scheduler counts a child's asks, and sends it to the
             // origin after a few.
             self.orphaned_since = None;

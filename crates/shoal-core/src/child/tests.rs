@@ -191,13 +191,13 @@ fn a_silent_parent_is_replaced_within_the_progress_deadline() {
 }
 
 #[test]
-fn the_only_parent_dying_asks_the_scheduler_at_once() {
+fn the_only_parent_dying_is_retried_then_the_scheduler_decides() {
     let mut c = child_with(&["a"]);
     let r = requests(&drain(&mut c));
     deliver(&mut c, 200, r[0].0, r[0].2);
     drain(&mut c);
-    let dead = 200 + ChildConfig::default().progress_deadline_ms;
-    assert!(c.poll_timeout().is_some_and(|t| t <= dead));
+    let config = ChildConfig::default();
+    let dead = 200 + config.progress_deadline_ms;
     c.handle_timeout(dead - 1);
     assert!(reports(&drain(&mut c)).is_empty(), "not stalled before the deadline");
     c.handle_timeout(dead);
@@ -205,12 +205,30 @@ fn the_only_parent_dying_asks_the_scheduler_at_once() {
     let timeouts =
         reports(&a).iter().filter(|r| matches!(r, Report::PieceFailed { reason: FailReason::Timeout, .. })).count();
     assert_eq!(timeouts, 1, "one failure per stall: {a:?}");
-    assert_eq!(reports(&a).last(), Some(&&Report::Reschedule));
-    // Once: the scheduler counts asks.
-    c.handle_timeout(dead + 1500);
-    assert!(reports(&drain(&mut c)).iter().all(|r| **r != Report::Reschedule));
-    // The scheduler decides: here, back to source.
-    c.back_to_source(dead + 5);
+    assert!(reports(&a).iter().all(|r| **r != Report::Reschedule), "a stalled parent may come back");
+    // Retried after the suspension, stalled again, ... dropped at the third stall: then the
+    // scheduler is asked, once.
+    let mut now = dead;
+    let mut reschedules = Vec::new();
+    for _ in 0..50 {
+        let Some(next) = c.poll_timeout() else { break };
+        now = next;
+        c.handle_timeout(now);
+        for a in drain(&mut c) {
+            // (Ten seconds without a piece also reschedules: that is the stall rule.)
+            if a == Action::Report(Report::Reschedule) && now < 200 + config.stall_ms {
+                reschedules.push(now);
+            }
+        }
+        if now > 200 + config.stall_ms {
+            break;
+        }
+    }
+    assert!(c.parent(ParentId(0)).is_bad());
+    assert_eq!(reschedules.len(), 1, "once: the scheduler counts asks ({reschedules:?})");
+    let at = reschedules[0];
+    assert!(at - 200 <= 3 * config.progress_deadline_ms + 2 * config.suspend_ms, "asked after {} ms", at - 200);
+    c.back_to_source(at + 5);
     assert!(drain(&mut c).iter().any(|a| matches!(a, Action::FetchOrigin(_))));
 }
 

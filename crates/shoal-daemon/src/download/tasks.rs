@@ -396,4 +396,3 @@ async fn from_origin(
     }
     Err("blob did not verify after fetching its pieces again from the origin".into())
 }
-
