@@ -30,9 +30,9 @@ pub struct ChildConfig {
     pub stall_ms: u64,
     /// Stalls after which the origin takes over. Default 3.
     pub stalls_before_origin: u32,
-    /// With no live parent left (all dropped or stalled), the scheduler is asked again at once
-    /// (once until a parent is live again). Without a scheduler, the origin takes over when no live
-    /// parent comes within this long. Default 500 (with the progress deadline: replaced by
+    /// Every parent dropped: the scheduler is asked again at once (once until a parent is live
+    /// again). Without a scheduler, the origin takes over when no live parent (none dropped or
+    /// stalled) comes within this long. Default 500 (with the progress deadline: replaced by
     /// the origin within 2 s).
     pub orphan_ms: u64,
     /// A piece a parent refused as busy is not asked of it again for this long. Default: the

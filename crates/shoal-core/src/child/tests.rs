@@ -208,11 +208,9 @@ fn the_only_parent_dying_is_retried_then_the_scheduler_decides() {
     assert!(reports(&a).iter().all(|r| **r != Report::Reschedule), "a stalled parent may come back");
     // Retried after the suspension, stalled again, ... dropped at the third stall: then the
     // scheduler is asked, once.
-    let mut now = dead;
     let mut reschedules = Vec::new();
     for _ in 0..50 {
-        let Some(next) = c.poll_timeout() else { break };
-        now = next;
+        let Some(now) = c.poll_timeout() else { break };
         c.handle_timeout(now);
         for a in drain(&mut c) {
             // (Ten seconds without a piece also reschedules: that is the stall rule.)
