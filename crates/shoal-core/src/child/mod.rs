@@ -458,6 +458,11 @@ impl Child {
         self.held.set(index);
         self.landing.unset(index);
         self.origin.pending.unset(index);
+        for (id, q) in self.requests.remove_piece(index) {
+            let p = &mut self.parents[q.0];
+            p.in_flight = p.in_flight.saturating_sub(1);
+            self.actions.push_back(Action::Cancel(id));
+        }
         self.last_progress = now;
         self.stalls = 0;
         let from_origin = self.origin.pieces.get(index);
@@ -534,9 +539,12 @@ impl Child {
         if self.origin.running {
             return;
         }
+        let now = self.now;
         let mut wanted = Bitmap::new(self.layout.count());
         for i in self.held.missing() {
-            if !self.landing.get(i) && !self.origin.pending.get(i) && !self.requests.has_piece(i) {
+            // A piece asked only of stalled parents is the origin's too (the first copy wins).
+            let asked = self.requests.parents_of(i).any(|q| self.parents[q.0].is_live(now));
+            if !self.landing.get(i) && !self.origin.pending.get(i) && !asked {
                 wanted.set(i);
             }
         }
@@ -670,11 +678,11 @@ impl Child {
     /// the other holders, or sends this child to the origin). Without a scheduler, no live
     /// parent: register again, and the origin takes over after `orphan_ms`.
     fn check_orphaned(&mut self, now: u64) {
-        let lost = !self.parents.is_empty() && !self.any_live_parent(now) && self.requests.is_empty();
+        let lost = !self.parents.is_empty() && !self.any_live_parent(now) && !self.live_requests(now);
         if self.session {
             // Stalled parents come back after `suspend_ms` (under load a live parent may be
             // quiet for a second); only when every parent is dropped does the scheduler decide.
-            let lost = lost && self.parents.iter().all(|p| p.bad);
+            let lost = lost && self.requests.is_empty() && self.parents.iter().all(|p| p.bad);
             // Once per episode: the scheduler counts a child's asks, and sends it to the
             // origin after a few.
             self.orphaned_since = None;
@@ -703,7 +711,7 @@ impl Child {
     /// Nothing in flight from parents, and no live parent holds a missing piece whose trusted
     /// digest is known.
     fn orphaned(&self, now: u64) -> bool {
-        if !self.requests.is_empty() || self.held.is_full() {
+        if self.live_requests(now) || self.held.is_full() {
             return false;
         }
         let busy = self.busy_pieces();
@@ -714,30 +722,48 @@ impl Child {
         !self.parents.iter().any(|p| p.is_live(now) && p.have.and(&want).count() > 0)
     }
 
-    /// Parents that sent nothing for the progress deadline: cancel their requests, suspend them.
+    /// Parents that sent nothing for the progress deadline: suspended (no new request), their
+    /// requests hedged on live parents (see [`Child::hedge`]) but left running — a parent
+    /// that is only slow (a congested link, a busy CPU, a seed handing each piece to one child)
+    /// may still deliver, and a cancelled request to a seed costs every sibling that piece. At
+    /// the third stall it is dropped and its requests cancelled.
     fn expire_stalled_parents(&mut self, now: u64) {
         let deadline = self.config.progress_deadline_ms;
-        for q in 0..self.parents.len() {
-            let p = &self.parents[q];
+        for q in (0..self.parents.len()).map(ParentId) {
+            let p = &self.parents[q.0];
             if p.bad || p.in_flight == 0 || now < p.last_bytes + deadline {
                 continue;
             }
             let limit = self.config.parent_failures;
-            let p = &mut self.parents[q];
+            let p = &mut self.parents[q.0];
             p.fail(limit);
             p.suspended_until = now + self.config.suspend_ms;
-            p.in_flight = 0;
-            let cancelled = self.requests.remove_parent(ParentId(q));
+            // The next stall is another full deadline of silence.
+            p.last_bytes = now;
+            let bad = p.bad;
             // One failure per stall, whatever the number of requests: a parent behind a
             // congested link is not dropped by the scheduler for one quiet second.
-            if let Some(&(_, piece)) = cancelled.first() {
-                self.report(Report::PieceFailed { index: piece, parent: ParentId(q), reason: FailReason::Timeout });
+            if let Some(piece) = self.requests.pieces_of(q).first().copied() {
+                self.report(Report::PieceFailed { index: piece, parent: q, reason: FailReason::Timeout });
             }
-            for (id, _) in cancelled {
-                self.actions.push_back(Action::Cancel(id));
+            if bad {
+                self.drop_requests_of(q);
             }
-            self.actions.push_back(Action::Forget(ParentId(q)));
         }
+    }
+
+    /// Cancels every request to a dropped parent and its connection.
+    fn drop_requests_of(&mut self, q: ParentId) {
+        self.parents[q.0].in_flight = 0;
+        for (id, _) in self.requests.remove_parent(q) {
+            self.actions.push_back(Action::Cancel(id));
+        }
+        self.actions.push_back(Action::Forget(q));
+    }
+
+    /// Whether some request runs to a live parent.
+    fn live_requests(&self, now: u64) -> bool {
+        self.requests.parents().any(|q| self.parents[q.0].is_live(now))
     }
 
     /// Requests past their hard limit (a parent trickling bytes forever).
@@ -747,8 +773,12 @@ impl Child {
             let p = &mut self.parents[r.parent.0];
             p.in_flight = p.in_flight.saturating_sub(1);
             p.fail(limit);
+            let bad = p.bad;
             self.actions.push_back(Action::Cancel(id));
             self.report(Report::PieceFailed { index: r.piece, parent: r.parent, reason: FailReason::Timeout });
+            if bad {
+                self.drop_requests_of(r.parent);
+            }
         }
     }
 

@@ -46,10 +46,6 @@ impl Requests {
         self.by_id.is_empty()
     }
 
-    pub fn has_piece(&self, piece: u32) -> bool {
-        self.by_piece.contains_key(&piece)
-    }
-
     /// Pieces with a request in flight.
     pub fn pieces(&self) -> impl Iterator<Item = u32> + '_ {
         self.by_piece.keys().copied()
@@ -74,6 +70,21 @@ impl Requests {
         }
         r.bytes = bytes;
         Some(r.parent)
+    }
+
+    /// The parents `piece` is asked of.
+    pub fn parents_of(&self, piece: u32) -> impl Iterator<Item = ParentId> + '_ {
+        self.by_piece.get(&piece).into_iter().flatten().filter_map(|id| self.by_id.get(id).map(|r| r.parent))
+    }
+
+    /// The parents with a request running.
+    pub fn parents(&self) -> impl Iterator<Item = ParentId> + '_ {
+        self.by_id.values().map(|r| r.parent)
+    }
+
+    /// The pieces asked of `parent`.
+    pub fn pieces_of(&self, parent: ParentId) -> Vec<u32> {
+        self.by_id.values().filter(|r| r.parent == parent).map(|r| r.piece).collect()
     }
 
     /// Removes the requests still running for `piece` (it arrived by another one).
