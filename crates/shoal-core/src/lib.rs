@@ -21,6 +21,8 @@ pub mod range;
 pub mod route;
 pub mod sched;
 pub mod seeding;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod size;
 
 pub use bitmap::Bitmap;

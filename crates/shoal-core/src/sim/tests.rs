@@ -1,0 +1,91 @@
+//! The swarm on modelled links: one origin copy per site, corrupt parents avoided, peers that
+//! arrive together trading. Sized to run in seconds in a debug build.
+
+use super::*;
+
+const MIB: u64 = 1 << 20;
+
+/// 2,000 peers in 3 sites, a 32 MiB blob (32 pieces), links of 32 MiB/s: S/B is 1 s.
+fn params() -> Params {
+    Params::new(2000, 3, 32 * MIB, 32 * MIB)
+}
+
+/// Every peer done, at most `origin_factor` origin copies per site, the slowest peer within
+/// `slowest` times S/B.
+fn check(out: &Outcome, p: &Params, origin_factor: f64, slowest: f64) {
+    let ideal = p.ideal_ms();
+    eprintln!(
+        "{} peers: p50 {:.2} p99 {:.2} max {:.2} x S/B; origin copies {:?}; {out:?}",
+        p.peers,
+        out.completion_quantile(0.5) as f64 / ideal,
+        out.completion_quantile(0.99) as f64 / ideal,
+        out.completion_quantile(1.0) as f64 / ideal,
+        out.origin_copies(p.layout.size),
+    );
+    assert_eq!(out.unfinished(), 0, "peers not done after {} ms", out.end_ms);
+    for copies in out.origin_copies(p.layout.size) {
+        assert!(copies <= origin_factor, "{copies} origin copies in a site");
+    }
+    let took = out.completion_quantile(1.0) as f64;
+    assert!(took <= slowest * ideal, "slowest peer took {took} ms, S/B is {ideal} ms");
+    // The peers that went to the origin stream the blob at the link rate.
+    for i in 0..p.sites {
+        let ms = out.completion_ms[i].unwrap_or(0) as f64;
+        assert!(ms <= 1.05 * ideal, "origin peer {i} took {ms} ms");
+    }
+}
+
+#[test]
+fn a_swarm_pulls_one_blob_with_one_origin_copy_per_site() {
+    let p = params();
+    let (out, _) = Sim::new(p.clone()).run();
+    check(&out, &p, 1.05, 8.0);
+    assert_eq!(out.mismatches, 0);
+}
+
+#[test]
+fn a_swarm_arriving_over_a_window_pulls_one_origin_copy_per_site() {
+    let p = Params { arrival_window_ms: 2000, ..params() };
+    let (out, _) = Sim::new(p.clone()).run();
+    check(&out, &p, 1.05, 8.0);
+}
+
+#[test]
+fn a_swarm_with_corrupt_parents_completes_and_avoids_them() {
+    let p = Params { corrupt_every: 10, ..params() };
+    let (out, _) = Sim::new(p.clone()).run();
+    assert_eq!(out.corrupt_peers, p.peers / 10);
+    assert!(out.mismatches > 0);
+    check(&out, &p, 1.05, 8.0);
+    // Avoided: after `quarantine_after_reports` peers caught it, a corrupt parent is offered to
+    // nobody, so only the children it had then can still catch it (once each: a child drops a
+    // parent at its first corrupt piece, and `offered` checks it is never offered again).
+    let config = Config::default();
+    let bound = (config.quarantine_after_reports + config.max_children_per_parent) as usize;
+    assert!(out.most_reporters <= bound, "{} > {bound}", out.most_reporters);
+    assert!(out.quarantined > 0);
+    assert!(out.mismatches < 8 * out.corrupt_peers as u64);
+}
+
+#[test]
+fn peers_arriving_together_trade_with_each_other() {
+    // Eight peers at once: with only the parents of their own decision, the early ones lean on
+    // the origin peer's uplink; offered back to each other, they trade.
+    let burst = Params::new(8, 1, 32 * MIB, 32 * MIB);
+    let (mesh, _) = Sim::new(burst.clone()).run();
+    let tree_params = Params { scheduler: Config { max_parents: 0, ..Config::default() }, ..burst.clone() };
+    let (tree, _) = Sim::new(tree_params).run();
+    check(&mesh, &burst, 1.05, 8.0);
+    assert!(mesh.offers > 0 && tree.offers == 0);
+    let (m, t) = (mesh.completion_quantile(1.0), tree.completion_quantile(1.0));
+    assert!(m < t, "{m} ms with offers, {t} ms without");
+}
+
+#[test]
+fn the_run_is_deterministic() {
+    let p = Params::new(50, 2, 20 * MIB, 50 * MIB);
+    let (a, _) = Sim::new(p.clone()).run();
+    let (b, _) = Sim::new(p).run();
+    assert_eq!(a.completion_ms, b.completion_ms);
+    assert_eq!((a.requests, a.cancels, a.wasted_bytes), (b.requests, b.cancels, b.wasted_bytes));
+}
