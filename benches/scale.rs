@@ -116,6 +116,7 @@ fn main() {
     p.child.max_in_flight = env("SCALE_IN_FLIGHT", p.child.max_in_flight as u64) as usize;
     p.child.picker.max_in_flight_per_parent =
         env("SCALE_PER_PARENT", u64::from(p.child.picker.max_in_flight_per_parent)) as u32;
+    p.child.picker.urgent_window = env("SCALE_URGENT", u64::from(p.child.picker.urgent_window)) as u32;
     p.seeding.window_ms = env("SCALE_SEEDING_MS", p.seeding.window_ms);
     p.child.busy_backoff_ms = p.seeding.window_ms;
     if p.scheduler != shoal_core::sched::Config::default() || p.child != shoal_core::child::ChildConfig::default() {

@@ -51,6 +51,8 @@ pub struct Params {
     pub step_ms: u64,
     /// The run gives up at this virtual time.
     pub max_ms: u64,
+    /// Records every peer's piece count this often (0: never), in [`Outcome::samples`].
+    pub sample_ms: u64,
     /// The scheduler's configuration.
     pub scheduler: Config,
     /// Every child's configuration.
@@ -72,6 +74,7 @@ impl Params {
             corrupt_every: 0,
             step_ms: 10,
             max_ms: 3_600_000,
+            sample_ms: 0,
             scheduler: Config::default(),
             child: ChildConfig::default(),
             seeding: SeedingConfig::default(),
@@ -148,6 +151,9 @@ pub struct Outcome {
     pub quarantined: usize,
     /// Events handed to child machines (every input but `progress`).
     pub child_events: u64,
+    /// Every [`Params::sample_ms`]: the time, and each peer's pieces held, transfers coming in
+    /// and their total rate as a fraction of the link (as of the last step).
+    pub samples: Vec<(u64, Vec<(u32, u32, f64)>)>,
 }
 
 impl Outcome {
@@ -298,6 +304,17 @@ impl<M: Meter> Sim<M> {
         #[cfg(test)]
         let mut next_check = 0;
         loop {
+            if self.p.sample_ms > 0 && self.now % self.p.sample_ms < self.p.step_ms {
+                let mut sample: Vec<(u32, u32, f64)> = self.peers.iter().map(|x| (x.held.count(), 0, 0.0)).collect();
+                for (_, f) in self.net.iter() {
+                    if let Source::Peer(p) = f.from {
+                        sample[p].1 += 1000;
+                    }
+                    sample[f.to].1 += 1;
+                    sample[f.to].2 += f.rate / self.p.link_bytes_per_s as f64;
+                }
+                self.out.samples.push((self.now, sample));
+            }
             if self.now >= next_announce {
                 self.announce_all();
                 next_announce += 30_000;

@@ -89,3 +89,14 @@ fn the_run_is_deterministic() {
     assert_eq!(a.completion_ms, b.completion_ms);
     assert_eq!((a.requests, a.cancels, a.wasted_bytes), (b.requests, b.cancels, b.wasted_bytes));
 }
+
+#[test]
+#[ignore = "a trace to read, not a check"]
+fn trace_eight_peers() {
+    let p = Params { sample_ms: 100, ..Params::new(8, 1, 32 * MIB, 32 * MIB) };
+    let (out, _) = Sim::new(p).run();
+    for (at, peers) in &out.samples {
+        let row: Vec<String> = peers.iter().map(|(held, n, rate)| format!("{held:>2}/{n:>2}/{rate:.2}")).collect();
+        eprintln!("{at:>5} ms {}", row.join("  "));
+    }
+}
