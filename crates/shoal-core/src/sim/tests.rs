@@ -100,3 +100,19 @@ fn trace_eight_peers() {
         eprintln!("{at:>5} ms {}", row.join("  "));
     }
 }
+
+#[test]
+#[ignore = "a trace to read, not a check"]
+fn trace_a_swarm() {
+    let p = Params { sample_ms: 200, ..params() };
+    let (out, _) = Sim::new(p).run();
+    for (at, peers) in &out.samples {
+        let active: Vec<_> = peers.iter().filter(|(held, _, _)| *held < 32).collect();
+        let n = active.len().max(1) as f64;
+        let flows = active.iter().map(|(_, f, _)| f % 1000).sum::<u32>() as f64 / n;
+        let rate = active.iter().map(|(_, _, r)| r).sum::<f64>() / n;
+        let held = active.iter().map(|(h, _, _)| *h).sum::<u32>() as f64 / n;
+        let uploads = peers.iter().map(|(_, f, _)| f / 1000).sum::<u32>() as f64 / peers.len() as f64;
+        eprintln!("{at:>5} ms: {} downloading, mean {held:.1} pieces, {flows:.1} transfers in at {rate:.2} B, {uploads:.1} out per peer", active.len());
+    }
+}
