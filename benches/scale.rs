@@ -164,6 +164,14 @@ fn main() {
         ms(clock.child_max)
     );
     println!("| child events | {} | |", out.child_events);
+    let mut hops: Vec<u64> = out.hops.iter().map(|&h| u64::from(h)).collect();
+    hops.sort_unstable();
+    println!(
+        "| parent links from an origin peer (hops) p50 / p99 / max | {} / {} / {} | |",
+        quantile(&hops, 0.5),
+        quantile(&hops, 0.99),
+        quantile(&hops, 1.0)
+    );
     println!();
     println!(
         "requests {} (busy {}, not found {}), cancels {}, timeouts {}, reschedules {}, offers {}, waits {}, back to source {}",

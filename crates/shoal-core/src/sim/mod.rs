@@ -151,9 +151,24 @@ pub struct Outcome {
     pub quarantined: usize,
     /// Events handed to child machines (every input but `progress`).
     pub child_events: u64,
-    /// Every [`Params::sample_ms`]: the time, and each peer's pieces held, transfers coming in
-    /// and their total rate as a fraction of the link (as of the last step).
-    pub samples: Vec<(u64, Vec<(u32, u32, f64)>)>,
+    /// Per peer, the fewest parent links from a peer that went to the origin (`u32::MAX`: not
+    /// reachable): how many store-and-forward hops a piece needs at least.
+    pub hops: Vec<u32>,
+    /// Every [`Params::sample_ms`]: the time, and each peer's state.
+    pub samples: Vec<(u64, Vec<PeerSample>)>,
+}
+
+/// One peer at one time (transfers and rates as of the last step).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PeerSample {
+    /// Pieces held.
+    pub held: u32,
+    /// Transfers coming in.
+    pub incoming: u32,
+    /// Transfers going out (to children).
+    pub outgoing: u32,
+    /// The incoming transfers' total rate, as a fraction of the link.
+    pub rate: f64,
 }
 
 impl Outcome {
@@ -305,13 +320,14 @@ impl<M: Meter> Sim<M> {
         let mut next_check = 0;
         loop {
             if self.p.sample_ms > 0 && self.now % self.p.sample_ms < self.p.step_ms {
-                let mut sample: Vec<(u32, u32, f64)> = self.peers.iter().map(|x| (x.held.count(), 0, 0.0)).collect();
+                let mut sample: Vec<PeerSample> =
+                    self.peers.iter().map(|x| PeerSample { held: x.held.count(), ..PeerSample::default() }).collect();
                 for (_, f) in self.net.iter() {
                     if let Source::Peer(p) = f.from {
-                        sample[p].1 += 1000;
+                        sample[p].outgoing += 1;
                     }
-                    sample[f.to].1 += 1;
-                    sample[f.to].2 += f.rate / self.p.link_bytes_per_s as f64;
+                    sample[f.to].incoming += 1;
+                    sample[f.to].rate += f.rate / self.p.link_bytes_per_s as f64;
                 }
                 self.out.samples.push((self.now, sample));
             }
@@ -353,7 +369,35 @@ impl<M: Meter> Sim<M> {
             }
         }
         self.out.most_reporters = self.reporters.values().map(BTreeSet::len).max().unwrap_or(0);
+        self.out.hops = self.hops();
         (self.out, self.meter)
+    }
+
+    /// Breadth first over the children's parent lists, from the peers that went to the origin.
+    fn hops(&self) -> Vec<u32> {
+        let mut children: Vec<Vec<usize>> = vec![Vec::new(); self.peers.len()];
+        for (i, x) in self.peers.iter().enumerate() {
+            for &p in &x.parents {
+                children[p].push(i);
+            }
+        }
+        let mut hops = vec![u32::MAX; self.peers.len()];
+        let mut queue: VecDeque<usize> = VecDeque::new();
+        for (i, x) in self.peers.iter().enumerate() {
+            if x.seeding.is_some() {
+                hops[i] = 0;
+                queue.push_back(i);
+            }
+        }
+        while let Some(p) = queue.pop_front() {
+            for &c in &children[p] {
+                if hops[c] == u32::MAX {
+                    hops[c] = hops[p] + 1;
+                    queue.push_back(c);
+                }
+            }
+        }
+        hops
     }
 
     fn announce_all(&mut self) {

@@ -95,8 +95,10 @@ fn the_run_is_deterministic() {
 fn trace_eight_peers() {
     let p = Params { sample_ms: 100, ..Params::new(8, 1, 32 * MIB, 32 * MIB) };
     let (out, _) = Sim::new(p).run();
+    // Per peer: pieces held / transfers in / transfers out / rate in (of the link).
     for (at, peers) in &out.samples {
-        let row: Vec<String> = peers.iter().map(|(held, n, rate)| format!("{held:>2}/{n:>2}/{rate:.2}")).collect();
+        let row: Vec<String> =
+            peers.iter().map(|x| format!("{:>2}/{:>2}/{:>2}/{:.2}", x.held, x.incoming, x.outgoing, x.rate)).collect();
         eprintln!("{at:>5} ms {}", row.join("  "));
     }
 }
@@ -106,13 +108,26 @@ fn trace_eight_peers() {
 fn trace_a_swarm() {
     let p = Params { sample_ms: 200, ..params() };
     let (out, _) = Sim::new(p).run();
+    let mut hops = out.hops.clone();
+    hops.sort_unstable();
+    eprintln!(
+        "hops from an origin peer: p50 {} p99 {} max {}",
+        quantile_u32(&hops, 0.5),
+        quantile_u32(&hops, 0.99),
+        quantile_u32(&hops, 1.0)
+    );
     for (at, peers) in &out.samples {
-        let active: Vec<_> = peers.iter().filter(|(held, _, _)| *held < 32).collect();
+        let active: Vec<_> = peers.iter().filter(|x| x.held < 32).collect();
         let n = active.len().max(1) as f64;
-        let flows = active.iter().map(|(_, f, _)| f % 1000).sum::<u32>() as f64 / n;
-        let rate = active.iter().map(|(_, _, r)| r).sum::<f64>() / n;
-        let held = active.iter().map(|(h, _, _)| *h).sum::<u32>() as f64 / n;
-        let uploads = peers.iter().map(|(_, f, _)| f / 1000).sum::<u32>() as f64 / peers.len() as f64;
+        let flows = active.iter().map(|x| x.incoming).sum::<u32>() as f64 / n;
+        let rate = active.iter().map(|x| x.rate).sum::<f64>() / n;
+        let held = active.iter().map(|x| x.held).sum::<u32>() as f64 / n;
+        let uploads = peers.iter().map(|x| x.outgoing).sum::<u32>() as f64 / peers.len() as f64;
         eprintln!("{at:>5} ms: {} downloading, mean {held:.1} pieces, {flows:.1} transfers in at {rate:.2} B, {uploads:.1} out per peer", active.len());
     }
+}
+
+fn quantile_u32(sorted: &[u32], q: f64) -> u32 {
+    let v: Vec<u64> = sorted.iter().map(|&h| u64::from(h)).collect();
+    quantile(&v, q) as u32
 }
