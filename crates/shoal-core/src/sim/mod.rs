@@ -15,8 +15,16 @@
 //! [`Params::link_bytes_per_s`] up and down), transfers move on, each child hears its bytes so
 //! far, finished pieces land, and due timeouts fire. What happens within a step — answers to
 //! requests a parent refuses, "have" updates, new digests — reaches the children at the next
-//! one, like a round trip. Deterministic: no clock, no threads, no randomness but the order of
-//! the peers; [`Meter`] is the only way out to the wall clock (the benchmark times decisions).
+//! one, like a round trip. An origin stream goes on within a step (a piece shorter than a step
+//! does not cost a whole one); a parent's transfer that ends mid-step leaves the rest of the
+//! step unused. Deterministic: no clock, no threads, no randomness (peers arrive in index order,
+//! peer `i` in site `i % sites`); [`Meter`] is the only way out to the wall clock (the benchmark
+//! times decisions).
+//!
+//! Not modelled: peers that die, stall or leave (no parent ever times out here unless the
+//! swarm starves it), forged digest tables (the blob always verifies: digests come from honest
+//! origin peers; corrupt peers lie only in the pieces they upload), sha256 and disk time,
+//! latency beyond one step, and the scheduler's own session (always up).
 
 mod net;
 #[cfg(test)]

@@ -12,10 +12,16 @@ fn params() -> Params {
 
 /// Every peer done, at most `origin_factor` origin copies per site, the slowest peer within
 /// `slowest` times S/B.
+///
+/// The bounds on completion are loose on purpose: with 32 pieces, each store-and-forward hop
+/// through the parent graph costs a larger share of S/B than with the bench's 256, and the
+/// graph built when every peer arrives at once is 9-14 hops deep; today these runs take 5-6.6x
+/// S/B (the scale bench measures the goal, 1.3x, at 10,000 peers).
 fn check(out: &Outcome, p: &Params, origin_factor: f64, slowest: f64) {
     let ideal = p.ideal_ms();
+    let brief = Outcome { completion_ms: Vec::new(), hops: Vec::new(), ..out.clone() };
     eprintln!(
-        "{} peers: p50 {:.2} p99 {:.2} max {:.2} x S/B; origin copies {:?}; {out:?}",
+        "{} peers: p50 {:.2} p99 {:.2} max {:.2} x S/B; origin copies {:?}; {brief:?}",
         p.peers,
         out.completion_quantile(0.5) as f64 / ideal,
         out.completion_quantile(0.99) as f64 / ideal,
