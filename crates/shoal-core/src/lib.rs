@@ -22,6 +22,8 @@ pub mod route;
 pub mod sched;
 pub mod sched_owner;
 pub mod seeding;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod size;
 
 pub use bitmap::Bitmap;

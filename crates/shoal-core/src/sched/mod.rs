@@ -4,9 +4,10 @@
 //! [`Scheduler`] holds the soft state of a cluster: the hosts that announced themselves and, per
 //! task (blob), which peer holds which piece, who fetches from the origin, who is whose parent,
 //! which parents a peer found bad, and the piece digests origin downloads reported. The gRPC
-//! service and the simulator drive it the same way: call a method with the current time in
-//! milliseconds, act on what it returns. It must not do I/O, spawn, read a clock or log; a
-//! restart loses everything and daemons' announcements rebuild it.
+//! service and the swarm simulator (`shoal_core::sim`, for tests and benchmarks) drive it the
+//! same way: call a method with the current time in milliseconds, act on what it returns. It
+//! must not do I/O, spawn, read a clock or log; a restart loses everything and daemons'
+//! announcements rebuild it.
 //!
 //! A task is dropped as soon as its last peer leaves (there is nobody left to serve it, and the
 //! next peer goes back to source and reports the digests again); hosts are refreshed by any call
@@ -21,8 +22,6 @@ mod stats;
 mod task;
 mod types;
 
-#[cfg(test)]
-mod sim;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
