@@ -37,9 +37,8 @@ fn range_get(origin: &Origin, daemon: &Daemon, blob: &Blob, range: std::ops::Ran
 
 /// d0 fetches a 32 MiB layer from the origin; then d1 (download limit 8 MiB/s) gets it from d0
 /// while three clients read it through d1: the whole blob, its third MiB and its last MiB. Both
-/// ranges get the right bytes before the whole-blob response ends, and the third MiB (among the
-/// first pieces d1 asks for) within half of that time. Until the picker follows the readers, the
-/// last MiB comes when the picker gets to it; the test prints when.
+/// ranges get the right bytes within half the time of the whole-blob response: each reader's
+/// position steers the picker, so the last MiB does not wait for the pieces before it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranges_of_a_blob_still_downloading_go_out_before_the_whole_blob() -> Result<()> {
     require_tools();
@@ -78,7 +77,9 @@ async fn ranges_of_a_blob_still_downloading_go_out_before_the_whole_blob() -> Re
         ),
     );
     ensure!(from_peers >= 0.9 * blob.size as f64, "d1 got only {from_peers} B from peers: this tests nothing");
-    ensure!(last < whole, "the last MiB ({last:?}) waited for the whole blob ({whole:?})");
+    // The picker takes every reader's next pieces first: the last MiB does not wait for the
+    // pieces before it.
+    ensure!(last < whole / 2, "the last MiB ({last:?}) waited for most of the blob ({whole:?})");
     ensure!(third < whole / 2, "the third MiB ({third:?}) waited for most of the blob ({whole:?})");
     Ok(())
 }
