@@ -62,16 +62,7 @@ impl Origin {
     /// Body bytes the origin sent for the image's blobs, once the access log stops growing
     /// (at most 3 s).
     async fn served_bytes(&self) -> u64 {
-        let total = || self.image.blobs().iter().map(|b| self.registry.blob_bytes_served(&b.digest)).sum::<u64>();
-        let mut last = total();
-        wait_until(Duration::from_secs(3), Duration::from_millis(300), || {
-            let now = total();
-            let stable = now == last;
-            last = now;
-            async move { stable }
-        })
-        .await;
-        total()
+        self.registry.image_bytes_served_since(&self.image, 0).await
     }
 
     /// Fails if a client fetched a blob from the origin itself (its mirror failed it).
