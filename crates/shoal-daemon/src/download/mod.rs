@@ -3,6 +3,7 @@
 
 pub(crate) mod counters;
 pub(crate) mod dht;
+pub(crate) mod error;
 pub(crate) mod origin;
 pub(crate) mod readers;
 pub(crate) mod swarm;

@@ -29,6 +29,7 @@ use crate::discovery::scheduler::{SchedError, Schedulers, Session};
 use crate::discovery::Holdings;
 use crate::download::counters::TaskCounters;
 use crate::download::dht::{DhtSource, Found};
+use crate::download::error::DownloadError;
 use crate::download::origin::{verify, Chunk, OriginSource};
 use crate::download::readers::Readers;
 use crate::download::writer::{Progress, Verified};
@@ -155,7 +156,7 @@ struct Driver<'a> {
     results: Channel<(RequestId, Fetched)>,
     haves: Channel<(ParentId, Bitmap)>,
     watchers: Vec<AbortHandle>,
-    origin_job: Option<BoxFuture<'a, Result<(), String>>>,
+    origin_job: Option<BoxFuture<'a, Result<(), DownloadError>>>,
     /// A registration running; `true` when the machine asked for it (it wants the answer).
     register_job: Option<(bool, BoxFuture<'a, Result<Session, SchedError>>)>,
     dht: Option<Arc<DhtSource>>,
@@ -182,7 +183,7 @@ pub async fn download(
     origin: &OriginSource<'_>,
     sink: Sink<'_>,
     readers: Arc<Readers>,
-) -> Result<(), String> {
+) -> Result<(), DownloadError> {
     let (digest, layout) = (origin.digest, origin.layout);
     let held = sink.have.borrow().have.clone();
     let session = swarm.schedulers.open(&digest, layout, &held).await;
@@ -236,7 +237,7 @@ impl<'a> Driver<'a> {
         self.started.elapsed().as_millis() as u64
     }
 
-    async fn run(&mut self, child: &mut Child, mut sink: Sink<'_>, readers: Arc<Readers>) -> Result<(), String> {
+    async fn run(&mut self, child: &mut Child, mut sink: Sink<'_>, readers: Arc<Readers>) -> Result<(), DownloadError> {
         let mut positions = readers.watch();
         child.readers(self.now(), &readers.pieces());
         loop {
@@ -366,7 +367,7 @@ impl<'a> Driver<'a> {
     }
 
     /// Carries out one decision; true when the download is over.
-    async fn act(&mut self, child: &mut Child, action: Action, sink: &mut Sink<'_>) -> Result<bool, String> {
+    async fn act(&mut self, child: &mut Child, action: Action, sink: &mut Sink<'_>) -> Result<bool, DownloadError> {
         match action {
             Action::Watch(parent) => self.watch(child, parent),
             Action::Request { id, parent, piece } => self.request(id, parent, piece),
@@ -464,7 +465,7 @@ impl<'a> Driver<'a> {
         id: RequestId,
         fetched: Fetched,
         tx: &mpsc::Sender<Chunk>,
-    ) -> Result<(), String> {
+    ) -> Result<(), DownloadError> {
         let Some(Running { piece: index, .. }) = self.running.remove(&id) else {
             return Ok(()); // cancelled meanwhile
         };
@@ -485,7 +486,7 @@ impl<'a> Driver<'a> {
         let len = bytes.len() as u64;
         self.metrics.fetched_bytes.get_or_create(&SourceLabels { source: "peer" }).inc_by(len);
         self.counters.peer_bytes.fetch_add(len, Ordering::Relaxed);
-        tx.send(Chunk::Piece(index, bytes, digest)).await.map_err(|_| "blob writer stopped".to_owned())
+        tx.send(Chunk::Piece(index, bytes, digest)).await.map_err(|_| DownloadError::WriterStopped)
     }
 
     fn report(&mut self, child: &Child, report: Report) {
