@@ -38,8 +38,9 @@ use crate::peer::client::PeerClient;
 use crate::peer::seeding::Seeds;
 use crate::peer::PeerError;
 
-/// Completed blobs this daemon keeps announcing as a parent (seed), most recent first.
-const MAX_SEEDS: usize = 512;
+/// Completed blobs whose sessions this daemon keeps open (so the scheduler keeps offering it as
+/// their parent), most recent first.
+const MAX_KEPT_SESSIONS: usize = 512;
 /// How often the bytes of running requests are read for the progress deadlines.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 /// Steered by the DHT: how often holders and their tables are looked up.
@@ -62,8 +63,8 @@ pub struct Swarm {
     /// Piece picking rules.
     pub picker: PickerConfig,
     /// Open sessions of completed blobs: the scheduler keeps offering this daemon as a parent
-    /// while they stay open. The oldest is closed past [`MAX_SEEDS`].
-    pub sessions: std::sync::Mutex<std::collections::VecDeque<Seeding>>,
+    /// while they stay open. The oldest is closed past [`MAX_KEPT_SESSIONS`].
+    pub sessions: std::sync::Mutex<std::collections::VecDeque<KeptSession>>,
     /// Blobs fetched from the origin here, whose pieces the peer server hands out one child
     /// at a time.
     pub seeds: Arc<Seeds>,
@@ -72,17 +73,17 @@ pub struct Swarm {
 }
 
 impl Swarm {
-    fn keep_seeding(&self, digest: Digest, layout: PieceLayout, session: Session) {
+    fn keep_session(&self, digest: Digest, layout: PieceLayout, session: Session) {
         let mut sessions = self.lock_sessions();
-        sessions.push_front(Seeding { digest, layout, session });
-        sessions.truncate(MAX_SEEDS);
+        sessions.push_front(KeptSession { digest, layout, session });
+        sessions.truncate(MAX_KEPT_SESSIONS);
     }
 
-    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Seeding>> {
+    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<KeptSession>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Keeps the seeds registered with the scheduler that owns their blob: when a scheduler
+    /// Keeps each kept session with the scheduler that owns its blob: when a scheduler
     /// dies or comes back, the sessions opened with another one are opened again with the
     /// owner, so that newcomers it steers find this daemon. Runs forever.
     pub async fn follow_owners(self: Arc<Self>) {
@@ -100,8 +101,8 @@ impl Swarm {
                     full.set(i);
                 });
                 let Ok(session) = self.schedulers.open(&digest, layout, &full).await else { continue };
-                if let Some(seed) = self.lock_sessions().iter_mut().find(|s| s.digest == digest) {
-                    seed.session = session;
+                if let Some(kept) = self.lock_sessions().iter_mut().find(|s| s.digest == digest) {
+                    kept.session = session;
                 }
             }
         }
@@ -113,7 +114,7 @@ impl Swarm {
 }
 
 /// A completed blob's session, kept open so the scheduler offers this daemon as its parent.
-pub struct Seeding {
+pub struct KeptSession {
     digest: Digest,
     layout: PieceLayout,
     session: Session,
@@ -410,7 +411,7 @@ impl<'a> Driver<'a> {
                     dht.advertise();
                 }
                 if let Some(session) = self.session.take() {
-                    self.swarm.keep_seeding(self.digest, self.layout, session);
+                    self.swarm.keep_session(self.digest, self.layout, session);
                 }
                 return Ok(true);
             }
