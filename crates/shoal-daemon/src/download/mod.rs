@@ -1,5 +1,5 @@
 //! Downloads: one per blob, shared by every reader; the driver of the child machine; the origin
-//! and peer sources; the piece writer.
+//! and parent sources; the piece writer.
 
 pub(crate) mod counters;
 pub(crate) mod dht;
