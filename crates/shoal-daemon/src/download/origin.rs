@@ -110,7 +110,7 @@ impl OriginSource<'_> {
         let f = self.fetch;
         let path = format!("/v2/{}/blobs/{}", f.name, self.digest);
         let resp = f
-            .upstream
+            .origin
             .send(Method::GET, Some(&f.name), &path, &f.headers, extra, None)
             .await
             .map_err(|e| DownloadError::Origin(RunError::Request(e)))?;

@@ -23,7 +23,7 @@ use crate::download::swarm::Swarm;
 use crate::download::writer::{PieceWriter, Progress, State, Verified, WriteError};
 use crate::limits::Limiter;
 use crate::metrics::{Metrics, ResultLabels, SourceLabels};
-use crate::origin::direct::Origin;
+use crate::origin::direct::DirectSource;
 use crate::origin::OriginFetch;
 use crate::store::meta::{Durability, MetaStore};
 use crate::store::paths::Paths;
@@ -266,9 +266,9 @@ impl Tasks {
     }
 
     /// The origin as a direct source for `fetch`'s client (see [`crate::origin::direct`]).
-    pub fn direct_origin(&self, fetch: OriginFetch) -> Origin {
+    pub fn direct_origin(&self, fetch: OriginFetch) -> DirectSource {
         let fetched = self.metrics.fetched_bytes.get_or_create(&SourceLabels { source: "origin" }).clone();
-        Origin { fetch, limiter: self.origin_limit.clone(), fetched }
+        DirectSource { fetch, limiter: self.origin_limit.clone(), fetched }
     }
 
     /// The cache's room and health.
