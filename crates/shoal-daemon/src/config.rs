@@ -46,7 +46,7 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key: key.into(), message: message.into() }
 }
 
-/// One upstream registry the mirror may fetch from.
+/// One origin registry the mirror may fetch from.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
@@ -73,7 +73,7 @@ pub struct Config {
     pub mirror_listen: String,
     /// The admin listener: `/healthz` and `/metrics`.
     pub admin_listen: String,
-    /// Upstream registries; the first is the default for requests without `ns`.
+    /// Origin registries; the first is the default for requests without `ns`.
     pub registry: Vec<RegistryConfig>,
     /// Cache size quota, e.g. `20GiB`; least recently used blobs are evicted beyond it.
     pub cache_size: String,
@@ -232,7 +232,7 @@ pub struct Dht {
 /// `dht_listen` when only `bootstrap` is set.
 pub const DEFAULT_DHT_LISTEN: &str = "0.0.0.0:65004";
 
-/// A validated upstream registry.
+/// A validated origin registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registry {
     /// Name as sent in `ns`.

@@ -58,7 +58,10 @@ pub enum StartError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The peer listener or scheduler clients could not be set up.
+    /// The peer listener's QUIC endpoint could not be set up.
+    #[error("peer_listen: {0}")]
+    Endpoint(#[from] crate::peer::client::EndpointError),
+    /// The scheduler clients could not be set up.
     #[error("peer_listen: {0}")]
     Peer(String),
     /// The HTTP client for origins could not be built.
@@ -116,7 +119,7 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
     let seeds = Arc::new(Seeds::new(SeedingConfig::default()));
     let mut holdings = None;
     if let Some(swarm) = &settings.swarm {
-        let ep = crate::peer::client::endpoint(swarm.peer_listen).map_err(StartError::Peer)?;
+        let ep = crate::peer::client::endpoint(swarm.peer_listen)?;
         let addr = ep.local_addr().map_err(|source| StartError::Bind {
             key: "peer_listen",
             addr: swarm.peer_listen,

@@ -1,7 +1,7 @@
 //! `shoal config containerd|docker|podman`: the mirror configuration each client needs, printed
 //! or written into place (as Dragonfly's dfinit does).
 //!
-//! containerd learns of every configured registry (it names the upstream with `?ns=`); dockerd
+//! containerd learns of every configured registry (it names the origin with `?ns=`); dockerd
 //! and podman send no `ns`, so their mirror serves the daemon's default (first) registry.
 
 use std::path::{Path, PathBuf};

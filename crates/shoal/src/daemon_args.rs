@@ -22,7 +22,7 @@ pub struct DaemonArgs {
     /// Admin listener for /healthz and /metrics (`admin_listen`, default 127.0.0.1:65003).
     #[arg(long, value_name = "ADDR")]
     pub admin_listen: Option<String>,
-    /// Upstream registry NAME=URL, repeatable; the first is the default (`[[registry]]`).
+    /// Origin registry NAME=URL, repeatable; the first is the default (`[[registry]]`).
     #[arg(long, value_name = "NAME=URL")]
     pub registry: Vec<String>,
     /// Cache quota such as 20GiB (`cache_size`).

@@ -51,9 +51,11 @@ pub enum RegisterError {
     },
 }
 
-/// Why a report about a registered peer was refused.
+/// Why a report about a registered peer was refused: the host is not (or no longer) a member
+/// of the task. (Not the daemon's `peer::PeerError`, which is about the peer protocol's
+/// transport.)
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PeerError {
+pub enum MembershipError {
     /// No such task: it never existed or every peer left (or expired). Remedy: register.
     #[error("task {0} is unknown")]
     UnknownTask(TaskId),
@@ -73,7 +75,7 @@ pub enum PeerError {
 pub enum PieceError {
     /// The task or peer is unknown.
     #[error(transparent)]
-    Peer(#[from] PeerError),
+    Membership(#[from] MembershipError),
     /// The piece index is past the layout's last piece. Remedy: a bug in the reporter.
     #[error("piece {index} is out of range (the blob has {count} pieces)")]
     OutOfRange {

@@ -32,7 +32,7 @@ mod tests_sessions;
 use std::collections::BTreeMap;
 
 pub use config::Config;
-pub use error::{HostError, PeerError, PieceError, RegisterError};
+pub use error::{HostError, MembershipError, PieceError, RegisterError};
 pub use stats::{Counters, DecisionCounts, FailureCounts, PeerStats, TaskStats};
 pub use types::{
     Candidate, Decision, DecisionKind, FailReason, HostId, HostInfo, Offer, ParentStatus, PieceRecorded, SessionId,
@@ -177,7 +177,7 @@ impl Scheduler {
     /// ones it reported bad); with none, or after [`Config::reschedule_b2s_after`] asks without a
     /// new piece, it goes back to source even beyond its site's budget, so a pull never hangs.
     /// A peer already at the origin stays there; a done peer gets empty parents (not counted).
-    pub fn reschedule(&mut self, now: u64, task: TaskId, host: &HostId) -> Result<Decision, PeerError> {
+    pub fn reschedule(&mut self, now: u64, task: TaskId, host: &HostId) -> Result<Decision, MembershipError> {
         self.hosts.touch(now, host);
         let config = &self.config;
         let t = peer_task(&mut self.tasks, task, host)?;
@@ -205,7 +205,7 @@ impl Scheduler {
         host: &HostId,
         epoch: u32,
         parents: &[HostId],
-    ) -> Result<Decision, PeerError> {
+    ) -> Result<Decision, MembershipError> {
         self.hosts.touch(now, host);
         let config = &self.config;
         let t = peer_task(&mut self.tasks, task, host)?;
@@ -261,7 +261,7 @@ impl Scheduler {
         digest: Digest,
         from_origin: bool,
     ) -> Result<PieceRecorded, PieceError> {
-        let t = self.tasks.get_mut(&task).ok_or(PeerError::UnknownTask(task))?;
+        let t = self.tasks.get_mut(&task).ok_or(MembershipError::UnknownTask(task))?;
         match t.record_piece(task, host, index, digest, from_origin) {
             Ok((recorded, slot)) => {
                 self.hosts.touch_at(now, slot);
@@ -287,7 +287,7 @@ impl Scheduler {
         index: u32,
         parent: &HostId,
         reason: FailReason,
-    ) -> Result<ParentStatus, PeerError> {
+    ) -> Result<ParentStatus, MembershipError> {
         let _ = index; // Kept in the signature for the service's logs; no rule depends on it.
         self.hosts.touch(now, host);
         let t = peer_task(&mut self.tasks, task, host)?;
@@ -300,7 +300,7 @@ impl Scheduler {
     /// A peer holds the whole blob, verified against its digest: it frees its origin slot,
     /// drops its parents and stays as a parent for others until it leaves. Repeating it is
     /// harmless.
-    pub fn done(&mut self, now: u64, task: TaskId, host: &HostId) -> Result<(), PeerError> {
+    pub fn done(&mut self, now: u64, task: TaskId, host: &HostId) -> Result<(), MembershipError> {
         self.hosts.touch(now, host);
         let t = peer_task(&mut self.tasks, task, host)?;
         let again = t.peers.get(host).is_some_and(|p| p.done);
@@ -310,20 +310,20 @@ impl Scheduler {
     }
 
     /// A peer gave up on the blob: it leaves the task (its origin slot is freed).
-    pub fn failed(&mut self, now: u64, task: TaskId, host: &HostId) -> Result<(), PeerError> {
+    pub fn failed(&mut self, now: u64, task: TaskId, host: &HostId) -> Result<(), MembershipError> {
         self.remove_peer(now, task, host)?;
         self.counters.peers_failed += 1;
         Ok(())
     }
 
     /// A peer no longer holds or wants the blob (evicted, cancelled): it leaves the task.
-    pub fn left(&mut self, now: u64, task: TaskId, host: &HostId) -> Result<(), PeerError> {
+    pub fn left(&mut self, now: u64, task: TaskId, host: &HostId) -> Result<(), MembershipError> {
         self.remove_peer(now, task, host)?;
         self.counters.peers_left += 1;
         Ok(())
     }
 
-    fn remove_peer(&mut self, now: u64, task: TaskId, host: &HostId) -> Result<(), PeerError> {
+    fn remove_peer(&mut self, now: u64, task: TaskId, host: &HostId) -> Result<(), MembershipError> {
         self.hosts.touch(now, host);
         let t = peer_task(&mut self.tasks, task, host)?;
         t.remove_peer(&mut self.hosts, host);
@@ -401,10 +401,10 @@ fn peer_task<'a>(
     tasks: &'a mut BTreeMap<TaskId, Task>,
     task: TaskId,
     host: &HostId,
-) -> Result<&'a mut Task, PeerError> {
-    let t = tasks.get_mut(&task).ok_or(PeerError::UnknownTask(task))?;
+) -> Result<&'a mut Task, MembershipError> {
+    let t = tasks.get_mut(&task).ok_or(MembershipError::UnknownTask(task))?;
     if !t.peers.contains_key(host) {
-        return Err(PeerError::UnknownPeer { task, host: host.clone() });
+        return Err(MembershipError::UnknownPeer { task, host: host.clone() });
     }
     Ok(t)
 }

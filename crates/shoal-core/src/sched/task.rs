@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::host::{Hosts, Slot};
 use super::peers::{Peer, Peers};
 use super::stats::{DecisionCounts, FailureCounts, PeerStats, TaskStats};
-use super::{Candidate, Config, FailReason, HostId, ParentStatus, PeerError, PieceError, PieceRecorded, TaskId};
+use super::{Candidate, Config, FailReason, HostId, MembershipError, ParentStatus, PieceError, PieceRecorded, TaskId};
 use crate::{Bitmap, Digest, PieceLayout};
 
 /// One blob being pulled by some peers.
@@ -152,7 +152,7 @@ impl Task {
         let count = self.layout.count();
         let Some(peer) = self.peers.get_mut(host) else {
             let host = host.clone();
-            return Err(PeerError::UnknownPeer { task, host }.into());
+            return Err(MembershipError::UnknownPeer { task, host }.into());
         };
         if index >= count {
             return Err(PieceError::OutOfRange { index, count });

@@ -340,7 +340,7 @@ fn refuses_bad_registrations() {
     let mismatch = s.register(0, task(), &h("a1"), other, Bitmap::new(3));
     assert!(matches!(mismatch, Err(RegisterError::LayoutMismatch { .. })));
     let unknown_task = s.reschedule(0, Digest::of(b"other"), &h("a1"));
-    assert!(matches!(unknown_task, Err(PeerError::UnknownTask(_))));
+    assert!(matches!(unknown_task, Err(MembershipError::UnknownTask(_))));
 }
 
 #[test]

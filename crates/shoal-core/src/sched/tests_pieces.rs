@@ -68,10 +68,10 @@ fn piece_reports_are_checked() {
     );
     assert_eq!(
         finished(&mut s, "a2", 0, b"x", true),
-        Err(PieceError::Peer(PeerError::UnknownPeer { task: task(), host: h("a2") }))
+        Err(PieceError::Membership(MembershipError::UnknownPeer { task: task(), host: h("a2") }))
     );
     let other = s.done(0, Digest::of(b"nope"), &h("a1"));
-    assert_eq!(other, Err(PeerError::UnknownTask(Digest::of(b"nope"))));
+    assert_eq!(other, Err(MembershipError::UnknownTask(Digest::of(b"nope"))));
     assert!(s.piece_failed(0, task(), &h("a2"), 0, &h("a1"), FailReason::Io).is_err());
 }
 
@@ -116,7 +116,7 @@ fn a_task_is_dropped_with_its_last_peer() {
     assert!(s.stats(task()).is_none());
     assert!(s.piece_digests(task()).is_empty());
     assert_eq!(s.layout(task()), None);
-    assert!(matches!(s.reschedule(3, task(), &h("a1")), Err(PeerError::UnknownTask(_))));
+    assert!(matches!(s.reschedule(3, task(), &h("a1")), Err(MembershipError::UnknownTask(_))));
     let c = s.counters();
     assert_eq!((c.peers_left, c.peers_failed), (1, 1));
     // A new pull starts over: back to source.

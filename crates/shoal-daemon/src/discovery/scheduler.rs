@@ -185,7 +185,7 @@ impl Schedulers {
     }
 
     /// A receiver that sees a new value at every death and every return of a scheduler: the cue
-    /// to re-open the sessions (e.g. of completed blobs kept as seeds) whose
+    /// to re-open the sessions (e.g. the kept sessions of completed blobs) whose
     /// [`Session::scheduler`] no longer owns their task, so that the owner knows its holders.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()

@@ -1,8 +1,9 @@
 //! Downloads: one per blob, shared by every reader; the driver of the child machine; the origin
-//! and peer sources; the piece writer.
+//! and parent sources; the piece writer.
 
 pub(crate) mod counters;
 pub(crate) mod dht;
+pub(crate) mod error;
 pub(crate) mod origin;
 pub(crate) mod readers;
 pub(crate) mod swarm;

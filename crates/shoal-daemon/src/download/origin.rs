@@ -12,9 +12,9 @@ use prometheus_client::metrics::counter::Counter;
 use shoal_core::{Bitmap, Digest, PieceLayout};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::download::error::{DownloadError, RunError};
 use crate::download::writer::{Progress, Verified};
 use crate::limits::Limiter;
-use crate::origin::error_chain;
 use crate::origin::OriginFetch;
 
 /// Attempts at fetching a set of pieces before giving up.
@@ -27,14 +27,14 @@ pub enum Chunk {
     /// A whole piece, already verified against its trusted digest (given).
     Piece(u32, Bytes, Digest),
     /// Every piece was sent: check the whole blob and answer (see [`Verified`]).
-    Verify(oneshot::Sender<Result<Verified, String>>),
+    Verify(oneshot::Sender<Result<Verified, DownloadError>>),
 }
 
 /// Asks the writer behind `tx` to check the whole blob once every chunk before has landed.
-pub async fn verify(tx: &mpsc::Sender<Chunk>) -> Result<Verified, String> {
+pub async fn verify(tx: &mpsc::Sender<Chunk>) -> Result<Verified, DownloadError> {
     let (reply, answer) = oneshot::channel();
-    tx.send(Chunk::Verify(reply)).await.map_err(|_| "blob writer stopped".to_owned())?;
-    answer.await.map_err(|_| "blob writer stopped".to_owned())?
+    tx.send(Chunk::Verify(reply)).await.map_err(|_| DownloadError::WriterStopped)?;
+    answer.await.map_err(|_| DownloadError::WriterStopped)?
 }
 
 /// One blob's origin download.
@@ -53,13 +53,6 @@ pub struct OriginSource<'a> {
     pub task_bytes: &'a std::sync::atomic::AtomicU64,
 }
 
-enum FetchError {
-    /// Worth another attempt (network, 5xx, 429).
-    Transient(String),
-    /// Will not get better (4xx, protocol violation, writer gone).
-    Fatal(String),
-}
-
 impl OriginSource<'_> {
     /// Fetches the pieces of `runs`; after a transient failure asks again only for what the
     /// writer still lacks. Returns once every piece was sent to the writer, or why not.
@@ -68,13 +61,13 @@ impl OriginSource<'_> {
         runs: Vec<Range<u32>>,
         have: &mut watch::Receiver<Progress>,
         tx: &mpsc::Sender<Chunk>,
-    ) -> Result<(), String> {
+    ) -> Result<(), DownloadError> {
         let mut wanted = Bitmap::new(self.layout.count());
         for i in runs.into_iter().flatten() {
             wanted.set(i);
         }
-        let mut last_error = String::new();
-        for attempt in 0..MAX_ATTEMPTS {
+        let mut attempt = 0;
+        loop {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
                 // Let the writer drain, so only what is really missing is asked for again.
@@ -87,55 +80,57 @@ impl OriginSource<'_> {
             }
             match self.fetch_runs(&runs, tx).await {
                 Ok(()) => return Ok(()),
-                Err(FetchError::Fatal(e)) => return Err(e),
-                Err(FetchError::Transient(e)) => last_error = e,
+                Err(DownloadError::Origin(e)) if e.is_transient() => {
+                    attempt += 1;
+                    if attempt == MAX_ATTEMPTS {
+                        return Err(DownloadError::OriginRetries { attempts: MAX_ATTEMPTS, last: e });
+                    }
+                }
+                Err(e) => return Err(e),
             }
         }
-        Err(format!("origin failed {MAX_ATTEMPTS} times: {last_error}"))
     }
 
-    async fn fetch_runs(&self, runs: &[Range<u32>], tx: &mpsc::Sender<Chunk>) -> Result<(), FetchError> {
+    async fn fetch_runs(&self, runs: &[Range<u32>], tx: &mpsc::Sender<Chunk>) -> Result<(), DownloadError> {
         for run in runs {
             self.fetch_run(run.clone(), tx).await?;
         }
         Ok(())
     }
 
-    async fn fetch_run(&self, run: Range<u32>, tx: &mpsc::Sender<Chunk>) -> Result<(), FetchError> {
+    async fn fetch_run(&self, run: Range<u32>, tx: &mpsc::Sender<Chunk>) -> Result<(), DownloadError> {
         let start = self.layout.piece(run.start).start;
         let end = self.layout.piece(run.end - 1).end;
         let mut extra = HeaderMap::new();
         if !(start == 0 && end == self.layout.size) {
             let v = HeaderValue::from_str(&format!("bytes={}-{}", start, end - 1))
-                .map_err(|e| FetchError::Fatal(e.to_string()))?;
+                .map_err(|e| DownloadError::Origin(RunError::RangeHeader(e)))?;
             extra.insert(RANGE, v);
         }
         let f = self.fetch;
         let path = format!("/v2/{}/blobs/{}", f.name, self.digest);
         let resp = f
-            .upstream
+            .origin
             .send(Method::GET, Some(&f.name), &path, &f.headers, extra, None)
             .await
-            .map_err(|e| FetchError::Transient(e.to_string()))?;
+            .map_err(|e| DownloadError::Origin(RunError::Request(e)))?;
         let offset = match resp.status() {
             StatusCode::OK => 0,
-            StatusCode::PARTIAL_CONTENT => content_range_start(resp.headers())
-                .ok_or_else(|| FetchError::Fatal("206 without a usable Content-Range".into()))?,
-            s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
-                return Err(FetchError::Transient(format!("origin answered {s}")))
+            StatusCode::PARTIAL_CONTENT => {
+                content_range_start(resp.headers()).ok_or(DownloadError::Origin(RunError::NoContentRange))?
             }
-            s => return Err(FetchError::Fatal(format!("origin answered {s}"))),
+            s => return Err(DownloadError::Origin(RunError::Status(s))),
         };
         if offset > start {
-            return Err(FetchError::Fatal(format!("origin started at byte {offset}, asked for {start}")));
+            return Err(DownloadError::Origin(RunError::StartsLate { offset, start }));
         }
         let mut pos = offset;
         let mut body = resp.bytes_stream();
         while pos < end {
             let chunk = match body.next().await {
                 Some(Ok(c)) => c,
-                Some(Err(e)) => return Err(FetchError::Transient(error_chain(&e))),
-                None => return Err(FetchError::Transient(format!("origin body ended at byte {pos} of {end}"))),
+                Some(Err(e)) => return Err(DownloadError::Origin(RunError::Body(e))),
+                None => return Err(DownloadError::Origin(RunError::BodyEnded { at: pos, end })),
             };
             let len = chunk.len() as u64;
             self.limiter.acquire(len).await;
@@ -145,7 +140,7 @@ impl OriginSource<'_> {
             let lo = start.saturating_sub(pos).min(len);
             let hi = end.saturating_sub(pos).min(len);
             if lo < hi && tx.send(Chunk::Stream(pos + lo, chunk.slice(lo as usize..hi as usize))).await.is_err() {
-                return Err(FetchError::Fatal("blob writer stopped".into()));
+                return Err(DownloadError::WriterStopped);
             }
             pos += len;
         }

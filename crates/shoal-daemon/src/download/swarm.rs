@@ -29,6 +29,7 @@ use crate::discovery::scheduler::{SchedError, Schedulers, Session};
 use crate::discovery::Holdings;
 use crate::download::counters::TaskCounters;
 use crate::download::dht::{DhtSource, Found};
+use crate::download::error::DownloadError;
 use crate::download::origin::{verify, Chunk, OriginSource};
 use crate::download::readers::Readers;
 use crate::download::writer::{Progress, Verified};
@@ -37,8 +38,9 @@ use crate::peer::client::PeerClient;
 use crate::peer::seeding::Seeds;
 use crate::peer::PeerError;
 
-/// Completed blobs this daemon keeps announcing as a parent (seed), most recent first.
-const MAX_SEEDS: usize = 512;
+/// Completed blobs whose sessions this daemon keeps open (so the scheduler keeps offering it as
+/// their parent), most recent first.
+const MAX_KEPT_SESSIONS: usize = 512;
 /// How often the bytes of running requests are read for the progress deadlines.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 /// Steered by the DHT: how often holders and their tables are looked up.
@@ -61,8 +63,8 @@ pub struct Swarm {
     /// Piece picking rules.
     pub picker: PickerConfig,
     /// Open sessions of completed blobs: the scheduler keeps offering this daemon as a parent
-    /// while they stay open. The oldest is closed past [`MAX_SEEDS`].
-    pub sessions: std::sync::Mutex<std::collections::VecDeque<Seeding>>,
+    /// while they stay open. The oldest is closed past [`MAX_KEPT_SESSIONS`].
+    pub sessions: std::sync::Mutex<std::collections::VecDeque<KeptSession>>,
     /// Blobs fetched from the origin here, whose pieces the peer server hands out one child
     /// at a time.
     pub seeds: Arc<Seeds>,
@@ -71,17 +73,17 @@ pub struct Swarm {
 }
 
 impl Swarm {
-    fn keep_seeding(&self, digest: Digest, layout: PieceLayout, session: Session) {
+    fn keep_session(&self, digest: Digest, layout: PieceLayout, session: Session) {
         let mut sessions = self.lock_sessions();
-        sessions.push_front(Seeding { digest, layout, session });
-        sessions.truncate(MAX_SEEDS);
+        sessions.push_front(KeptSession { digest, layout, session });
+        sessions.truncate(MAX_KEPT_SESSIONS);
     }
 
-    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Seeding>> {
+    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<KeptSession>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Keeps the seeds registered with the scheduler that owns their blob: when a scheduler
+    /// Keeps each kept session with the scheduler that owns its blob: when a scheduler
     /// dies or comes back, the sessions opened with another one are opened again with the
     /// owner, so that newcomers it steers find this daemon. Runs forever.
     pub async fn follow_owners(self: Arc<Self>) {
@@ -99,8 +101,8 @@ impl Swarm {
                     full.set(i);
                 });
                 let Ok(session) = self.schedulers.open(&digest, layout, &full).await else { continue };
-                if let Some(seed) = self.lock_sessions().iter_mut().find(|s| s.digest == digest) {
-                    seed.session = session;
+                if let Some(kept) = self.lock_sessions().iter_mut().find(|s| s.digest == digest) {
+                    kept.session = session;
                 }
             }
         }
@@ -112,7 +114,7 @@ impl Swarm {
 }
 
 /// A completed blob's session, kept open so the scheduler offers this daemon as its parent.
-pub struct Seeding {
+pub struct KeptSession {
     digest: Digest,
     layout: PieceLayout,
     session: Session,
@@ -155,7 +157,7 @@ struct Driver<'a> {
     results: Channel<(RequestId, Fetched)>,
     haves: Channel<(ParentId, Bitmap)>,
     watchers: Vec<AbortHandle>,
-    origin_job: Option<BoxFuture<'a, Result<(), String>>>,
+    origin_job: Option<BoxFuture<'a, Result<(), DownloadError>>>,
     /// A registration running; `true` when the machine asked for it (it wants the answer).
     register_job: Option<(bool, BoxFuture<'a, Result<Session, SchedError>>)>,
     dht: Option<Arc<DhtSource>>,
@@ -182,7 +184,7 @@ pub async fn download(
     origin: &OriginSource<'_>,
     sink: Sink<'_>,
     readers: Arc<Readers>,
-) -> Result<(), String> {
+) -> Result<(), DownloadError> {
     let (digest, layout) = (origin.digest, origin.layout);
     let held = sink.have.borrow().have.clone();
     let session = swarm.schedulers.open(&digest, layout, &held).await;
@@ -236,7 +238,7 @@ impl<'a> Driver<'a> {
         self.started.elapsed().as_millis() as u64
     }
 
-    async fn run(&mut self, child: &mut Child, mut sink: Sink<'_>, readers: Arc<Readers>) -> Result<(), String> {
+    async fn run(&mut self, child: &mut Child, mut sink: Sink<'_>, readers: Arc<Readers>) -> Result<(), DownloadError> {
         let mut positions = readers.watch();
         child.readers(self.now(), &readers.pieces());
         loop {
@@ -366,7 +368,7 @@ impl<'a> Driver<'a> {
     }
 
     /// Carries out one decision; true when the download is over.
-    async fn act(&mut self, child: &mut Child, action: Action, sink: &mut Sink<'_>) -> Result<bool, String> {
+    async fn act(&mut self, child: &mut Child, action: Action, sink: &mut Sink<'_>) -> Result<bool, DownloadError> {
         match action {
             Action::Watch(parent) => self.watch(child, parent),
             Action::Request { id, parent, piece } => self.request(id, parent, piece),
@@ -409,7 +411,7 @@ impl<'a> Driver<'a> {
                     dht.advertise();
                 }
                 if let Some(session) = self.session.take() {
-                    self.swarm.keep_seeding(self.digest, self.layout, session);
+                    self.swarm.keep_session(self.digest, self.layout, session);
                 }
                 return Ok(true);
             }
@@ -464,7 +466,7 @@ impl<'a> Driver<'a> {
         id: RequestId,
         fetched: Fetched,
         tx: &mpsc::Sender<Chunk>,
-    ) -> Result<(), String> {
+    ) -> Result<(), DownloadError> {
         let Some(Running { piece: index, .. }) = self.running.remove(&id) else {
             return Ok(()); // cancelled meanwhile
         };
@@ -485,7 +487,7 @@ impl<'a> Driver<'a> {
         let len = bytes.len() as u64;
         self.metrics.fetched_bytes.get_or_create(&SourceLabels { source: "peer" }).inc_by(len);
         self.counters.peer_bytes.fetch_add(len, Ordering::Relaxed);
-        tx.send(Chunk::Piece(index, bytes, digest)).await.map_err(|_| "blob writer stopped".to_owned())
+        tx.send(Chunk::Piece(index, bytes, digest)).await.map_err(|_| DownloadError::WriterStopped)
     }
 
     fn report(&mut self, child: &Child, report: Report) {

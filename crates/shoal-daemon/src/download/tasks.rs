@@ -16,13 +16,14 @@ use shoal_core::{Digest, PieceLayout};
 use tokio::sync::{mpsc, watch};
 
 pub use crate::download::counters::TaskCounters;
+use crate::download::error::DownloadError;
 use crate::download::origin::{runs_of, verify, Chunk, OriginSource};
 use crate::download::readers::Readers;
 use crate::download::swarm::Swarm;
 use crate::download::writer::{PieceWriter, Progress, State, Verified, WriteError};
 use crate::limits::Limiter;
 use crate::metrics::{Metrics, ResultLabels, SourceLabels};
-use crate::origin::direct::Origin;
+use crate::origin::direct::DirectSource;
 use crate::origin::OriginFetch;
 use crate::store::meta::{Durability, MetaStore};
 use crate::store::paths::Paths;
@@ -265,9 +266,9 @@ impl Tasks {
     }
 
     /// The origin as a direct source for `fetch`'s client (see [`crate::origin::direct`]).
-    pub fn direct_origin(&self, fetch: OriginFetch) -> Origin {
+    pub fn direct_origin(&self, fetch: OriginFetch) -> DirectSource {
         let fetched = self.metrics.fetched_bytes.get_or_create(&SourceLabels { source: "origin" }).clone();
-        Origin { fetch, limiter: self.origin_limit.clone(), fetched }
+        DirectSource { fetch, limiter: self.origin_limit.clone(), fetched }
     }
 
     /// The cache's room and health.
@@ -317,7 +318,7 @@ impl Tasks {
         drop(tx);
         let result = match thread.await {
             Ok(r) => r,
-            Err(e) => Err(WriteError::Io(std::io::Error::other(format!("writer thread: {e}")))),
+            Err(e) => Err(Arc::new(WriteError::Io(std::io::Error::other(format!("writer thread: {e}"))))),
         };
         let outcome = match (fetched, result) {
             (_, Ok(())) => {
@@ -330,7 +331,7 @@ impl Tasks {
                 "failed"
             }
             (fetched, Err(e)) => {
-                let why = fetched.err().unwrap_or_else(|| e.to_string());
+                let why = fetched.err().map_or_else(|| e.to_string(), |f| f.to_string());
                 tracing::warn!(%digest, error = %why, "blob download failed");
                 progress.send_modify(|p| p.state = State::Failed(why.into()));
                 "failed"
@@ -356,11 +357,11 @@ impl Tasks {
 
 /// The writer thread: applies chunks until the sources are done, then verifies and completes
 /// the blob if every piece arrived (otherwise leaves the partial file to resume later).
-fn write_all(mut writer: PieceWriter, mut rx: mpsc::Receiver<Chunk>) -> Result<(), WriteError> {
+fn write_all(mut writer: PieceWriter, mut rx: mpsc::Receiver<Chunk>) -> Result<(), Arc<WriteError>> {
     while let Some(chunk) = rx.blocking_recv() {
         match chunk {
-            Chunk::Stream(offset, bytes) => writer.write(offset, &bytes)?,
-            Chunk::Piece(index, bytes, digest) => writer.write_piece(index, &bytes, digest)?,
+            Chunk::Stream(offset, bytes) => writer.write(offset, &bytes).map_err(Arc::new)?,
+            Chunk::Piece(index, bytes, digest) => writer.write_piece(index, &bytes, digest).map_err(Arc::new)?,
             Chunk::Verify(reply) => match writer.verify() {
                 Ok(Verified::Complete) => {
                     let _ = reply.send(Ok(Verified::Complete));
@@ -370,13 +371,14 @@ fn write_all(mut writer: PieceWriter, mut rx: mpsc::Receiver<Chunk>) -> Result<(
                     let _ = reply.send(Ok(dropped));
                 }
                 Err(e) => {
-                    let _ = reply.send(Err(e.to_string()));
+                    let e = Arc::new(e);
+                    let _ = reply.send(Err(DownloadError::Verify(e.clone())));
                     return Err(e);
                 }
             },
         }
     }
-    writer.finish()
+    writer.finish().map_err(Arc::new)
 }
 
 /// Every piece from the origin, then the whole-blob check; pieces resumed from disk that fail
@@ -385,7 +387,7 @@ async fn from_origin(
     origin: &OriginSource<'_>,
     have: &mut watch::Receiver<Progress>,
     tx: &mpsc::Sender<Chunk>,
-) -> Result<(), String> {
+) -> Result<(), DownloadError> {
     let mut missing = runs_of(origin.layout.count(), |_| true);
     for _ in 0..2 {
         origin.fetch(missing, have, tx).await?;
@@ -394,5 +396,5 @@ async fn from_origin(
             Verified::Dropped { pieces, .. } => missing = runs_of(origin.layout.count(), |i| pieces.contains(&i)),
         }
     }
-    Err("blob did not verify after fetching its pieces again from the origin".into())
+    Err(DownloadError::NotVerified)
 }

@@ -62,7 +62,7 @@ pub enum WriteError {
 pub enum Verified {
     /// The blob hashes to its digest and is recorded complete.
     Complete,
-    /// It does not: the pieces that came from peers (or were resumed from disk) were dropped;
+    /// It does not: the pieces that came from parents (or were resumed from disk) were dropped;
     /// fetch them again, from the origin or from parents whose digests are trusted.
     Dropped {
         /// The pieces dropped.
@@ -78,7 +78,7 @@ pub struct Progress {
     /// Bytes present from offset 0 without a gap (not yet verified as a whole).
     pub available: u64,
     /// Bytes from offset 0 without a gap that came from the origin itself: the prefix a
-    /// client may receive before the whole blob is verified. Bytes from peers count only once
+    /// client may receive before the whole blob is verified. Bytes from parents count only once
     /// the whole blob hashes to its digest, because a piece digest is only as honest as the
     /// member that reported it.
     pub confirmed: u64,
@@ -140,7 +140,7 @@ pub struct PieceWriter {
     file: File,
     record: BlobRecord,
     have: Bitmap,
-    /// Present pieces that did not come from this node's own origin stream (from peers, or
+    /// Present pieces that did not come from this node's own origin stream (from parents, or
     /// resumed from disk): dropped if the whole blob does not verify.
     unconfirmed: Bitmap,
     /// Present pieces that came from the origin stream or matched a trusted digest (see

@@ -22,7 +22,7 @@ use shoal_core::{Digest, ErrorCode, RepoName};
 
 use super::error::ApiError;
 use super::grants::{now_ms, Challenged, Credential, Grants};
-use crate::origin::{Upstream, SMALL_REQUEST_TIMEOUT};
+use crate::origin::{Origin, SMALL_REQUEST_TIMEOUT};
 use crate::store::meta::MetaStore;
 
 /// How long a positive answer is reused.
@@ -111,32 +111,31 @@ impl Authz {
     /// Asks (or remembers) whether the client with `headers` may read `digest` in `name`.
     pub async fn check(
         &self,
-        upstream: &Upstream,
+        origin: &Origin,
         name: &RepoName,
         kind: Kind,
         digest: &Digest,
         headers: &HeaderMap,
     ) -> Access {
         let credential = self.grants.credential(headers);
-        let key = Key { registry: upstream.name().to_owned(), name: name.clone(), kind, digest: *digest, credential };
+        let key = Key { registry: origin.name().to_owned(), name: name.clone(), kind, digest: *digest, credential };
         if let Some(size) = self.remembered(&key) {
             return Access::Allowed(size);
         }
         let segment = if kind == Kind::Blob { "blobs" } else { "manifests" };
         let path = format!("/v2/{name}/{segment}/{digest}");
-        let resp = match self.ask(upstream, name, &key.credential, Method::HEAD, &path, headers).await {
+        let resp = match self.ask(origin, name, &key.credential, Method::HEAD, &path, headers).await {
             Asked::Unavailable(why) => {
-                return match self.decide(upstream, name, &key.credential, Answer::Unavailable(why), Some(digest), false)
-                {
+                return match self.decide(origin, name, &key.credential, Answer::Unavailable(why), Some(digest), false) {
                     Decision::Serve => Access::Cached(why),
-                    Decision::Refuse(status) => Access::Refused(self.refuse(upstream, &key.credential, status, why)),
+                    Decision::Refuse(status) => Access::Refused(self.refuse(origin, &key.credential, status, why)),
                     Decision::Relay => Access::Refused(refusal(why.status(), why)),
                 };
             }
             Asked::Answered(resp) => resp,
         };
         let answer = Answer::from_status(resp.status().as_u16());
-        match self.decide(upstream, name, &key.credential, answer, Some(digest), false) {
+        match self.decide(origin, name, &key.credential, answer, Some(digest), false) {
             Decision::Serve => {
                 let size = resp.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
                 self.remember(key, size);
@@ -150,18 +149,18 @@ impl Authz {
     /// Skipped only after this client's own failure on this repository moments ago.
     pub async fn ask(
         &self,
-        upstream: &Upstream,
+        origin: &Origin,
         name: &RepoName,
         credential: &Credential,
         method: Method,
         path: &str,
         headers: &HeaderMap,
     ) -> Asked {
-        let down = DownKey { registry: upstream.name().to_owned(), name: name.clone(), credential: credential.clone() };
+        let down = DownKey { registry: origin.name().to_owned(), name: name.clone(), credential: credential.clone() };
         if let Some(why) = self.is_down(&down) {
             return Asked::Unavailable(why);
         }
-        let asked = match upstream.ask(method, Some(name), path, headers, SMALL_REQUEST_TIMEOUT).await {
+        let asked = match origin.ask(method, Some(name), path, headers, SMALL_REQUEST_TIMEOUT).await {
             Err(e) => {
                 tracing::debug!(repository = %name, error = %e, "origin could not decide access");
                 Asked::Unavailable(e.unavailable())
@@ -174,7 +173,7 @@ impl Authz {
         if let (Asked::Answered(resp), true) = (&asked, credential.is_anonymous()) {
             if resp.status() == StatusCode::UNAUTHORIZED {
                 let challenge = resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
-                self.grants.challenged(upstream.name(), Challenged::Repository, challenge);
+                self.grants.challenged(origin.name(), Challenged::Repository, challenge);
             }
         }
         let mut map = self.down.lock().unwrap_or_else(|p| p.into_inner());
@@ -194,14 +193,14 @@ impl Authz {
     /// for `None`, a tag, whose mapping is cached: `tag_cached`) in `name`, and updates the grants.
     pub fn decide(
         &self,
-        upstream: &Upstream,
+        origin: &Origin,
         name: &RepoName,
         credential: &Credential,
         answer: Answer,
         object: Option<&Digest>,
         tag_cached: bool,
     ) -> Decision {
-        let registry = upstream.name();
+        let registry = origin.name();
         let remembered = match answer {
             Answer::Unavailable(_) => self.grants.remembered(registry, name, credential, object, tag_cached),
             _ => access::Remembered::default(),
@@ -222,12 +221,9 @@ impl Authz {
     /// The error for a client the access rule refused while the origin could not decide
     /// (`status`). A client that sent no credentials gets the origin's last challenge (401)
     /// instead, when it had one: clients send credentials only after a challenge.
-    pub fn refuse(&self, upstream: &Upstream, credential: &Credential, status: u16, why: Unavailable) -> ApiError {
-        let challenge = if credential.is_anonymous() {
-            self.grants.challenge(upstream.name(), Challenged::Repository)
-        } else {
-            None
-        };
+    pub fn refuse(&self, origin: &Origin, credential: &Credential, status: u16, why: Unavailable) -> ApiError {
+        let challenge =
+            if credential.is_anonymous() { self.grants.challenge(origin.name(), Challenged::Repository) } else { None };
         match challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
             Some(c) => {
                 ApiError::new(ErrorCode::Unauthorized, "authentication required (the origin cannot be asked now)")

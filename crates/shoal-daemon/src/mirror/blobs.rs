@@ -16,19 +16,19 @@ use crate::hash::Hasher;
 use crate::metrics::{KindLabels, ReasonLabels};
 use crate::mirror::body;
 use crate::origin::direct::{self, Direct};
+use crate::origin::Origin;
 use crate::origin::OriginFetch;
-use crate::origin::Upstream;
 
 pub(super) async fn serve(
     m: &Mirror,
-    up: &std::sync::Arc<Upstream>,
+    origin: &std::sync::Arc<Origin>,
     name: &RepoName,
     digest: &Digest,
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let spec = range_spec(headers)?;
-    let size = match m.authz.check(up, name, Kind::Blob, digest, headers).await {
+    let size = match m.authz.check(origin, name, Kind::Blob, digest, headers).await {
         Access::Relay(resp) => return Ok(relay(resp).await),
         Access::Refused(e) => return Err(e),
         Access::Allowed(size) => size,
@@ -41,9 +41,9 @@ pub(super) async fn serve(
     if let Some(a) = headers.get(AUTHORIZATION) {
         forwarded.insert(AUTHORIZATION, a.clone());
     }
-    let fetch = OriginFetch { upstream: up.clone(), name: name.clone(), headers: forwarded };
-    let origin = m.tasks.direct_origin(fetch.clone());
-    let fallback = Some(body::Fallback { origin, digest: *digest, uncached: m.metrics.uncached.clone() });
+    let fetch = OriginFetch { origin: origin.clone(), name: name.clone(), headers: forwarded };
+    let source = m.tasks.direct_origin(fetch.clone());
+    let fallback = Some(body::Fallback { origin: source, digest: *digest, uncached: m.metrics.uncached.clone() });
     if let Some(local) = m.tasks.local(digest) {
         m.metrics.cache_lookup("blob", true);
         return respond(method, digest, local.size, spec, |r| body::local(local, r, served, fallback));
@@ -63,10 +63,10 @@ pub(super) async fn serve(
         Err(why) => {
             m.tasks.space().health.failed(digest, &why.to_string());
             m.metrics.uncached.get_or_create(&ReasonLabels { reason: why.reason() }).inc();
-            let origin = m.tasks.direct_origin(fetch);
+            let source = m.tasks.direct_origin(fetch);
             respond(method, digest, size, spec, |r| {
                 let whole = (r.start == 0).then(Hasher::default);
-                direct::body(Direct::new(origin, *digest, size, r, whole))
+                direct::body(Direct::new(source, *digest, size, r, whole))
             })
         }
     }

@@ -31,7 +31,7 @@ use crate::download::tasks::{LocalBlob, Task};
 use crate::download::writer::{Progress, State};
 use crate::hash::Hasher;
 use crate::metrics::ReasonLabels;
-use crate::origin::direct::{Direct, Origin};
+use crate::origin::direct::{Direct, DirectSource};
 use crate::store::pins::Pin;
 
 /// Bytes read per chunk sent to a client.
@@ -40,7 +40,7 @@ const CHUNK: u64 = 1 << 20;
 /// Where a body goes on when its file fails.
 pub struct Fallback {
     /// The origin, for this client.
-    pub origin: Origin,
+    pub origin: DirectSource,
     /// The blob.
     pub digest: Digest,
     /// Responses finished from the origin, by reason.

@@ -13,7 +13,7 @@ use shoal_core::access::{Answer, Decision, Unavailable};
 use super::authz::{refusal, Access, Asked, Kind};
 use super::error::ApiError;
 use super::{read_limited, relay, Mirror};
-use crate::origin::Upstream;
+use crate::origin::Origin;
 use crate::store::meta::{tag_key, ManifestRecord, TagRecord};
 
 /// Largest manifest accepted (the distribution registry's own limit).
@@ -22,47 +22,47 @@ const DIGEST_HEADER: &str = "docker-content-digest";
 
 pub(super) async fn serve(
     m: &Mirror,
-    up: &Upstream,
+    origin: &Origin,
     name: &RepoName,
     reference: &Reference,
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     match reference {
-        Reference::Tag(tag) => by_tag(m, up, name, tag, method, headers).await,
-        Reference::Digest(digest) => by_digest(m, up, name, digest, headers).await,
+        Reference::Tag(tag) => by_tag(m, origin, name, tag, method, headers).await,
+        Reference::Digest(digest) => by_digest(m, origin, name, digest, headers).await,
     }
 }
 
 async fn by_tag(
     m: &Mirror,
-    up: &Upstream,
+    origin: &Origin,
     name: &RepoName,
     tag: &str,
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let key = tag_key(up.name(), name.as_str(), tag);
+    let key = tag_key(origin.name(), name.as_str(), tag);
     let path = format!("/v2/{name}/manifests/{tag}");
     let cred = m.authz.grants.credential(headers);
-    let resp = match m.authz.ask(up, name, &cred, method.clone(), &path, headers).await {
+    let resp = match m.authz.ask(origin, name, &cred, method.clone(), &path, headers).await {
         Asked::Answered(r) => r,
         Asked::Unavailable(why) => {
             let cached = cached_tag(m, &key);
             let answer = Answer::Unavailable(why);
-            return match m.authz.decide(up, name, &cred, answer, None, cached.is_some()) {
+            return match m.authz.decide(origin, name, &cred, answer, None, cached.is_some()) {
                 Decision::Serve => stale(m, &key, cached, why),
-                Decision::Refuse(status) => Err(m.authz.refuse(up, &cred, status, why)),
+                Decision::Refuse(status) => Err(m.authz.refuse(origin, &cred, status, why)),
                 Decision::Relay => Err(refusal(why.status(), why)),
             };
         }
     };
     let status = resp.status();
-    if m.authz.decide(up, name, &cred, Answer::from_status(status.as_u16()), None, false) != Decision::Serve {
+    if m.authz.decide(origin, name, &cred, Answer::from_status(status.as_u16()), None, false) != Decision::Serve {
         return Ok(relay(resp).await);
     }
     if method == Method::HEAD {
-        return Ok(head_through(m, up, name, &key, &resp));
+        return Ok(head_through(m, origin, name, &key, &resp));
     }
     let media_type = content_type(resp.headers());
     let claimed = resp.headers().get(DIGEST_HEADER).and_then(|v| v.to_str().ok()?.parse::<Digest>().ok());
@@ -78,17 +78,17 @@ async fn by_tag(
     }
     let record = ManifestRecord { media_type, body };
     store(m, &digest, &record, Some(&key));
-    m.authz.grants.member(up.name(), name, &digest);
+    m.authz.grants.member(origin.name(), name, &digest);
     Ok(respond(&digest, record, false))
 }
 
 /// A HEAD by tag answered by the origin: relayed, and the tag mapping refreshed when the
 /// manifest it names is cached.
-fn head_through(m: &Mirror, up: &Upstream, name: &RepoName, key: &str, resp: &reqwest::Response) -> Response {
+fn head_through(m: &Mirror, origin: &Origin, name: &RepoName, key: &str, resp: &reqwest::Response) -> Response {
     let h = resp.headers();
     let digest = h.get(DIGEST_HEADER).and_then(|v| v.to_str().ok()?.parse::<Digest>().ok());
     if let Some(d) = digest {
-        m.authz.grants.member(up.name(), name, &d);
+        m.authz.grants.member(origin.name(), name, &d);
         if let Ok(Some(cached)) = m.meta.manifest(&d) {
             let _ = m.meta.put_tag(key, &TagRecord { digest: d, media_type: cached.media_type });
         }
@@ -128,14 +128,14 @@ fn stale(
 
 async fn by_digest(
     m: &Mirror,
-    up: &Upstream,
+    origin: &Origin,
     name: &RepoName,
     digest: &Digest,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     if let Ok(Some(record)) = m.meta.manifest(digest) {
         m.metrics.cache_lookup("manifest", true);
-        return match m.authz.check(up, name, Kind::Manifest, digest, headers).await {
+        return match m.authz.check(origin, name, Kind::Manifest, digest, headers).await {
             Access::Allowed(_) | Access::Cached(_) => Ok(respond(digest, record, false)),
             Access::Relay(resp) => Ok(relay(resp).await),
             Access::Refused(e) => Err(e),
@@ -144,11 +144,11 @@ async fn by_digest(
     m.metrics.cache_lookup("manifest", false);
     let path = format!("/v2/{name}/manifests/{digest}");
     let cred = m.authz.grants.credential(headers);
-    let resp = match m.authz.ask(up, name, &cred, Method::GET, &path, headers).await {
+    let resp = match m.authz.ask(origin, name, &cred, Method::GET, &path, headers).await {
         Asked::Answered(r) => r,
-        Asked::Unavailable(why) => return Err(m.authz.refuse(up, &cred, why.status(), why)),
+        Asked::Unavailable(why) => return Err(m.authz.refuse(origin, &cred, why.status(), why)),
     };
-    if m.authz.decide(up, name, &cred, Answer::from_status(resp.status().as_u16()), Some(digest), false)
+    if m.authz.decide(origin, name, &cred, Answer::from_status(resp.status().as_u16()), Some(digest), false)
         != Decision::Serve
     {
         return Ok(relay(resp).await);

@@ -1,6 +1,6 @@
 //! The registry mirror: the OCI distribution read API over HTTP.
 //!
-//! The handler is thin: parse the path into a [`Route`] (pure, in shoal-core), pick the upstream
+//! The handler is thin: parse the path into a [`Route`] (pure, in shoal-core), pick the origin
 //! from `ns`, then hand over to `manifests` or `blobs`. Every error leaves as an OCI error body.
 
 mod authz;
@@ -24,7 +24,7 @@ use shoal_core::ErrorCode;
 
 use crate::download::tasks::Tasks;
 use crate::metrics::{Metrics, RequestLabels};
-use crate::origin::{Origins, Upstream};
+use crate::origin::{Origin, Origins};
 use crate::store::meta::MetaStore;
 pub use authz::Authz;
 use error::ApiError;
@@ -37,7 +37,7 @@ const MAX_RELAYED_BODY: usize = 64 << 10;
 
 /// Everything the mirror handlers share.
 pub struct Mirror {
-    /// Upstream registries.
+    /// Origin registries.
     pub origins: Origins,
     /// Blob downloads.
     pub tasks: Arc<Tasks>,
@@ -93,14 +93,14 @@ async fn dispatch(
     if route == Route::Upload || (method != Method::GET && method != Method::HEAD) {
         return Err(ApiError::method_not_allowed(method));
     }
-    let upstream = mirror.origins.select(ns(req.uri.query())?.as_deref())?;
+    let origin = mirror.origins.select(ns(req.uri.query())?.as_deref())?;
     let headers = &req.headers;
     match route {
-        Route::Base => base(mirror, &upstream, headers).await,
+        Route::Base => base(mirror, &origin, headers).await,
         Route::Manifest { name, reference } => {
-            manifests::serve(mirror, &upstream, &name, &reference, method, headers).await
+            manifests::serve(mirror, &origin, &name, &reference, method, headers).await
         }
-        Route::Blob { name, digest } => blobs::serve(mirror, &upstream, &name, &digest, method, headers).await,
+        Route::Blob { name, digest } => blobs::serve(mirror, &origin, &name, &digest, method, headers).await,
         Route::Upload => Err(ApiError::method_not_allowed(method)),
         Route::Unsupported => Err(ApiError::new(ErrorCode::Unsupported, "this mirror serves manifests and blobs only")),
     }
@@ -120,10 +120,10 @@ fn ns(query: Option<&str>) -> Result<Option<String>, ApiError> {
 /// credentials of its own), in which case its challenge is passed on. An unreachable origin
 /// still answers 200, so clients go on to what the cache can serve; but a client without
 /// credentials gets the origin's last challenge, as it would online, so it sends them.
-async fn base(mirror: &Mirror, upstream: &Upstream, headers: &HeaderMap) -> Result<Response, ApiError> {
-    if !upstream.has_credentials() {
+async fn base(mirror: &Mirror, origin: &Origin, headers: &HeaderMap) -> Result<Response, ApiError> {
+    if !origin.has_credentials() {
         let anonymous = headers.get(AUTHORIZATION).is_none();
-        let sent = upstream
+        let sent = origin
             .send(Method::GET, None, "/v2/", headers, HeaderMap::new(), Some(crate::origin::SMALL_REQUEST_TIMEOUT))
             .await;
         let grants = &mirror.authz.grants;
@@ -131,16 +131,16 @@ async fn base(mirror: &Mirror, upstream: &Upstream, headers: &HeaderMap) -> Resu
             Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
                 if anonymous {
                     let challenge = resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
-                    grants.challenged(upstream.name(), Challenged::Base, challenge);
+                    grants.challenged(origin.name(), Challenged::Base, challenge);
                 }
                 return Ok(relay(resp).await);
             }
             Ok(resp) if resp.status().is_success() && anonymous => {
-                grants.challenged(upstream.name(), Challenged::Base, None);
+                grants.challenged(origin.name(), Challenged::Base, None);
             }
             Ok(resp) if !matches!(Answer::from_status(resp.status().as_u16()), Answer::Unavailable(_)) => {}
             _ if anonymous => {
-                let challenge = grants.challenge(upstream.name(), Challenged::Base);
+                let challenge = grants.challenge(origin.name(), Challenged::Base);
                 if let Some(c) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
                     let e = ApiError::new(
                         ErrorCode::Unauthorized,

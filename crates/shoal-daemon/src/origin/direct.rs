@@ -29,7 +29,7 @@ const MAX_ATTEMPTS: u32 = 4;
 
 /// What a direct stream needs besides its range.
 #[derive(Clone)]
-pub struct Origin {
+pub struct DirectSource {
     /// Registry, repository, credentials.
     pub fetch: OriginFetch,
     /// Origin pacing.
@@ -40,7 +40,7 @@ pub struct Origin {
 
 /// One response's bytes from the origin, in order.
 pub struct Direct {
-    origin: Origin,
+    origin: DirectSource,
     digest: Digest,
     size: u64,
     pos: u64,
@@ -54,7 +54,7 @@ pub struct Direct {
 impl Direct {
     /// Bytes `range` of the blob `digest` of `size` bytes. `whole` is the sha256 of the bytes
     /// before `range.start` when the response delivers the whole blob (a fresh hasher from 0).
-    pub fn new(origin: Origin, digest: Digest, size: u64, range: ByteRange, whole: Option<Hasher>) -> Self {
+    pub fn new(origin: DirectSource, digest: Digest, size: u64, range: ByteRange, whole: Option<Hasher>) -> Self {
         let whole = whole.filter(|_| range.end == size);
         Self { origin, digest, size, pos: range.start, end: range.end, whole, body: None, attempts: 0 }
     }
@@ -126,7 +126,7 @@ impl Direct {
 
 /// Opens a GET of bytes `pos..end` of `digest`.
 async fn request(
-    origin: &Origin,
+    origin: &DirectSource,
     digest: Digest,
     pos: u64,
     end: u64,
@@ -137,7 +137,7 @@ async fn request(
     extra.insert(RANGE, v);
     let path = format!("/v2/{}/blobs/{}", f.name, digest);
     let resp = f
-        .upstream
+        .origin
         .send(Method::GET, Some(&f.name), &path, &f.headers, extra, None)
         .await
         .map_err(|e| Broken::Transient(e.to_string()))?;

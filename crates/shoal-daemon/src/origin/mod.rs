@@ -1,4 +1,4 @@
-//! Upstream registries: choosing one for a request, and sending requests to it with the right
+//! Origin registries: choosing one for a request, and sending requests to it with the right
 //! credentials.
 //!
 //! The client's `Authorization` is forwarded unchanged when it sent one; otherwise configured
@@ -113,14 +113,14 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Why no upstream matches a request.
+/// Why no origin matches a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("ns={0:?} names no configured registry; this mirror is not an open proxy")]
 pub struct UnknownRegistry(pub String);
 
-/// All configured upstream registries.
+/// All configured origin registries.
 pub struct Origins {
-    upstreams: Vec<Arc<Upstream>>,
+    origins: Vec<Arc<Origin>>,
 }
 
 impl Origins {
@@ -135,20 +135,20 @@ impl Origins {
             .pool_max_idle_per_host(32)
             .user_agent(concat!("shoal/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let upstreams = registries.iter().map(|r| Arc::new(Upstream::new(r.clone(), http.clone()))).collect();
-        Ok(Self { upstreams })
+        let origins = registries.iter().map(|r| Arc::new(Origin::new(r.clone(), http.clone()))).collect();
+        Ok(Self { origins })
     }
 
-    /// The upstream for containerd's `ns` (by registry name or URL host:port), or the default
+    /// The origin for containerd's `ns` (by registry name or URL host:port), or the default
     /// (first) registry when there is no `ns`.
-    pub fn select(&self, ns: Option<&str>) -> Result<Arc<Upstream>, UnknownRegistry> {
+    pub fn select(&self, ns: Option<&str>) -> Result<Arc<Origin>, UnknownRegistry> {
         let Some(ns) = ns else {
-            return self.upstreams.first().cloned().ok_or_else(|| UnknownRegistry(String::new()));
+            return self.origins.first().cloned().ok_or_else(|| UnknownRegistry(String::new()));
         };
-        self.upstreams
+        self.origins
             .iter()
-            .find(|u| u.registry.name == ns)
-            .or_else(|| self.upstreams.iter().find(|u| u.registry.authority() == ns))
+            .find(|o| o.registry.name == ns)
+            .or_else(|| self.origins.iter().find(|o| o.registry.authority() == ns))
             .cloned()
             .ok_or_else(|| UnknownRegistry(ns.to_owned()))
     }
@@ -161,8 +161,8 @@ enum Auth {
     Bearer(String),
 }
 
-/// One upstream registry and its credential state.
-pub struct Upstream {
+/// One origin registry and its credential state.
+pub struct Origin {
     registry: Registry,
     http: reqwest::Client,
     oci: oci_client::Client,
@@ -170,7 +170,7 @@ pub struct Upstream {
     down: Mutex<Option<(Instant, OriginError)>>,
 }
 
-impl Upstream {
+impl Origin {
     fn new(registry: Registry, http: reqwest::Client) -> Self {
         let protocol = if registry.url.scheme() == "http" { ClientProtocol::Http } else { ClientProtocol::Https };
         let oci = oci_client::Client::new(ClientConfig {
@@ -196,7 +196,7 @@ impl Upstream {
     /// headers (repeated ones kept) plus `extra` headers, applying configured credentials when
     /// the client sent none. `timeout` bounds the whole request when set. While the origin is
     /// marked down (a request failed moments ago) it fails at once; a failure marks it down.
-    /// For data only: an access check uses [`Upstream::ask`].
+    /// For data only: an access check uses [`Origin::ask`].
     pub async fn send(
         &self,
         method: Method,
@@ -209,7 +209,7 @@ impl Upstream {
         self.request(method, scope, path, client, extra, timeout, true).await
     }
 
-    /// Like [`Upstream::send`], for an access check: always asks the origin, whatever other
+    /// Like [`Origin::send`], for an access check: always asks the origin, whatever other
     /// requests went through, and its failure marks nothing down. One client's or repository's
     /// trouble never skips or shortens another's check.
     pub async fn ask(
@@ -353,7 +353,7 @@ mod tests {
 #[derive(Clone)]
 pub struct OriginFetch {
     /// The registry.
-    pub upstream: Arc<Upstream>,
+    pub origin: Arc<Origin>,
     /// The repository the client asked through.
     pub name: RepoName,
     /// The client's Authorization/Accept headers.

@@ -224,11 +224,26 @@ impl HaveStream {
     }
 }
 
+/// Why the QUIC endpoint could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// The TLS configs could not be built.
+    #[error(transparent)]
+    Tls(#[from] super::tls::TlsError),
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on peer_listen {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
 /// One QUIC endpoint that serves and dials, bound to `addr`.
-pub fn endpoint(addr: SocketAddr) -> Result<quinn::Endpoint, String> {
-    let server = super::tls::server_config().map_err(|e| e.to_string())?;
-    let mut ep =
-        quinn::Endpoint::server(server, addr).map_err(|e| format!("cannot listen on peer_listen {addr}: {e}"))?;
-    ep.set_default_client_config(super::tls::client_config().map_err(|e| e.to_string())?);
+pub fn endpoint(addr: SocketAddr) -> Result<quinn::Endpoint, EndpointError> {
+    let server = super::tls::server_config()?;
+    let mut ep = quinn::Endpoint::server(server, addr).map_err(|source| EndpointError::Bind { addr, source })?;
+    ep.set_default_client_config(super::tls::client_config()?);
     Ok(ep)
 }

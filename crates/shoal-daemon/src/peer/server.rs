@@ -5,6 +5,7 @@
 //! `tls`), for at most the handshake timeout; how many such peers, and connections in all, are
 //! served at once is capped ([`PeerLimits`]). A stream must deliver its request in time.
 
+use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +53,56 @@ pub struct ServerCtx {
     pub seeds: Arc<Seeds>,
     /// Test-only fault: flip a byte in every piece served (to test that children catch it).
     pub corrupt: bool,
+}
+
+/// Why serving a peer connection or one of its requests stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The TLS handshake failed, or the connection broke.
+    #[error(transparent)]
+    Connection(#[from] quinn::ConnectionError),
+    /// Reading the request or writing the answer's framed messages failed.
+    #[error(transparent)]
+    Frame(#[from] frame::FrameError),
+    /// The connection has no TLS exporter secret to check a proof against.
+    #[error("no TLS exporter")]
+    NoExporter,
+    /// The peer's proof does not match the cluster token.
+    #[error("peer {remote} ({host_id}) does not hold the cluster token")]
+    Unauthorized {
+        /// The peer's address.
+        remote: SocketAddr,
+        /// The host id it gave.
+        host_id: String,
+    },
+    /// The peer did not prove the token within the handshake timeout.
+    #[error("peer {remote} did not prove the cluster token in {timeout:?}")]
+    HandshakeTimeout {
+        /// The peer's address.
+        remote: SocketAddr,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// A stream did not deliver its whole request in time.
+    #[error("no complete request from {child} within {timeout:?}")]
+    RequestTimeout {
+        /// The child's host id.
+        child: Arc<str>,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// A request with nothing in it.
+    #[error("empty request")]
+    EmptyRequest,
+    /// Reading the piece from its file failed.
+    #[error(transparent)]
+    Read(#[from] std::io::Error),
+    /// The blocking read of the piece did not finish (panicked or cancelled).
+    #[error(transparent)]
+    ReadTask(#[from] tokio::task::JoinError),
+    /// Sending the piece's bytes failed.
+    #[error(transparent)]
+    Send(#[from] quinn::WriteError),
 }
 
 /// Bounds on what peers may hold of this server.
@@ -113,7 +164,7 @@ async fn connection(
     ctx: Arc<ServerCtx>,
     limits: PeerLimits,
     unproven: OwnedSemaphorePermit,
-) -> Result<(), String> {
+) -> Result<(), ServeError> {
     let remote = incoming.remote_address();
     let conn = match tokio::time::timeout(limits.handshake_timeout, prove(incoming, &ctx)).await {
         Ok(Ok(proven)) => proven,
@@ -124,14 +175,12 @@ async fn connection(
             }
             return Err(e);
         }
-        Err(_) => {
-            return Err(format!("peer {remote} did not prove the cluster token in {:?}", limits.handshake_timeout))
-        }
+        Err(_) => return Err(ServeError::HandshakeTimeout { remote, timeout: limits.handshake_timeout }),
     };
     drop(unproven);
     let (conn, child) = conn;
     loop {
-        let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+        let (send, recv) = conn.accept_bi().await?;
         let (ctx, child) = (ctx.clone(), child.clone());
         tokio::spawn(async move {
             if let Err(e) = request(send, recv, ctx, child, limits.request_timeout).await {
@@ -146,20 +195,20 @@ async fn connection(
 async fn prove(
     incoming: quinn::Incoming,
     ctx: &ServerCtx,
-) -> Result<(quinn::Connection, Arc<str>), (Option<quinn::Connection>, String)> {
-    let conn = incoming.await.map_err(|e| (None, e.to_string()))?;
+) -> Result<(quinn::Connection, Arc<str>), (Option<quinn::Connection>, ServeError)> {
+    let conn = incoming.await.map_err(|e| (None, e.into()))?;
     let remote = conn.remote_address();
-    let fail = |e: String| (Some(conn.clone()), e);
-    let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| fail(e.to_string()))?;
-    let hello: Hello = frame::read_max(&mut recv, frame::MAX_REQUEST).await.map_err(|e| fail(e.to_string()))?;
-    let secret = exporter(&conn).ok_or_else(|| fail("no TLS exporter".into()))?;
+    let fail = |e: ServeError| (Some(conn.clone()), e);
+    let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| fail(e.into()))?;
+    let hello: Hello = frame::read_max(&mut recv, frame::MAX_REQUEST).await.map_err(|e| fail(e.into()))?;
+    let secret = exporter(&conn).ok_or_else(|| fail(ServeError::NoExporter))?;
     if !auth::verify(&ctx.token, Role::Client, &secret, &hello.proof) {
-        return Err(fail(format!("peer {remote} ({}) does not hold the cluster token", hello.host_id)));
+        return Err(fail(ServeError::Unauthorized { remote, host_id: hello.host_id }));
     }
     conn.set_receive_window(quinn::VarInt::from_u32(PROVEN_CHILD_WINDOW));
     conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(PROVEN_CHILD_STREAMS));
     let reply = Hello { host_id: ctx.host_id.clone(), proof: auth::prove(&ctx.token, Role::Server, &secret) };
-    frame::write(&mut send, &reply).await.map_err(|e| fail(e.to_string()))?;
+    frame::write(&mut send, &reply).await.map_err(|e| fail(e.into()))?;
     let _ = send.finish();
     Ok((conn, hello.host_id.into()))
 }
@@ -170,22 +219,22 @@ async fn request(
     ctx: Arc<ServerCtx>,
     child: Arc<str>,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), ServeError> {
     let req: Request = match tokio::time::timeout(timeout, frame::read_max(&mut recv, frame::MAX_REQUEST)).await {
-        Ok(read) => read.map_err(|e| e.to_string())?,
+        Ok(read) => read?,
         Err(_) => {
             let _ = recv.stop(quinn::VarInt::from_u32(3));
             let _ = send.reset(quinn::VarInt::from_u32(3));
-            return Err(format!("no complete request from {child} within {timeout:?}"));
+            return Err(ServeError::RequestTimeout { child, timeout });
         }
     };
     match req.request {
         Some(request::Request::Piece(p)) => piece(&mut send, p, &ctx, &child).await,
         Some(request::Request::Have(h)) => have(&mut send, &h.task_id, &ctx).await,
         Some(request::Request::Digests(d)) => {
-            frame::write(&mut send, &digest_page(ctx.meta.as_ref(), &d)).await.map_err(|e| e.to_string())
+            frame::write(&mut send, &digest_page(ctx.meta.as_ref(), &d)).await.map_err(ServeError::from)
         }
-        None => Err("empty request".into()),
+        None => Err(ServeError::EmptyRequest),
     }?;
     let _ = send.finish();
     Ok(())
@@ -193,7 +242,12 @@ async fn request(
 
 /// Serves one piece: "not found" if it is not held, "busy" if it is a piece this daemon
 /// seeds from the origin and another child got it moments ago (that child has it soon).
-async fn piece(send: &mut quinn::SendStream, p: PieceRequest, ctx: &ServerCtx, child: &Arc<str>) -> Result<(), String> {
+async fn piece(
+    send: &mut quinn::SendStream,
+    p: PieceRequest,
+    ctx: &ServerCtx,
+    child: &Arc<str>,
+) -> Result<(), ServeError> {
     let task = p.task_id.parse::<Digest>().ok();
     let Some((task, (file, range))) = task.and_then(|t| Some((t, ctx.store.piece(&t, p.index)?))) else {
         return refuse(send, PieceStatus::NotFound).await;
@@ -202,7 +256,7 @@ async fn piece(send: &mut quinn::SendStream, p: PieceRequest, ctx: &ServerCtx, c
         return refuse(send, PieceStatus::Busy).await;
     }
     let header = PieceHeader { status: PieceStatus::Ok as i32, length: range.len() };
-    frame::write(send, &header).await.map_err(|e| e.to_string())?;
+    frame::write(send, &header).await?;
     let mut pos = range.start;
     while pos < range.end {
         let len = (range.end - pos).min(CHUNK) as usize;
@@ -211,15 +265,13 @@ async fn piece(send: &mut quinn::SendStream, p: PieceRequest, ctx: &ServerCtx, c
             let mut buf = vec![0u8; len];
             f.read_exact_at(&mut buf, pos).map(|()| buf)
         })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        .await??;
         if ctx.corrupt {
             chunk[0] ^= 0xff;
         }
         ctx.upload.acquire(len as u64).await;
         // Handed over whole: quinn keeps the buffer instead of copying it.
-        send.write_chunk(bytes::Bytes::from(chunk)).await.map_err(|e| e.to_string())?;
+        send.write_chunk(bytes::Bytes::from(chunk)).await?;
         ctx.uploaded.inc_by(len as u64);
         pos += len as u64;
     }
@@ -227,8 +279,8 @@ async fn piece(send: &mut quinn::SendStream, p: PieceRequest, ctx: &ServerCtx, c
 }
 
 /// Answers a piece request with `status` and no bytes.
-async fn refuse(send: &mut quinn::SendStream, status: PieceStatus) -> Result<(), String> {
-    frame::write(send, &PieceHeader { status: status as i32, length: 0 }).await.map_err(|e| e.to_string())
+async fn refuse(send: &mut quinn::SendStream, status: PieceStatus) -> Result<(), ServeError> {
+    Ok(frame::write(send, &PieceHeader { status: status as i32, length: 0 }).await?)
 }
 
 /// One page of the piece digests held of a blob: [`DIGESTS_PER_PAGE`] from `first` on, each
@@ -253,14 +305,12 @@ fn digest_page(meta: &dyn MetaStore, req: &DigestsRequest) -> DigestsAnswer {
     }
 }
 
-async fn have(send: &mut quinn::SendStream, task_id: &str, ctx: &ServerCtx) -> Result<(), String> {
+async fn have(send: &mut quinn::SendStream, task_id: &str, ctx: &ServerCtx) -> Result<(), ServeError> {
     let Some((now, rx)) = task_id.parse::<Digest>().ok().and_then(|d| ctx.store.have(&d)) else {
-        return frame::write(send, &HaveUpdate { have: Vec::new(), complete: false }).await.map_err(|e| e.to_string());
+        return Ok(frame::write(send, &HaveUpdate { have: Vec::new(), complete: false }).await?);
     };
     let Some(mut rx) = rx else {
-        return frame::write(send, &HaveUpdate { have: now.as_bytes().to_vec(), complete: true })
-            .await
-            .map_err(|e| e.to_string());
+        return Ok(frame::write(send, &HaveUpdate { have: now.as_bytes().to_vec(), complete: true }).await?);
     };
     loop {
         let (bytes, complete, failed) = {
@@ -274,7 +324,7 @@ async fn have(send: &mut quinn::SendStream, task_id: &str, ctx: &ServerCtx) -> R
                 ),
             )
         };
-        frame::write(send, &HaveUpdate { have: bytes, complete }).await.map_err(|e| e.to_string())?;
+        frame::write(send, &HaveUpdate { have: bytes, complete }).await?;
         if complete || failed || rx.changed().await.is_err() {
             return Ok(());
         }
