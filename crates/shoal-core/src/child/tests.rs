@@ -51,6 +51,23 @@ fn reports(actions: &[Action]) -> Vec<&Report> {
     actions.iter().filter_map(|a| if let Action::Report(r) = a { Some(r) } else { None }).collect()
 }
 
+/// Delivers every request correctly, 10 ms apart, until every piece is held; returns the time,
+/// with the actions that followed (the verify) drained.
+fn fetch_all(c: &mut Child, mut now: u64) -> u64 {
+    for _ in 0..100 {
+        if c.held().is_full() {
+            break;
+        }
+        now += 10;
+        for (id, _, piece) in requests(&drain(c)) {
+            deliver(c, now, id, piece);
+        }
+    }
+    assert!(c.held().is_full(), "{} pieces held", c.held().count());
+    assert_eq!(drain(c).last(), Some(&Action::Verify));
+    now
+}
+
 /// Delivers request `id` for `piece` correctly and stores it.
 fn deliver(c: &mut Child, now: u64, id: RequestId, piece: u32) {
     assert_eq!(c.piece_received(now, id, truth(piece)), Verdict::Store(truth(piece)));
@@ -457,27 +474,14 @@ fn origin_runs_start_at_the_reader() {
 #[test]
 fn a_blob_that_does_not_verify_is_reported_once_then_fetched_from_the_origin() {
     let mut c = child_with(&["a"]);
-    let mut now = 0;
-    while !c.held().is_full() {
-        now += 10;
-        for (id, _, piece) in requests(&drain(&mut c)) {
-            deliver(&mut c, now, id, piece);
-        }
-    }
-    drain(&mut c);
+    let now = fetch_all(&mut c, 0);
     c.verified(now, Checked::Dropped { dropped: (0..8).collect(), kept: vec![] });
     let a = drain(&mut c);
     assert_eq!(reports(&a), vec![&Report::BlobMismatch { epoch: 1, parents: vec![ParentId(0)] }]);
     assert_eq!(c.held().count(), 0);
     // The scheduler's new table and the same parent: it gets another chance.
     c.digests(now, 2, (0..8).map(|i| (i, truth(i))));
-    assert!(!requests(&drain(&mut c)).is_empty());
-    for _ in 0..20 {
-        now += 10;
-        for (id, _, piece) in requests(&drain(&mut c)) {
-            deliver(&mut c, now, id, piece);
-        }
-    }
+    let now = fetch_all(&mut c, now);
     c.verified(now, Checked::Dropped { dropped: (0..8).collect(), kept: vec![] });
     assert!(c.at_origin());
     assert!(drain(&mut c).iter().any(|a| matches!(a, Action::FetchOrigin(_))));
@@ -487,14 +491,7 @@ fn a_blob_that_does_not_verify_is_reported_once_then_fetched_from_the_origin() {
 fn without_a_scheduler_a_blob_mismatch_drops_the_parents_and_goes_to_the_origin() {
     let mut c = child_with(&["a"]);
     c.session_lost(0);
-    let mut now = 0;
-    while !c.held().is_full() {
-        now += 10;
-        for (id, _, piece) in requests(&drain(&mut c)) {
-            deliver(&mut c, now, id, piece);
-        }
-    }
-    drain(&mut c);
+    let now = fetch_all(&mut c, 0);
     c.verified(now, Checked::Dropped { dropped: vec![0, 1], kept: vec![] });
     assert!(c.parent(ParentId(0)).is_bad());
     assert_eq!(drain(&mut c), vec![Action::FetchOrigin(std::iter::once(0..2).collect())]);
