@@ -170,6 +170,9 @@ pub struct Child {
     digest_epoch: u32,
     /// The oldest table generation a piece from a parent was accepted with.
     used_epoch: Option<u32>,
+    /// A table generation this child proved forged (the blob did not verify although every
+    /// piece matched it): its digests are not taken again, only a newer table's.
+    forged_epoch: Option<u32>,
     from_parent: HashMap<u32, ParentId>,
     mismatches: u32,
     origin: OriginState,
@@ -214,6 +217,7 @@ impl Child {
             digests: HashMap::new(),
             digest_epoch: 0,
             used_epoch: None,
+            forged_epoch: None,
             from_parent: HashMap::new(),
             mismatches: 0,
             origin: OriginState { mode: false, running: false, pieces: Bitmap::new(n), pending: Bitmap::new(n) },
@@ -325,7 +329,7 @@ impl Child {
     /// Trusted piece digests of table generation `epoch`. A newer generation replaces the
     /// table (the old one was forged) and forgives parents blamed only for not matching it.
     pub fn digests(&mut self, now: u64, epoch: u32, digests: impl IntoIterator<Item = (u32, Digest)>) {
-        if epoch < self.digest_epoch {
+        if epoch < self.digest_epoch || self.forged_epoch.is_some_and(|f| epoch <= f) {
             return;
         }
         if epoch > self.digest_epoch {
@@ -831,6 +835,11 @@ impl Child {
         if epoch.is_none_or(|e| e >= self.digest_epoch) {
             // Else a newer table arrived already: it is not the forged one, keep it.
             self.digests.clear();
+            // The scheduler may still send the forged table's digests until it has read our
+            // report: they are not taken again.
+            if self.session {
+                self.forged_epoch = Some(self.digest_epoch);
+            }
         }
         match epoch {
             Some(epoch) if self.session && self.mismatches < 2 => {

@@ -479,6 +479,9 @@ fn a_blob_that_does_not_verify_is_reported_once_then_fetched_from_the_origin() {
     let a = drain(&mut c);
     assert_eq!(reports(&a), vec![&Report::BlobMismatch { epoch: 1, parents: vec![ParentId(0)] }]);
     assert_eq!(c.held().count(), 0);
+    // The forged table's digests, sent again before the scheduler read the report: ignored.
+    c.digests(now, 1, (0..8).map(|i| (i, truth(i))));
+    assert!(requests(&drain(&mut c)).is_empty(), "the forged table is not taken again");
     // The scheduler's new table and the same parent: it gets another chance.
     c.digests(now, 2, (0..8).map(|i| (i, truth(i))));
     let now = fetch_all(&mut c, now);

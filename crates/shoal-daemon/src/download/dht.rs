@@ -10,7 +10,7 @@
 //! origin, and its parents are dropped (see `shoal_core::child`).
 //!
 //! Who fetches from the origin is agreed without a central party: rendezvous hashing of the
-//! blob over the members the DHT knows ([`origin_fetcher`]); the others wait a bounded time for
+//! blob over the members downloading it ([`origin_fetcher`]); the others wait a bounded time for
 //! it to appear as a holder with pieces, then go to the origin themselves.
 
 use std::collections::{HashMap, HashSet};
