@@ -2,6 +2,7 @@
 
 use proptest::prelude::*;
 
+use super::decide::hard_limit_ms;
 use super::*;
 
 /// 8 pieces of 1 MiB.
