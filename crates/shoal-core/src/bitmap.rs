@@ -24,6 +24,15 @@ impl Bitmap {
         Self { bytes: vec![0; (len as usize).div_ceil(8)], len }
     }
 
+    /// A bitmap of `len` pieces, every one set.
+    pub fn full(len: u32) -> Self {
+        let mut b = Self::new(len);
+        (0..len).for_each(|i| {
+            b.set(i);
+        });
+        b
+    }
+
     /// Number of pieces it covers.
     pub fn len(&self) -> u32 {
         self.len

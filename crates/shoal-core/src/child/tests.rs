@@ -15,11 +15,7 @@ fn truth(i: u32) -> Digest {
 }
 
 fn full() -> Bitmap {
-    let mut b = Bitmap::new(8);
-    (0..8).for_each(|i| {
-        b.set(i);
-    });
-    b
+    Bitmap::full(8)
 }
 
 fn offered(name: &str, have: Bitmap) -> Offered {

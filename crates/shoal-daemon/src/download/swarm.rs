@@ -96,10 +96,7 @@ impl Swarm {
                 .map(|s| (s.digest, s.layout))
                 .collect();
             for (digest, layout) in stale {
-                let mut full = Bitmap::new(layout.count());
-                (0..layout.count()).for_each(|i| {
-                    full.set(i);
-                });
+                let full = Bitmap::full(layout.count());
                 let Ok(session) = self.schedulers.open(&digest, layout, &full).await else { continue };
                 if let Some(kept) = self.lock_sessions().iter_mut().find(|s| s.digest == digest) {
                     kept.session = session;

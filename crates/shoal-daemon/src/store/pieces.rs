@@ -29,10 +29,6 @@ impl PieceStore for Tasks {
             return Some((have, Some(rx)));
         }
         let (_, layout) = self.complete_file(task)?;
-        let mut all = Bitmap::new(layout.count());
-        (0..layout.count()).for_each(|i| {
-            all.set(i);
-        });
-        Some((all, None))
+        Some((Bitmap::full(layout.count()), None))
     }
 }
