@@ -275,7 +275,7 @@ mod tests {
         std::fs::write(paths.blob(&digest), data).unwrap();
         let mut record = BlobRecord::new(PieceLayout::for_size(data.len() as u64), 1);
         record.state = BlobState::Complete;
-        record.piece_digests[0] = crate::hash::digest(data).hex();
+        record.piece_digests[0] = shoal_core::PieceDigest::of(data).hex();
         RedbMeta::open(&paths.meta_db()).unwrap().put_blob(&digest, &record, Durability::Sync).unwrap();
         digest
     }
@@ -322,7 +322,7 @@ mod tests {
         let client = PeerClient::new(ep, "probe".into(), TOKEN.into(), Arc::new(Limiter::unlimited()));
         let table = client.fetch_digests(peer, &blob, 1 << 30).await.unwrap();
         assert!(table.complete);
-        assert_eq!(table.digests, vec![Some(crate::hash::digest(&data))]);
+        assert_eq!(table.digests, vec![Some(shoal_core::PieceDigest::of(&data))]);
     }
 
     #[tokio::test]

@@ -94,6 +94,9 @@ pub struct Metrics {
     /// (`no_space`: no room under the quota or the free-space floor; `store_failed`: the store
     /// failed mid-download; `download_failed`: the download gave up).
     pub uncached: Family<ReasonLabels, Counter>,
+    /// Bytes read back from partial files to feed a whole-blob sha256 (pieces that arrived
+    /// ahead of the hashed prefix beyond the in-memory budget, or were resumed from disk).
+    pub hash_reread_bytes: Counter,
 }
 
 impl Default for Metrics {
@@ -117,6 +120,12 @@ impl Default for Metrics {
         let task_parents = Histogram::new([0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0]);
         let blob_mismatches = Counter::default();
         let uncached = Family::default();
+        let hash_reread_bytes = Counter::default();
+        registry.register(
+            "hash_reread_bytes",
+            "Bytes read back from partial files to feed a whole-blob sha256",
+            hash_reread_bytes.clone(),
+        );
         registry.register(
             "blob_mismatches",
             "Blobs that failed their sha256 although every piece matched its trusted digest",
@@ -167,6 +176,7 @@ impl Default for Metrics {
             task_parents,
             blob_mismatches,
             uncached,
+            hash_reread_bytes,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! the network becomes a `tonic::Status`, never a panic.
 
 use shoal_core::sched::{Candidate, Decision, FailReason, TaskStats};
-use shoal_core::{Bitmap, Digest, PieceLayout};
+use shoal_core::{Bitmap, Digest, PieceDigest, PieceLayout};
 use shoal_proto::scheduler as pb;
 use tonic::Status;
 
@@ -27,10 +27,9 @@ pub fn bitmap(len: u32, bytes: &[u8]) -> Result<Bitmap, Status> {
     Bitmap::from_bytes(len, bytes).map_err(|e| Status::invalid_argument(format!("have: {e}")))
 }
 
-/// A 32-byte sha256.
-pub fn piece_digest(bytes: &[u8]) -> Result<Digest, Status> {
-    let arr: [u8; 32] = bytes.try_into().map_err(|_| Status::invalid_argument("piece digest must be 32 bytes"))?;
-    Ok(Digest::from_bytes(arr))
+/// A 32-byte BLAKE3 piece digest.
+pub fn piece_digest(bytes: &[u8]) -> Result<PieceDigest, Status> {
+    PieceDigest::from_slice(bytes).ok_or_else(|| Status::invalid_argument("piece digest must be 32 bytes"))
 }
 
 /// A failure reason.
@@ -61,8 +60,8 @@ fn parent(c: &Candidate) -> pb::Parent {
 }
 
 /// Known piece digests of the table generation `epoch`, as a scheduler event.
-pub fn digests(epoch: u32, ds: &[(u32, Digest)]) -> pb::SchedulerEvent {
-    let digests = ds.iter().map(|(i, d)| pb::PieceDigest { index: *i, digest: d.as_bytes().to_vec() }).collect();
+pub fn digests(epoch: u32, ds: &[(u32, PieceDigest)]) -> pb::SchedulerEvent {
+    let digests = ds.iter().map(|(i, d)| pb::PieceDigest { index: *i, blake3: d.as_bytes().to_vec() }).collect();
     pb::SchedulerEvent { event: Some(pb::scheduler_event::Event::PieceDigests(pb::PieceDigests { digests, epoch })) }
 }
 

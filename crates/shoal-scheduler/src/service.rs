@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use shoal_core::sched::{Config, Decision, HostId, HostInfo, Offer, PieceRecorded, Scheduler, SessionId, Speaker};
-use shoal_core::Digest;
+use shoal_core::{Digest, PieceDigest};
 use shoal_proto::scheduler as pb;
 use shoal_proto::scheduler::peer_event::Event;
 use tokio::sync::mpsc;
@@ -91,7 +91,7 @@ impl Inner {
     }
 
     /// Sends a newly trusted piece digest to every other peer of the task.
-    fn broadcast_digest(&self, task: Digest, from: &HostId, index: u32, digest: Digest) {
+    fn broadcast_digest(&self, task: Digest, from: &HostId, index: u32, digest: PieceDigest) {
         let epoch = self.with_core(|c, _| c.digest_epoch(task));
         let event = convert::digests(epoch, &[(index, digest)]);
         if let Some(peers) = self.outboxes().get(&task) {
@@ -122,7 +122,7 @@ impl Inner {
     fn apply(&self, task: Digest, host: &HostId, event: Event, outbox: &Outbox) {
         match event {
             Event::PieceFinished(p) => {
-                let Ok(digest) = convert::piece_digest(&p.digest) else { return };
+                let Ok(digest) = convert::piece_digest(&p.blake3) else { return };
                 match self.with_core(|c, now| c.piece_finished(now, task, host, p.index, digest, p.from_origin)) {
                     Ok(PieceRecorded::DigestKept) => self.broadcast_digest(task, host, p.index, digest),
                     Ok(_) => {}

@@ -180,8 +180,8 @@ async fn a_member_cannot_take_over_a_host_or_forge_origin_digests() -> Result<()
     let sent_back = matches!(first.and_then(|e| e.event), Some(scheduler_event::Event::BackToSource(_)));
     ensure!(!sent_back, "the forger was sent back to source; the test needs d0 to be");
     for index in 0..layout.count() {
-        let digest = shoal_core::Digest::of(format!("forged {index}").as_bytes()).as_bytes().to_vec();
-        stream.send(Event::PieceFinished(PieceFinished { index, digest, from_origin: true }))?;
+        let blake3 = shoal_core::PieceDigest::of(format!("forged {index}").as_bytes()).as_bytes().to_vec();
+        stream.send(Event::PieceFinished(PieceFinished { index, blake3, from_origin: true }))?;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(stream);

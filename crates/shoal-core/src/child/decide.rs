@@ -7,7 +7,7 @@ use std::ops::Range;
 use super::{Action, Child, ParentId, Report};
 use crate::picker::{pick, ParentPieces, PickInput};
 use crate::sched::FailReason;
-use crate::{Bitmap, Digest};
+use crate::{Bitmap, PieceDigest};
 
 impl Child {
     pub(super) fn report(&mut self, report: Report) {
@@ -330,7 +330,7 @@ impl Child {
     /// `dropped` (from parents, or resumed). Stop trusting the table and tell the scheduler
     /// (which drops it and decides again), or go to the origin without a scheduler or the
     /// second time.
-    pub(super) fn blob_mismatch(&mut self, now: u64, dropped: &[u32], kept: &[(u32, Digest)]) {
+    pub(super) fn blob_mismatch(&mut self, now: u64, dropped: &[u32], kept: &[(u32, PieceDigest)]) {
         self.mismatches += 1;
         let mut blamed: Vec<ParentId> = Vec::new();
         for i in dropped {

@@ -35,7 +35,7 @@ pub use requests::RequestId;
 use requests::Requests;
 
 use crate::sched::FailReason;
-use crate::{Bitmap, Digest, PieceLayout};
+use crate::{Bitmap, PieceDigest, PieceLayout};
 
 /// A decision for the driver to carry out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +78,7 @@ pub enum Report {
         /// Piece index.
         index: u32,
         /// Its digest.
-        digest: Digest,
+        digest: PieceDigest,
         /// Fetched from the origin (its digest may start the table).
         from_origin: bool,
     },
@@ -121,7 +121,7 @@ pub enum Failure {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// It matched this trusted digest: hand it to the writer (then [`Child::piece_stored`]).
-    Store(Digest),
+    Store(PieceDigest),
     /// Throw it away (cancelled, a duplicate, no digest to check it, or corrupt).
     Discard,
 }
@@ -137,7 +137,7 @@ pub enum Checked {
         /// Pieces removed.
         dropped: Vec<u32>,
         /// Pieces kept, with their digests.
-        kept: Vec<(u32, Digest)>,
+        kept: Vec<(u32, PieceDigest)>,
     },
 }
 
@@ -165,7 +165,7 @@ pub struct Child {
     landing: Bitmap,
     parents: Vec<Parent>,
     requests: Requests,
-    digests: HashMap<u32, Digest>,
+    digests: HashMap<u32, PieceDigest>,
     /// Generation of `digests` (see the scheduler's `PieceDigests.epoch`).
     digest_epoch: u32,
     /// The oldest table generation a piece from a parent was accepted with.
@@ -328,7 +328,7 @@ impl Child {
 
     /// Trusted piece digests of table generation `epoch`. A newer generation replaces the
     /// table (the old one was forged) and forgives parents blamed only for not matching it.
-    pub fn digests(&mut self, now: u64, epoch: u32, digests: impl IntoIterator<Item = (u32, Digest)>) {
+    pub fn digests(&mut self, now: u64, epoch: u32, digests: impl IntoIterator<Item = (u32, PieceDigest)>) {
         if epoch < self.digest_epoch || self.forged_epoch.is_some_and(|f| epoch <= f) {
             return;
         }
@@ -391,7 +391,7 @@ impl Child {
     }
 
     /// Request `id` delivered a piece that hashes to `got`.
-    pub fn piece_received(&mut self, now: u64, id: RequestId, got: Digest) -> Verdict {
+    pub fn piece_received(&mut self, now: u64, id: RequestId, got: PieceDigest) -> Verdict {
         let Some(r) = self.requests.remove(id) else { return Verdict::Discard };
         let p = &mut self.parents[r.parent.0];
         p.in_flight = p.in_flight.saturating_sub(1);
@@ -455,7 +455,7 @@ impl Child {
     }
 
     /// The writer stored piece `index` (from a parent or the origin) with `digest`.
-    pub fn piece_stored(&mut self, now: u64, index: u32, digest: Digest) {
+    pub fn piece_stored(&mut self, now: u64, index: u32, digest: PieceDigest) {
         if index >= self.layout.count() {
             return;
         }

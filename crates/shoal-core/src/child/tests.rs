@@ -10,8 +10,8 @@ fn layout() -> PieceLayout {
     PieceLayout { size: 8 << 20, piece_size: 1 << 20 }
 }
 
-fn truth(i: u32) -> Digest {
-    Digest::of(&i.to_le_bytes())
+fn truth(i: u32) -> PieceDigest {
+    PieceDigest::of(&i.to_le_bytes())
 }
 
 fn full() -> Bitmap {
@@ -139,7 +139,7 @@ fn a_corrupt_piece_drops_its_parent() {
     let mut c = child_with(&["a", "b"]);
     let r = requests(&drain(&mut c));
     let (id, parent, piece) = r[0];
-    assert_eq!(c.piece_received(5, id, Digest::of(b"forged")), Verdict::Discard);
+    assert_eq!(c.piece_received(5, id, PieceDigest::of(b"forged")), Verdict::Discard);
     let a = drain(&mut c);
     let failed = Report::PieceFailed { index: piece, parent, reason: FailReason::DigestMismatch };
     assert!(reports(&a).contains(&&failed), "{a:?}");
@@ -161,7 +161,7 @@ fn a_corrupt_piece_drops_its_parent() {
 fn a_new_table_forgives_parents_blamed_for_the_old_one() {
     let mut c = child_with(&["a"]);
     let (id, parent, _) = requests(&drain(&mut c))[0];
-    c.piece_received(1, id, Digest::of(b"other"));
+    c.piece_received(1, id, PieceDigest::of(b"other"));
     assert!(c.parent(parent).is_bad());
     c.digests(2, 2, (0..8).map(|i| (i, truth(i))));
     assert!(!c.parent(parent).is_bad());
@@ -542,7 +542,7 @@ proptest! {
                 }
                 Event::Deliver(k, ok) if !live.is_empty() => {
                     let (id, _, piece) = live.remove(k as usize % live.len());
-                    let got = if ok { truth(piece) } else { Digest::of(b"bad") };
+                    let got = if ok { truth(piece) } else { PieceDigest::of(b"bad") };
                     if let Verdict::Store(d) = c.piece_received(now, id, got) {
                         prop_assert_eq!(d, truth(piece));
                         prop_assert!(!c.held().get(piece));

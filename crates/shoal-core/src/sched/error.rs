@@ -4,7 +4,7 @@
 //! leaves the scheduler's state half-changed.
 
 use super::{HostId, TaskId};
-use crate::{Digest, PieceLayout};
+use crate::{PieceDigest, PieceLayout};
 
 /// Why [`announce_host`](super::Scheduler::announce_host) refused an announcement.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,8 +92,8 @@ pub enum PieceError {
         /// The piece.
         index: u32,
         /// The digest the scheduler keeps.
-        kept: Digest,
+        kept: PieceDigest,
         /// The digest in the report.
-        reported: Digest,
+        reported: PieceDigest,
     },
 }

@@ -39,7 +39,7 @@ pub use types::{
     Speaker, TaskId,
 };
 
-use crate::{Bitmap, Digest, PieceLayout};
+use crate::{Bitmap, PieceDigest, PieceLayout};
 use decide::Ask;
 use host::Hosts;
 use task::Task;
@@ -258,7 +258,7 @@ impl Scheduler {
         task: TaskId,
         host: &HostId,
         index: u32,
-        digest: Digest,
+        digest: PieceDigest,
         from_origin: bool,
     ) -> Result<PieceRecorded, PieceError> {
         let t = self.tasks.get_mut(&task).ok_or(MembershipError::UnknownTask(task))?;
@@ -335,13 +335,13 @@ impl Scheduler {
 
     /// Every digest the scheduler keeps for the task, by piece index (empty for an unknown
     /// task). Hand them to children with their parents.
-    pub fn piece_digests(&self, task: TaskId) -> Vec<(u32, Digest)> {
+    pub fn piece_digests(&self, task: TaskId) -> Vec<(u32, PieceDigest)> {
         self.tasks.get(&task).map_or_else(Vec::new, |t| t.digests.iter().map(|(&i, &d)| (i, d)).collect())
     }
 
     /// The digest a child must check piece `index` against; `None` when no origin download
     /// has reported it yet (the child must then not accept the piece from a parent).
-    pub fn piece_digest(&self, task: TaskId, index: u32) -> Option<Digest> {
+    pub fn piece_digest(&self, task: TaskId, index: u32) -> Option<PieceDigest> {
         self.tasks.get(&task)?.digests.get(&index).copied()
     }
 

@@ -10,7 +10,7 @@ use super::host::{Hosts, Slot};
 use super::peers::{Peer, Peers};
 use super::stats::{DecisionCounts, FailureCounts, PeerStats, TaskStats};
 use super::{Candidate, Config, FailReason, HostId, MembershipError, ParentStatus, PieceError, PieceRecorded, TaskId};
-use crate::{Bitmap, Digest, PieceLayout};
+use crate::{Bitmap, PieceDigest, PieceLayout};
 
 /// One blob being pulled by some peers.
 #[derive(Debug, Clone)]
@@ -18,7 +18,7 @@ pub(super) struct Task {
     pub layout: PieceLayout,
     pub peers: Peers,
     /// The first digest an origin download reported, per piece.
-    pub digests: BTreeMap<u32, Digest>,
+    pub digests: BTreeMap<u32, PieceDigest>,
     /// Per parent, the peers that reported a digest mismatch from it (kept until the task is
     /// dropped, even if the parent leaves and comes back).
     pub mismatch_reports: BTreeMap<HostId, BTreeSet<HostId>>,
@@ -146,7 +146,7 @@ impl Task {
         task: TaskId,
         host: &HostId,
         index: u32,
-        digest: Digest,
+        digest: PieceDigest,
         from_origin: bool,
     ) -> Result<(PieceRecorded, Slot), PieceError> {
         let count = self.layout.count();

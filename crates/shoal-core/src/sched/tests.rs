@@ -2,6 +2,7 @@
 //! waiting and rescheduling. Shared helpers for the other test modules live here too.
 
 use super::*;
+use crate::Digest;
 
 pub(super) const MIB: u64 = 1 << 20;
 pub(super) const PIECES: u32 = 10;
@@ -218,7 +219,7 @@ fn ranks_by_pieces_then_done_then_load_then_limit_then_id() {
     s.announce_host(2, SESSION, HostInfo { load: 3, ..info("p2", "A") }).unwrap();
     // p5 holds all pieces but has not reported done: ranks after the done seed p3.
     s.register(3, task(), &h("p5"), layout(), bits(&all[..9])).unwrap();
-    s.piece_finished(3, task(), &h("p5"), 9, Digest::of(b"x"), false).unwrap();
+    s.piece_finished(3, task(), &h("p5"), 9, PieceDigest::of(b"x"), false).unwrap();
     let d = reg(&mut s, "p6");
     // p4 (load 1: p5's parent) vs p2 (announced load 3): lighter load first.
     assert_eq!(names(&d), vec!["p3", "p5", "p4", "p2", "p1"]);
@@ -285,7 +286,7 @@ fn reschedule_goes_to_origin_after_asks_without_progress() {
     let ask = |s: &mut Scheduler| s.reschedule(5, task(), &h("a3")).unwrap().kind();
     assert_eq!(ask(&mut s), DecisionKind::Parents);
     // A new piece is progress: the count starts again.
-    s.piece_finished(6, task(), &h("a3"), 0, Digest::of(b"0"), false).unwrap();
+    s.piece_finished(6, task(), &h("a3"), 0, PieceDigest::of(b"0"), false).unwrap();
     assert_eq!(ask(&mut s), DecisionKind::Parents);
     assert_eq!(ask(&mut s), DecisionKind::BackToSource);
     // Once at the origin, it stays there.

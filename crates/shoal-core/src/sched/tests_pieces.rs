@@ -6,6 +6,7 @@ use proptest::prelude::*;
 
 use super::tests::{bits, h, info, layout, reg, reg_with, sched, task, PIECES, SESSION};
 use super::*;
+use crate::Digest;
 
 fn finished(
     s: &mut Scheduler,
@@ -14,7 +15,7 @@ fn finished(
     data: &[u8],
     from_origin: bool,
 ) -> Result<PieceRecorded, PieceError> {
-    let r = s.piece_finished(5, task(), &h(id), index, Digest::of(data), from_origin);
+    let r = s.piece_finished(5, task(), &h(id), index, PieceDigest::of(data), from_origin);
     s.check_invariants();
     r
 }
@@ -31,10 +32,10 @@ fn the_first_origin_digest_wins_and_conflicts_are_refused() {
     let conflict = finished(&mut s, "b1", 0, b"evil", true);
     assert_eq!(
         conflict,
-        Err(PieceError::DigestConflict { index: 0, kept: Digest::of(b"p0"), reported: Digest::of(b"evil") })
+        Err(PieceError::DigestConflict { index: 0, kept: PieceDigest::of(b"p0"), reported: PieceDigest::of(b"evil") })
     );
-    assert_eq!(s.piece_digest(task(), 0), Some(Digest::of(b"p0")));
-    assert_eq!(s.piece_digests(task()), vec![(0, Digest::of(b"p0"))]);
+    assert_eq!(s.piece_digest(task(), 0), Some(PieceDigest::of(b"p0")));
+    assert_eq!(s.piece_digests(task()), vec![(0, PieceDigest::of(b"p0"))]);
     // The refused piece is not offered by b1.
     let st = s.stats(task()).unwrap();
     let b1 = st.per_peer.iter().find(|p| p.host == h("b1")).unwrap();
@@ -81,7 +82,7 @@ fn expired_hosts_leave_their_tasks_and_free_their_slots() {
     assert_eq!(reg(&mut s, "a1"), Decision::BackToSource); // a1 last heard at 1
     reg(&mut s, "a2");
     s.announce_host(60_000, SESSION, info("a2", "A")).unwrap();
-    s.piece_finished(70_000, task(), &h("a2"), 0, Digest::of(b"0"), false).unwrap();
+    s.piece_finished(70_000, task(), &h("a2"), 0, PieceDigest::of(b"0"), false).unwrap();
     assert!(s.expire(89_999).is_empty());
     // a3 was announced at 0 and never heard from since; a1 last registered at 1.
     assert_eq!(s.expire(90_000), vec![h("a3")]);
@@ -233,7 +234,7 @@ fn apply(s: &mut Scheduler, now: &mut u64, op: Op) {
         }
         Op::Finished(t, i, idx, good, origin) => {
             let data: &[u8] = if good { b"good" } else { b"bad" };
-            let _ = s.piece_finished(*now, tasks[t], &host(i), idx, Digest::of(data), origin);
+            let _ = s.piece_finished(*now, tasks[t], &host(i), idx, PieceDigest::of(data), origin);
         }
         Op::Failed(t, i, p, r) => {
             let _ = s.piece_failed(*now, tasks[t], &host(i), 0, &host(p), FailReason::ALL[r]);
@@ -298,7 +299,7 @@ fn a_forged_digest_table_is_dropped_once_and_its_author_distrusted() {
     // a3 found the same old table forged later: the new table stays, a3 gets a2 as parent.
     let d = s.blob_mismatch(7, task(), &h("a3"), 0, &[h("a1")]).unwrap();
     s.check_invariants();
-    assert_eq!(s.piece_digests(task()), vec![(0, Digest::of(b"real"))]);
+    assert_eq!(s.piece_digests(task()), vec![(0, PieceDigest::of(b"real"))]);
     assert_eq!(s.counters().forged_tables, 1);
     let Decision::Parents(ps) = d else { panic!("{d:?}") };
     assert_eq!(ps.iter().map(|p| p.host.clone()).collect::<Vec<_>>(), vec![h("a2")]);

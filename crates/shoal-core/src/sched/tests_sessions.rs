@@ -32,14 +32,14 @@ fn origin_digests_count_only_from_the_peer_sent_back_to_source() {
     assert_eq!(reg(&mut s, "a1"), Decision::BackToSource);
     assert!(matches!(reg(&mut s, "a2"), Decision::Parents(_)));
     // a2 was not sent to the origin: its "from origin" claim is recorded but trusted by no one.
-    let forged = s.piece_finished(5, task(), &h("a2"), 0, Digest::of(b"forged"), true);
+    let forged = s.piece_finished(5, task(), &h("a2"), 0, PieceDigest::of(b"forged"), true);
     assert_eq!(forged, Ok(PieceRecorded::Unverified));
     assert_eq!(s.piece_digest(task(), 0), None);
     // The origin peer's report sets the table; the forged one now conflicts.
-    let real = s.piece_finished(6, task(), &h("a1"), 0, Digest::of(b"real"), true);
+    let real = s.piece_finished(6, task(), &h("a1"), 0, PieceDigest::of(b"real"), true);
     assert_eq!(real, Ok(PieceRecorded::DigestKept));
-    assert_eq!(s.piece_digest(task(), 0), Some(Digest::of(b"real")));
-    let again = s.piece_finished(7, task(), &h("a2"), 0, Digest::of(b"forged"), true);
+    assert_eq!(s.piece_digest(task(), 0), Some(PieceDigest::of(b"real")));
+    let again = s.piece_finished(7, task(), &h("a2"), 0, PieceDigest::of(b"forged"), true);
     assert!(matches!(again, Err(PieceError::DigestConflict { .. })));
     s.check_invariants();
 }

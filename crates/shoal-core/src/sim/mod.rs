@@ -38,7 +38,7 @@ use net::{Net, Source};
 use crate::child::{Action, Checked, Child, ChildConfig, Failure, Offered, ParentId, Report, RequestId, Verdict};
 use crate::sched::{Candidate, Config, Decision, FailReason, HostId, HostInfo, PieceRecorded, Scheduler, SessionId};
 use crate::seeding::{Seeding, SeedingConfig};
-use crate::{Bitmap, Digest, PieceLayout};
+use crate::{Bitmap, Digest, PieceDigest, PieceLayout};
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -243,7 +243,7 @@ pub struct Sim<M: Meter = NoMeter> {
     peers: Vec<Peer>,
     index: HashMap<String, usize>,
     task: Digest,
-    truth: Vec<Digest>,
+    truth: Vec<PieceDigest>,
     now: u64,
     arrived: usize,
     /// Peers whose child has actions to carry out.
@@ -254,7 +254,7 @@ pub struct Sim<M: Meter = NoMeter> {
     /// Peers whose pieces changed since the last step.
     changed: Vec<usize>,
     /// Digests newly trusted since the last step.
-    new_digests: Vec<(u32, Digest)>,
+    new_digests: Vec<(u32, PieceDigest)>,
     /// Per corrupt parent, the peers that caught it.
     reporters: HashMap<usize, BTreeSet<usize>>,
     out: Outcome,
@@ -306,7 +306,7 @@ impl<M: Meter> Sim<M> {
             peers,
             index,
             task: Digest::of(b"the blob"),
-            truth: (0..n).map(|i| Digest::of(&i.to_le_bytes())).collect(),
+            truth: (0..n).map(|i| PieceDigest::of(&i.to_le_bytes())).collect(),
             now: 0,
             arrived: 0,
             todo: Vec::new(),
@@ -735,7 +735,7 @@ impl<M: Meter> Sim<M> {
                 self.peers[i].requests.remove(&id);
                 self.out.peer_bytes += flow.size;
                 let got = if self.peers[p].corrupt {
-                    Digest::of(&[b"corrupt".as_slice(), &piece.to_le_bytes()].concat())
+                    PieceDigest::of(&[b"corrupt".as_slice(), &piece.to_le_bytes()].concat())
                 } else {
                     truth
                 };

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use shoal_core::child::Offered;
-use shoal_core::{Bitmap, Digest, PieceLayout};
+use shoal_core::{Bitmap, Digest, PieceDigest, PieceLayout};
 
 use crate::discovery::{origin_fetcher, Holder, Holdings};
 use crate::peer::client::{DigestTable, PeerClient};
@@ -50,7 +50,7 @@ pub struct Found {
     /// Holders whose tables match the blob's layout, with the pieces they have.
     pub offered: Vec<Offered>,
     /// Digests the holders agree on.
-    pub digests: Vec<(u32, Digest)>,
+    pub digests: Vec<(u32, PieceDigest)>,
 }
 
 impl Found {
@@ -178,17 +178,17 @@ fn have_of(table: &DigestTable) -> Bitmap {
 
 /// Per piece, the digest most holders give (strictly more than any other); holders that give
 /// another one where a majority exists are returned as liars.
-pub fn cross_check(count: u32, tables: &[(Holder, DigestTable)]) -> (Vec<(u32, Digest)>, HashSet<String>) {
+pub fn cross_check(count: u32, tables: &[(Holder, DigestTable)]) -> (Vec<(u32, PieceDigest)>, HashSet<String>) {
     let mut agreed = Vec::new();
     let mut liars = HashSet::new();
     for i in 0..count as usize {
-        let mut votes: HashMap<Digest, Vec<&str>> = HashMap::new();
+        let mut votes: HashMap<PieceDigest, Vec<&str>> = HashMap::new();
         for (h, t) in tables {
             if let Some(Some(d)) = t.digests.get(i) {
                 votes.entry(*d).or_default().push(&h.host_id);
             }
         }
-        let mut ranked: Vec<(&Digest, &Vec<&str>)> = votes.iter().collect();
+        let mut ranked: Vec<(&PieceDigest, &Vec<&str>)> = votes.iter().collect();
         ranked.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
         match ranked.as_slice() {
             [] => {}
@@ -211,7 +211,7 @@ pub fn cross_check(count: u32, tables: &[(Holder, DigestTable)]) -> (Vec<(u32, D
 mod tests {
     use super::*;
 
-    fn table(digests: Vec<Option<Digest>>) -> DigestTable {
+    fn table(digests: Vec<Option<PieceDigest>>) -> DigestTable {
         let layout = PieceLayout { size: digests.len() as u64, piece_size: 1 };
         DigestTable { layout, digests, complete: false }
     }
@@ -222,7 +222,7 @@ mod tests {
 
     #[test]
     fn agreeing_tables_are_trusted_and_a_lone_table_too() {
-        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        let (a, b) = (PieceDigest::of(b"a"), PieceDigest::of(b"b"));
         let tables = vec![(holder("x"), table(vec![Some(a), None])), (holder("y"), table(vec![Some(a), Some(b)]))];
         let (agreed, liars) = cross_check(2, &tables);
         assert_eq!(agreed, vec![(0, a), (1, b)]);
@@ -231,7 +231,7 @@ mod tests {
 
     #[test]
     fn a_majority_outvotes_a_liar_and_a_tie_trusts_nobody() {
-        let (good, forged) = (Digest::of(b"good"), Digest::of(b"forged"));
+        let (good, forged) = (PieceDigest::of(b"good"), PieceDigest::of(b"forged"));
         let tables = vec![
             (holder("x"), table(vec![Some(good), Some(good)])),
             (holder("y"), table(vec![Some(good), Some(forged)])),

@@ -8,4 +8,5 @@ pub(crate) mod origin;
 pub(crate) mod readers;
 pub(crate) mod swarm;
 pub(crate) mod tasks;
+pub(crate) mod whole;
 pub(crate) mod writer;

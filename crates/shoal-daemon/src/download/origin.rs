@@ -9,7 +9,7 @@ use futures::StreamExt;
 use http::header::{CONTENT_RANGE, RANGE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use prometheus_client::metrics::counter::Counter;
-use shoal_core::{Bitmap, Digest, PieceLayout};
+use shoal_core::{Bitmap, Digest, PieceDigest, PieceLayout};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::download::error::{DownloadError, RunError};
@@ -25,7 +25,7 @@ pub enum Chunk {
     /// Part of a stream: bytes at an offset, in order within each piece.
     Stream(u64, Bytes),
     /// A whole piece, already verified against its trusted digest (given).
-    Piece(u32, Bytes, Digest),
+    Piece(u32, Bytes, PieceDigest),
     /// Every piece was sent: check the whole blob and answer (see [`Verified`]).
     Verify(oneshot::Sender<Result<Verified, DownloadError>>),
 }

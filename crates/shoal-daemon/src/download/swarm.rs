@@ -18,7 +18,7 @@ use futures::FutureExt;
 use shoal_core::child::{Action, Checked, Child, ChildConfig, Failure, Offered, ParentId, Report, RequestId, Verdict};
 use shoal_core::picker::PickerConfig;
 use shoal_core::sched::FailReason as CoreReason;
-use shoal_core::{Bitmap, Digest, PieceLayout};
+use shoal_core::{Bitmap, Digest, PieceDigest, PieceLayout};
 use shoal_proto::scheduler::{
     peer_event, scheduler_event, BlobMismatch, FailReason, PieceFailed, PieceFinished, SchedulerEvent,
 };
@@ -124,11 +124,11 @@ pub struct Sink<'a> {
     /// Chunks to the writer.
     pub tx: &'a mpsc::Sender<Chunk>,
     /// Pieces the writer stored, with their digests.
-    pub finished: mpsc::UnboundedReceiver<(u32, Digest)>,
+    pub finished: mpsc::UnboundedReceiver<(u32, PieceDigest)>,
 }
 
 /// A piece from a parent and its sha256 (computed off the async workers).
-type Fetched = Result<(Bytes, Digest), PeerError>;
+type Fetched = Result<(Bytes, PieceDigest), PeerError>;
 
 /// Both ends of a channel the driver feeds itself through.
 type Channel<T> = (mpsc::UnboundedSender<T>, mpsc::UnboundedReceiver<T>);
@@ -328,7 +328,7 @@ impl<'a> Driver<'a> {
         if !self.steered_by_dht() {
             return;
         }
-        let fresh: Vec<(u32, Digest)> =
+        let fresh: Vec<(u32, PieceDigest)> =
             found.digests.iter().copied().filter(|(i, _)| !self.dht_digests.contains(i)).collect();
         self.dht_digests.extend(fresh.iter().map(|(i, _)| *i));
         child.digests(now, self.epoch, fresh);
@@ -495,7 +495,7 @@ impl<'a> Driver<'a> {
         let event = match report {
             Report::PieceFinished { index, digest, from_origin } => peer_event::Event::PieceFinished(PieceFinished {
                 index,
-                digest: digest.as_bytes().to_vec(),
+                blake3: digest.as_bytes().to_vec(),
                 from_origin,
             }),
             Report::PieceFailed { index, parent, reason } => {
@@ -592,10 +592,8 @@ impl<'a> Driver<'a> {
             Some(scheduler_event::Event::PieceDigests(ds)) => {
                 self.epoch = self.epoch.max(ds.epoch);
                 self.dht_digests.clear();
-                let digests = ds.digests.into_iter().filter_map(|d| {
-                    let bytes = <[u8; 32]>::try_from(d.digest.as_slice()).ok()?;
-                    Some((d.index, Digest::from_bytes(bytes)))
-                });
+                let digests =
+                    ds.digests.into_iter().filter_map(|d| Some((d.index, PieceDigest::from_slice(&d.blake3)?)));
                 child.digests(now, ds.epoch, digests);
             }
             None => {}
@@ -621,11 +619,11 @@ fn proto_reason(r: CoreReason) -> FailReason {
     }
 }
 
-/// The piece and its sha256, hashed on a blocking thread: a piece takes milliseconds to hash
-/// and the async workers also drive the QUIC connections.
+/// The piece and its BLAKE3 digest, hashed on a blocking thread: the async workers also drive
+/// the QUIC connections.
 async fn hash_off_workers(bytes: Bytes) -> Fetched {
     tokio::task::spawn_blocking(move || {
-        let digest = crate::hash::digest(&bytes);
+        let digest = PieceDigest::of(&bytes);
         (bytes, digest)
     })
     .await

@@ -1,10 +1,15 @@
 //! Piece assembly: writes a blob's bytes into its partial file, piece by piece, and makes the
 //! blob complete only after the whole file hashes to its digest.
 //!
-//! The writer runs on a blocking thread of its own (file writes and sha256 must not stall the
+//! The writer runs on a blocking thread of its own (file writes and hashing must not stall the
 //! async workers) and is fed byte chunks at offsets by any number of sources. It keeps the piece
-//! bitmap and per-piece sha256 in the metadata store, so a crash resumes instead of restarting,
+//! bitmap and per-piece BLAKE3 digests in the metadata store, so a crash resumes instead of
+//! restarting, feeds the whole-blob sha256 in order from the bytes it is given ([`WholeHash`]),
 //! and publishes [`Progress`] to every reader of the blob. It never decides where bytes come from.
+//!
+//! Once the blob hashes to its digest, the verified state is made durable and published
+//! ([`State::Verified`]: readers may send the last byte) before the file is synced and moved to
+//! its final path; a crash in between is finished at start-up ([`crate::store::gc::recover`]).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -12,10 +17,12 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shoal_core::{Bitmap, Digest, PieceLayout};
+use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
+use shoal_core::{Bitmap, Digest, PieceDigest, PieceHasher, PieceLayout};
 use tokio::sync::watch;
 
-use crate::hash::Hasher;
+use crate::download::whole::WholeHash;
 use crate::store::meta::{BlobRecord, BlobState, Durability, MetaError, MetaStore};
 use crate::store::paths::Paths;
 
@@ -68,7 +75,7 @@ pub enum Verified {
         /// The pieces dropped.
         pieces: Vec<u32>,
         /// The pieces kept (they came from this node's origin stream), with their digests.
-        kept: Vec<(u32, Digest)>,
+        kept: Vec<(u32, PieceDigest)>,
     },
 }
 
@@ -91,7 +98,7 @@ pub struct Progress {
     /// Pieces streaming from the origin right now, with the bytes present from each one's
     /// start, by piece: those bytes are verified too (they came from the origin itself).
     pub streaming: Vec<(u32, u64)>,
-    /// Running, complete or failed.
+    /// Running, verified, complete or failed.
     pub state: State,
 }
 
@@ -99,7 +106,7 @@ impl Progress {
     /// How far from `pos` a ranged response may send: the end of the verified bytes that run
     /// from `pos` without a gap (`pos` itself when the byte at `pos` is not verified yet).
     pub fn verified_from(&self, layout: &PieceLayout, pos: u64) -> u64 {
-        if self.state == State::Complete {
+        if self.state.is_verified() {
             return layout.size;
         }
         let mut i = layout.piece_of(pos);
@@ -116,12 +123,22 @@ impl Progress {
 pub enum State {
     /// Still receiving pieces.
     Running,
+    /// Every byte is in the file and the blob hashes to its digest (recorded durably); the file
+    /// is being synced and moved to its final path.
+    Verified,
     /// Verified and at its final path.
     Complete,
     /// Given up; the message says why.
     Failed(Arc<str>),
     /// The disk could not hold it (full, failing, read-only): nothing was kept.
     StoreFailed(Arc<str>),
+}
+
+impl State {
+    /// True once the whole blob hashed to its digest: every byte may be served.
+    pub fn is_verified(&self) -> bool {
+        matches!(self, Self::Verified | Self::Complete)
+    }
 }
 
 impl WriteError {
@@ -146,15 +163,15 @@ pub struct PieceWriter {
     /// Present pieces that came from the origin stream or matched a trusted digest (see
     /// [`Progress::verified`]).
     verified: Bitmap,
-    inflight: HashMap<u32, (Option<Hasher>, u64)>,
-    whole: Hasher,
+    inflight: HashMap<u32, (Option<PieceHasher>, u64)>,
+    whole: WholeHash,
     hash_pieces: bool,
     /// Test-only fault: report forged digests (see [`crate::fault::POISON`]).
     poison: bool,
-    whole_pos: u64,
     last_sync: Option<Instant>,
     progress: watch::Sender<Progress>,
-    finished: Option<tokio::sync::mpsc::UnboundedSender<(u32, Digest)>>,
+    finished: Option<tokio::sync::mpsc::UnboundedSender<(u32, PieceDigest)>>,
+    reread_counter: Option<Counter>,
 }
 
 impl PieceWriter {
@@ -201,13 +218,13 @@ impl PieceWriter {
             verified: Bitmap::new(layout.count()),
             have,
             inflight: HashMap::new(),
-            whole: Hasher::default(),
+            whole: WholeHash::default(),
             hash_pieces: true,
             poison: false,
-            whole_pos: 0,
             last_sync: None,
             progress,
             finished: None,
+            reread_counter: None,
         };
         w.publish();
         Ok(w)
@@ -239,12 +256,12 @@ impl PieceWriter {
         &self.have
     }
 
-    /// Reports every piece completed from now on, with its sha256, on `tx`.
-    pub fn report_to(&mut self, tx: tokio::sync::mpsc::UnboundedSender<(u32, Digest)>) {
+    /// Reports every piece completed from now on, with its digest, on `tx`.
+    pub fn report_to(&mut self, tx: tokio::sync::mpsc::UnboundedSender<(u32, PieceDigest)>) {
         self.finished = Some(tx);
     }
 
-    /// Computes and records a sha256 per piece (needed to serve peers and to report pieces to
+    /// Computes and records a BLAKE3 digest per piece (needed to serve peers and to report pieces to
     /// the scheduler; without them, resume trusts the bitmap and the whole-blob check decides).
     pub fn set_piece_hashing(&mut self, on: bool) {
         self.hash_pieces = on;
@@ -259,7 +276,7 @@ impl PieceWriter {
     /// Writes a whole piece already verified against its trusted `digest` (from a parent), so
     /// it is not hashed again. It replaces any partial stream of the same piece; ignored if the
     /// piece is present.
-    pub fn write_piece(&mut self, index: u32, data: &[u8], digest: Digest) -> Result<(), WriteError> {
+    pub fn write_piece(&mut self, index: u32, data: Bytes, digest: PieceDigest) -> Result<(), WriteError> {
         let piece = self.layout.piece(index);
         if piece.is_empty() || piece.len() != data.len() as u64 {
             return Err(WriteError::OutOfOrder { offset: piece.start, piece: index });
@@ -268,7 +285,7 @@ impl PieceWriter {
             return Ok(());
         }
         self.inflight.insert(index, (None, 0));
-        self.file.write_all_at(data, piece.start)?;
+        self.file.write_all_at(&data, piece.start)?;
         self.inflight.remove(&index);
         self.unconfirmed.set(index);
         self.verified.set(index);
@@ -280,7 +297,7 @@ impl PieceWriter {
 
     /// Writes `data` at `offset`. Bytes of pieces already present are ignored; within a piece,
     /// bytes must arrive in order from the piece's start.
-    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), WriteError> {
+    pub fn write(&mut self, offset: u64, data: Bytes) -> Result<(), WriteError> {
         let end = offset.checked_add(data.len() as u64).filter(|&e| e <= self.layout.size);
         let Some(end) = end else {
             return Err(WriteError::OutOfOrder { offset, piece: self.layout.piece_of(offset) });
@@ -304,7 +321,7 @@ impl PieceWriter {
             return Ok(());
         }
         let piece = self.layout.piece(index);
-        let fresh = || (self.hash_pieces.then(Hasher::default), 0);
+        let fresh = || (self.hash_pieces.then(PieceHasher::default), 0);
         let entry = self.inflight.entry(index).or_insert_with(fresh);
         if pos == piece.start && entry.1 != 0 {
             *entry = fresh();
@@ -319,12 +336,12 @@ impl PieceWriter {
         entry.1 += slice.len() as u64;
         if entry.1 == piece.len() {
             let hasher = self.inflight.remove(&index).and_then(|(h, _)| h);
-            let mut digest = hasher.map(Hasher::finish);
+            let mut digest = hasher.map(|h| h.finish());
             if self.poison && digest.is_some() {
                 let mut bytes = vec![0u8; piece.len() as usize];
                 self.file.read_exact_at(&mut bytes, piece.start)?;
                 crate::fault::corrupt_piece(&mut bytes);
-                digest = Some(crate::hash::digest(&bytes));
+                digest = Some(PieceDigest::of(&bytes));
             }
             self.verified.set(index);
             self.complete_piece(index, digest)?;
@@ -332,7 +349,7 @@ impl PieceWriter {
         Ok(())
     }
 
-    fn complete_piece(&mut self, index: u32, digest: Option<Digest>) -> Result<(), WriteError> {
+    fn complete_piece(&mut self, index: u32, digest: Option<PieceDigest>) -> Result<(), WriteError> {
         self.have.set(index);
         self.record.piece_digests[index as usize] = digest.map(|d| d.hex()).unwrap_or_default();
         self.record.state = BlobState::Partial { bitmap: self.have.as_bytes().to_vec() };
@@ -361,26 +378,21 @@ impl PieceWriter {
         }
     }
 
-    /// Feeds the whole-blob hash up to the available prefix: from memory when the chunk just
-    /// written continues it, else by reading back the file (resumed or out-of-order pieces).
-    fn advance_whole(&mut self, offset: u64, data: &[u8]) -> Result<(), WriteError> {
-        if offset <= self.whole_pos && self.whole_pos < offset + data.len() as u64 {
-            self.whole.update(&data[(self.whole_pos - offset) as usize..]);
-            self.whole_pos = offset + data.len() as u64;
-        }
-        let available = self.available();
-        if self.whole_pos >= available {
-            return Ok(());
-        }
-        // Only resumed or out-of-order pieces get here: read them back once.
-        let mut buf = vec![0u8; 1 << 20];
-        while self.whole_pos < available {
-            let n = ((available - self.whole_pos) as usize).min(buf.len());
-            self.file.read_exact_at(&mut buf[..n], self.whole_pos)?;
-            self.whole.update(&buf[..n]);
-            self.whole_pos += n as u64;
+    /// Feeds the whole-blob hash with `data` (written at `offset`) and extends it to the
+    /// available prefix, reading back only what is not in memory (see [`WholeHash`]).
+    fn advance_whole(&mut self, offset: u64, data: Bytes) -> Result<(), WriteError> {
+        self.whole.add(offset, data);
+        let before = self.whole.reread();
+        self.whole.catch_up(&self.file, self.available())?;
+        if let Some(counter) = &self.reread_counter {
+            counter.inc_by(self.whole.reread() - before);
         }
         Ok(())
+    }
+
+    /// Counts on `counter` the bytes read back from the file to hash the whole blob.
+    pub fn count_rereads(&mut self, counter: Counter) {
+        self.reread_counter = Some(counter);
     }
 
     /// Bytes from offset 0 without a gap that came from this node's origin stream.
@@ -429,8 +441,8 @@ impl PieceWriter {
         if !self.have.is_full() {
             return Err(WriteError::Incomplete { have: self.have.count(), total: self.have.len() });
         }
-        self.advance_whole(self.layout.size, &[])?;
-        let actual = self.whole.clone().finish();
+        self.advance_whole(self.layout.size, Bytes::new())?;
+        let actual = self.whole.digest();
         if actual == self.digest {
             self.complete()?;
             return Ok(Verified::Complete);
@@ -449,13 +461,12 @@ impl PieceWriter {
         self.unconfirmed = Bitmap::new(self.layout.count());
         self.record.state = BlobState::Partial { bitmap: self.have.as_bytes().to_vec() };
         self.meta.put_blob(&self.digest, &self.record, Durability::Sync)?;
-        self.whole = Hasher::default();
-        self.whole_pos = 0;
-        self.advance_whole(0, &[])?;
+        self.whole.restart();
+        self.advance_whole(0, Bytes::new())?;
         self.publish();
         let kept = (0..self.layout.count())
             .filter(|&i| self.have.get(i))
-            .filter_map(|i| Some((i, format!("sha256:{}", self.record.piece_digests[i as usize]).parse().ok()?)))
+            .filter_map(|i| Some((i, PieceDigest::from_hex(&self.record.piece_digests[i as usize])?)))
             .collect();
         Ok(Verified::Dropped { pieces: dropped, kept })
     }
@@ -472,16 +483,13 @@ impl PieceWriter {
         }
     }
 
+    /// Records the verified state durably and publishes it (readers may send the last byte
+    /// now), then syncs the file, moves it to its final path and records it complete.
     fn complete(&mut self) -> Result<(), WriteError> {
-        self.file.sync_all()?;
-        let dest = self.paths.blob(&self.digest);
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::rename(self.paths.partial(&self.digest), &dest)?;
-        if let Some(parent) = dest.parent() {
-            File::open(parent)?.sync_all()?;
-        }
+        self.record.state = BlobState::Verified;
+        self.meta.put_blob(&self.digest, &self.record, Durability::Sync)?;
+        self.progress.send_modify(|p| p.state = State::Verified);
+        self.paths.promote(&self.digest, &self.file)?;
         self.record.state = BlobState::Complete;
         self.meta.put_blob(&self.digest, &self.record, Durability::Sync)?;
         self.progress.send_modify(|p| p.state = State::Complete);
@@ -511,7 +519,7 @@ fn verify_pieces(file: &File, record: &mut BlobRecord) -> Result<Bitmap, WriteEr
         // Pieces recorded without a digest (no peers to serve) are trusted here; the whole-blob
         // check at the end still decides whether the blob is complete.
         let ok = file.read_exact_at(&mut buf, range.start).is_ok()
-            && (want.is_empty() || crate::hash::digest(&buf).hex() == *want);
+            && (want.is_empty() || PieceDigest::of(&buf).hex() == *want);
         if ok {
             checked.set(i);
         } else {
@@ -526,7 +534,12 @@ fn verify_pieces(file: &File, record: &mut BlobRecord) -> Result<Bitmap, WriteEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hash::Hasher;
     use crate::store::meta::MemMeta;
+
+    fn b(data: &[u8]) -> Bytes {
+        Bytes::copy_from_slice(data)
+    }
 
     /// Reads a whole local file into its digest (used to re-verify complete blobs on demand).
     pub fn digest_file(path: &std::path::Path) -> std::io::Result<Digest> {
@@ -563,7 +576,7 @@ mod tests {
         let mut w = PieceWriter::open(&paths, meta.clone(), digest, layout, 0).unwrap();
         let rx = w.subscribe();
         for (i, chunk) in data.chunks(10_000).enumerate() {
-            w.write((i * 10_000) as u64, chunk).unwrap();
+            w.write((i * 10_000) as u64, b(chunk)).unwrap();
             assert_eq!(rx.borrow().available, ((i + 1) * 10_000).min(data.len()) as u64);
         }
         w.finish().unwrap();
@@ -579,7 +592,7 @@ mod tests {
         let (_d, paths, meta, digest, layout) = setup(&data);
         let mut w = PieceWriter::open(&paths, meta, digest, layout, 0).unwrap();
         for i in [3usize, 1, 0, 2] {
-            w.write((i * MIB) as u64, &data[i * MIB..(i + 1) * MIB]).unwrap();
+            w.write((i * MIB) as u64, b(&data[i * MIB..(i + 1) * MIB])).unwrap();
             assert!(w.have().get(i as u32));
         }
         assert_eq!(w.subscribe().borrow().available, data.len() as u64);
@@ -591,14 +604,14 @@ mod tests {
         let data = blob(4 * MIB);
         let (_d, paths, meta, digest, layout) = setup(&data);
         let mut w = PieceWriter::open(&paths, meta.clone(), digest, layout, 0).unwrap();
-        w.write(0, &data[..2 * MIB + 5]).unwrap();
+        w.write(0, b(&data[..2 * MIB + 5])).unwrap();
         drop(w);
         // Corrupt piece 1 on disk, as a torn write would.
         let f = OpenOptions::new().write(true).open(paths.partial(&digest)).unwrap();
         f.write_all_at(b"garbage", MIB as u64 + 10).unwrap();
         let mut w = PieceWriter::open(&paths, meta.clone(), digest, layout, 0).unwrap();
         assert_eq!(w.have().missing().collect::<Vec<_>>(), vec![1, 2, 3]);
-        w.write(MIB as u64, &data[MIB..]).unwrap();
+        w.write(MIB as u64, b(&data[MIB..])).unwrap();
         w.finish().unwrap();
         assert_eq!(digest_file(&paths.blob(&digest)).unwrap(), digest);
     }
@@ -610,7 +623,7 @@ mod tests {
         let wrong = Digest::of(b"something else");
         let mut w = PieceWriter::open(&paths, meta.clone(), wrong, layout, 0).unwrap();
         let rx = w.subscribe();
-        w.write(0, &data).unwrap();
+        w.write(0, b(&data)).unwrap();
         assert!(matches!(w.finish(), Err(WriteError::DigestMismatch { .. })));
         assert_ne!(rx.borrow().state, State::Complete);
         assert!(!paths.partial(&wrong).exists() && !paths.blob(&wrong).exists());
@@ -622,9 +635,9 @@ mod tests {
         let data = blob(2 * MIB);
         let (_d, paths, meta, digest, layout) = setup(&data);
         let mut w = PieceWriter::open(&paths, meta, digest, layout, 0).unwrap();
-        assert!(matches!(w.write(10, &data[10..20]), Err(WriteError::OutOfOrder { .. })));
-        assert!(matches!(w.write(2 * MIB as u64 - 1, b"xy"), Err(WriteError::OutOfOrder { .. })));
-        assert!(matches!(w.write(u64::MAX, b"x"), Err(WriteError::OutOfOrder { .. })));
+        assert!(matches!(w.write(10, b(&data[10..20])), Err(WriteError::OutOfOrder { .. })));
+        assert!(matches!(w.write(2 * MIB as u64 - 1, b(b"xy")), Err(WriteError::OutOfOrder { .. })));
+        assert!(matches!(w.write(u64::MAX, b(b"x")), Err(WriteError::OutOfOrder { .. })));
         assert!(matches!(w.finish(), Err(WriteError::Incomplete { have: 0, total: 2 })));
     }
 
@@ -634,20 +647,20 @@ mod tests {
         let (_d, paths, meta, digest, layout) = setup(&data);
         let mut w = PieceWriter::open(&paths, meta.clone(), digest, layout, 0).unwrap();
         let rx = w.subscribe();
-        w.write(0, &data[..MIB]).unwrap();
+        w.write(0, b(&data[..MIB])).unwrap();
         assert_eq!(rx.borrow().confirmed, MIB as u64);
         // Piece 1 from a parent whose (forged) digest matched its (wrong) bytes.
         let mut bad = data[MIB..2 * MIB].to_vec();
         bad[0] ^= 0xff;
-        w.write_piece(1, &bad, crate::hash::digest(&bad)).unwrap();
-        w.write(2 * MIB as u64, &data[2 * MIB..]).unwrap();
+        w.write_piece(1, b(&bad), PieceDigest::of(&bad)).unwrap();
+        w.write(2 * MIB as u64, b(&data[2 * MIB..])).unwrap();
         let p = rx.borrow().clone();
         assert_eq!((p.available, p.confirmed), (data.len() as u64, MIB as u64));
-        let kept = [0u32, 2, 3].map(|i| (i, crate::hash::digest(&data[i as usize * MIB..(i as usize + 1) * MIB])));
+        let kept = [0u32, 2, 3].map(|i| (i, PieceDigest::of(&data[i as usize * MIB..(i as usize + 1) * MIB])));
         assert_eq!(w.verify().unwrap(), Verified::Dropped { pieces: vec![1], kept: kept.to_vec() });
         assert!(!w.have().get(1) && w.have().get(2));
         assert_eq!(meta.blob(&digest).unwrap().unwrap().bitmap().count(), 3);
-        w.write(MIB as u64, &data[MIB..2 * MIB]).unwrap();
+        w.write(MIB as u64, b(&data[MIB..2 * MIB])).unwrap();
         assert_eq!(rx.borrow().confirmed, data.len() as u64);
         assert_eq!(w.verify().unwrap(), Verified::Complete);
         assert_eq!(std::fs::read(paths.blob(&digest)).unwrap(), data);
@@ -661,17 +674,17 @@ mod tests {
         let rx = w.subscribe();
         let from = |pos: usize| rx.borrow().verified_from(&layout, pos as u64) as usize;
         // The last piece streams from the origin: its bytes count as they land, the last included.
-        w.write(3 * MIB as u64, &data[3 * MIB..3 * MIB + 100]).unwrap();
+        w.write(3 * MIB as u64, b(&data[3 * MIB..3 * MIB + 100])).unwrap();
         assert_eq!((from(3 * MIB), from(3 * MIB + 100), from(0)), (3 * MIB + 100, 3 * MIB + 100, 0));
-        w.write(3 * MIB as u64 + 100, &data[3 * MIB + 100..]).unwrap();
+        w.write(3 * MIB as u64 + 100, b(&data[3 * MIB + 100..])).unwrap();
         assert_eq!(from(3 * MIB + 7), 4 * MIB);
         // A parent's piece that matched its trusted digest counts too; up to the next gap.
         let piece = &data[MIB..2 * MIB];
-        w.write_piece(1, piece, crate::hash::digest(piece)).unwrap();
+        w.write_piece(1, b(piece), PieceDigest::of(piece)).unwrap();
         assert_eq!((from(MIB), from(2 * MIB)), (2 * MIB, 2 * MIB));
         let p = rx.borrow().clone();
         assert_eq!((p.confirmed, p.state), (0, State::Running), "the whole-blob prefix is another matter");
-        w.write(0, &data[..3 * MIB]).unwrap();
+        w.write(0, b(&data[..3 * MIB])).unwrap();
         assert_eq!(from(0), 4 * MIB);
         assert!(rx.borrow().streaming.is_empty());
         w.finish().unwrap();
@@ -682,14 +695,14 @@ mod tests {
         let data = blob(4 * MIB);
         let (_d, paths, meta, digest, layout) = setup(&data);
         let mut w = PieceWriter::open(&paths, meta.clone(), digest, layout, 0).unwrap();
-        w.write(0, &data[..2 * MIB]).unwrap();
+        w.write(0, b(&data[..2 * MIB])).unwrap();
         assert_eq!(w.subscribe().borrow().verified_from(&layout, 0), 2 * MIB as u64);
         drop(w);
         let mut w = PieceWriter::open(&paths, meta, digest, layout, 0).unwrap();
         let rx = w.subscribe();
         assert_eq!(w.have().count(), 2);
         assert_eq!(rx.borrow().verified_from(&layout, 0), 0);
-        w.write(2 * MIB as u64, &data[2 * MIB..]).unwrap();
+        w.write(2 * MIB as u64, b(&data[2 * MIB..])).unwrap();
         assert_eq!(rx.borrow().verified_from(&layout, 0), 0);
         assert_eq!(rx.borrow().verified_from(&layout, 2 * MIB as u64), 4 * MIB as u64);
         w.finish().unwrap();
@@ -704,9 +717,9 @@ mod tests {
         let rx = w.subscribe();
         let mut bad = data[MIB..2 * MIB].to_vec();
         bad[7] ^= 1;
-        w.write_piece(1, &bad, crate::hash::digest(&bad)).unwrap();
-        w.write(0, &data[..MIB]).unwrap();
-        w.write(2 * MIB as u64, &data[2 * MIB..]).unwrap();
+        w.write_piece(1, b(&bad), PieceDigest::of(&bad)).unwrap();
+        w.write(0, b(&data[..MIB])).unwrap();
+        w.write(2 * MIB as u64, b(&data[2 * MIB..])).unwrap();
         assert_eq!(rx.borrow().verified_from(&layout, 0), 3 * MIB as u64);
         assert!(matches!(w.verify().unwrap(), Verified::Dropped { .. }));
         assert_eq!(rx.borrow().verified_from(&layout, 0), MIB as u64);

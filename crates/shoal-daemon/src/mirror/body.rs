@@ -196,7 +196,7 @@ impl Reader {
             let ready = {
                 let p = rx.borrow_and_update();
                 match &p.state {
-                    State::Complete => layout.size,
+                    State::Verified | State::Complete => layout.size,
                     State::Failed(why) => return Err(failed("download_failed", why)),
                     State::StoreFailed(why) => return Err(failed("store_failed", why)),
                     State::Running => servable(&p, &layout, pos, whole),
@@ -205,7 +205,7 @@ impl Reader {
             if ready > pos {
                 return Ok(ready);
             }
-            if rx.changed().await.is_err() && rx.borrow().state != State::Complete {
+            if rx.changed().await.is_err() && !rx.borrow().state.is_verified() {
                 return Err(failed("download_failed", "blob download ended before the blob was complete"));
             }
         }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use shoal_core::{Digest, PieceLayout};
+use shoal_core::{Digest, PieceDigest, PieceLayout};
 use shoal_proto::peer::{
     request, DigestsAnswer, DigestsRequest, HaveRequest, HaveUpdate, Hello, PieceHeader, PieceRequest, PieceStatus,
     Request,
@@ -142,7 +142,7 @@ pub struct DigestTable {
     /// The blob's layout, as the holder has it (the standard one for its size).
     pub layout: PieceLayout,
     /// One per piece: its digest, or `None` when the holder has no digest for it.
-    pub digests: Vec<Option<Digest>>,
+    pub digests: Vec<Option<PieceDigest>>,
     /// The holder has the whole blob and it matched its sha256 there.
     pub complete: bool,
 }
@@ -189,19 +189,23 @@ impl PeerClient {
 
 /// Appends one page's digests, checking that it continues the table where it stopped, keeps
 /// the layout, brings at least one digest and no more than the blob has.
-fn append_page(digests: &mut Vec<Option<Digest>>, page: &DigestsAnswer, layout: PieceLayout) -> Result<(), PeerError> {
+fn append_page(
+    digests: &mut Vec<Option<PieceDigest>>,
+    page: &DigestsAnswer,
+    layout: PieceLayout,
+) -> Result<(), PeerError> {
     let count = layout.count() as usize;
     let continues = page.held && page.first as usize == digests.len() && page.size == layout.size;
     if !continues || page.piece_size != layout.piece_size {
         return Err(malformed(&"a page that does not continue the table"));
     }
-    if (page.digests.is_empty() && digests.len() < count) || digests.len() + page.digests.len() > count {
-        return Err(malformed(&format!("{} digests from piece {} of {count}", page.digests.len(), page.first)));
+    if (page.blake3.is_empty() && digests.len() < count) || digests.len() + page.blake3.len() > count {
+        return Err(malformed(&format!("{} digests from piece {} of {count}", page.blake3.len(), page.first)));
     }
-    for d in &page.digests {
+    for d in &page.blake3 {
         digests.push(match d.len() {
             0 => None,
-            32 => Some(Digest::from_bytes(d.as_slice().try_into().unwrap_or([0; 32]))),
+            32 => PieceDigest::from_slice(d),
             n => return Err(malformed(&format!("a piece digest of {n} bytes"))),
         });
     }

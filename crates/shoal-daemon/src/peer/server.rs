@@ -300,7 +300,7 @@ fn digest_page(meta: &dyn MetaStore, req: &DigestsRequest) -> DigestsAnswer {
         size: record.layout.size,
         piece_size: record.layout.piece_size,
         first,
-        digests: (first..end).map(digest).collect(),
+        blake3: (first..end).map(digest).collect(),
         complete: record.is_complete(),
     }
 }

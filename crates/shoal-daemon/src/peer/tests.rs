@@ -217,7 +217,7 @@ fn record(meta: &MemMeta, blob: &OneBlob, bytes: &[u8], pieces: &[u32], complete
     let mut have = Bitmap::new(blob.layout.count());
     for &i in pieces {
         let p = blob.layout.piece(i);
-        r.piece_digests[i as usize] = crate::hash::digest(&bytes[p.start as usize..p.end as usize]).hex();
+        r.piece_digests[i as usize] = shoal_core::PieceDigest::of(&bytes[p.start as usize..p.end as usize]).hex();
         have.set(i);
     }
     r.state = if complete { BlobState::Complete } else { BlobState::Partial { bitmap: have.as_bytes().to_vec() } };
@@ -237,7 +237,7 @@ async fn holders_answer_with_the_digests_they_have() {
     assert_eq!(table.layout, blob.layout);
     for (i, d) in table.digests.iter().enumerate() {
         let p = blob.layout.piece(i as u32);
-        assert_eq!(*d, Some(crate::hash::digest(&bytes[p.start as usize..p.end as usize])), "piece {i}");
+        assert_eq!(*d, Some(shoal_core::PieceDigest::of(&bytes[p.start as usize..p.end as usize])), "piece {i}");
     }
 
     record(&meta, &blob, &bytes, &[0, 2], false);
@@ -266,7 +266,7 @@ async fn a_large_table_comes_in_bounded_pages() {
     let digest = Digest::of(b"huge");
     let mut r = BlobRecord::new(layout, 0);
     for (i, d) in r.piece_digests.iter_mut().enumerate() {
-        *d = Digest::of(&i.to_be_bytes()).hex();
+        *d = shoal_core::PieceDigest::of(&i.to_be_bytes()).hex();
     }
     r.state = BlobState::Complete;
     let meta = Arc::new(MemMeta::default());
@@ -274,6 +274,6 @@ async fn a_large_table_comes_in_bounded_pages() {
     let addr = start_with_meta(Arc::new(OneBlob::new(b"unrelated")), b"t", false, meta);
     let table = client(b"t").fetch_digests(addr, &digest, 1 << 40).await.unwrap();
     assert_eq!(table.digests.len(), 20_000);
-    assert_eq!(table.digests[19_999], Some(Digest::of(&19_999usize.to_be_bytes())));
+    assert_eq!(table.digests[19_999], Some(shoal_core::PieceDigest::of(&19_999usize.to_be_bytes())));
     assert!(table.digests.iter().all(Option::is_some));
 }

@@ -10,9 +10,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use shoal_core::Digest;
+
 use crate::discovery::Holdings;
+use crate::hash::Hasher;
 use crate::metrics::Metrics;
-use crate::store::meta::{MetaError, MetaStore};
+use crate::store::meta::{BlobRecord, BlobState, Durability, MetaError, MetaStore};
 use crate::store::paths::Paths;
 use crate::store::space::Space;
 
@@ -24,7 +27,10 @@ pub fn recover(paths: &Paths, meta: &dyn MetaStore) -> Result<u64, MetaError> {
     let mut complete = HashSet::new();
     let mut partial = HashSet::new();
     let mut bytes = 0;
-    for (digest, record) in meta.blobs()? {
+    for (digest, mut record) in meta.blobs()? {
+        if record.state == BlobState::Verified {
+            finish_verified(paths, meta, &digest, &mut record)?;
+        }
         let path = if record.is_complete() { paths.blob(&digest) } else { paths.partial(&digest) };
         let ok = std::fs::metadata(&path).is_ok_and(|m| m.len() == record.layout.size);
         if !ok {
@@ -45,6 +51,47 @@ pub fn recover(paths: &Paths, meta: &dyn MetaStore) -> Result<u64, MetaError> {
         }
     }
     Ok(bytes)
+}
+
+/// Finishes a blob that was verified but not yet moved when the daemon stopped: if its partial
+/// file still hashes to its digest it is synced, moved and recorded complete (no byte fetched
+/// again); otherwise it goes back to partial with no pieces, to be fetched again when asked for.
+fn finish_verified(
+    paths: &Paths,
+    meta: &dyn MetaStore,
+    digest: &Digest,
+    record: &mut BlobRecord,
+) -> Result<(), MetaError> {
+    let partial = paths.partial(digest);
+    let promoted = std::fs::File::open(&partial).and_then(|file| {
+        if digest_file(&file)? != *digest {
+            return Err(std::io::Error::other("the partial file no longer hashes to its digest"));
+        }
+        paths.promote(digest, &file)
+    });
+    match promoted {
+        Ok(()) => {
+            tracing::info!(%digest, "finished a blob verified before the restart");
+            record.state = BlobState::Complete;
+        }
+        Err(e) => {
+            tracing::warn!(%digest, error = %e, "a blob verified before the restart is fetched again");
+            *record = BlobRecord::new(record.layout, record.last_access);
+        }
+    }
+    meta.put_blob(digest, record, Durability::Sync)
+}
+
+/// The sha256 of a whole file.
+fn digest_file(mut file: &std::fs::File) -> std::io::Result<Digest> {
+    let mut h = Hasher::default();
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        match std::io::Read::read(&mut file, &mut buf)? {
+            0 => return Ok(h.finish()),
+            n => h.update(&buf[..n]),
+        }
+    }
 }
 
 /// Deletes files in `dir` whose name is not in `known` (left by a crash before their record).
@@ -92,7 +139,7 @@ mod tests {
     use super::*;
     use crate::store::meta::MemMeta;
     use crate::store::space::tests::put_complete;
-    use shoal_core::Digest;
+    use shoal_core::PieceLayout;
 
     #[test]
     fn recovery_drops_orphans_both_ways() {
@@ -109,5 +156,32 @@ mod tests {
         assert!(meta.blob(&kept).unwrap().is_some());
         assert!(meta.blob(&lost).unwrap().is_none());
         assert!(!paths.partial(&stray).exists());
+    }
+
+    /// A blob verified just before a crash (its record says so, its file is still partial).
+    fn verified_partial(paths: &Paths, meta: &MemMeta, digest: Digest, bytes: &[u8]) {
+        std::fs::write(paths.partial(&digest), bytes).unwrap();
+        let mut record = BlobRecord::new(PieceLayout::for_size(bytes.len() as u64), 1);
+        record.state = BlobState::Verified;
+        meta.put_blob(&digest, &record, Durability::Sync).unwrap();
+    }
+
+    #[test]
+    fn a_blob_verified_before_a_crash_is_finished_without_fetching() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path());
+        paths.create().unwrap();
+        let meta = MemMeta::default();
+        let good = Digest::of(b"verified");
+        verified_partial(&paths, &meta, good, b"verified");
+        let torn = Digest::of(b"torn write");
+        verified_partial(&paths, &meta, torn, b"torn wrote");
+        assert_eq!(recover(&paths, &meta).unwrap(), 8, "only the good blob is complete");
+        assert!(meta.blob(&good).unwrap().unwrap().is_complete());
+        assert_eq!(std::fs::read(paths.blob(&good)).unwrap(), b"verified");
+        assert!(!paths.partial(&good).exists());
+        let again = meta.blob(&torn).unwrap().unwrap();
+        assert_eq!(again.state, BlobState::Partial { bitmap: vec![0] }, "fetched again, nothing trusted");
+        assert!(!paths.blob(&torn).exists());
     }
 }

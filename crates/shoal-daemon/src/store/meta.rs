@@ -34,6 +34,9 @@ pub enum BlobState {
         /// Present pieces (encoded [`Bitmap`]).
         bitmap: Vec<u8>,
     },
+    /// Every byte is in the partial file and the blob hashed to its digest, but the file may
+    /// not be synced and moved yet: start-up checks it again and finishes the move.
+    Verified,
     /// Complete and verified against its digest, at its final path.
     Complete,
 }
@@ -45,7 +48,9 @@ pub struct BlobRecord {
     pub layout: PieceLayout,
     /// Partial or complete.
     pub state: BlobState,
-    /// sha256 of each piece present, as hex (empty string for missing pieces).
+    /// BLAKE3 of each piece present, as hex (empty string for missing pieces). Stored under
+    /// a key of its own: records of the sha256 era read as having no piece digests.
+    #[serde(rename = "piece_blake3", default)]
     pub piece_digests: Vec<String>,
     /// Last access, unix milliseconds.
     pub last_access: u64,
@@ -63,11 +68,18 @@ impl BlobRecord {
         }
     }
 
-    /// The present pieces (all of them when complete; none if the stored bitmap is corrupt).
+    /// The record as read from storage, with one digest slot per piece whatever was stored.
+    pub fn normalized(mut self) -> Self {
+        self.piece_digests.resize(self.layout.count() as usize, String::new());
+        self
+    }
+
+    /// The present pieces (all of them when verified or complete; none if the stored bitmap is
+    /// corrupt).
     pub fn bitmap(&self) -> Bitmap {
         let n = self.layout.count();
         match &self.state {
-            BlobState::Complete => {
+            BlobState::Complete | BlobState::Verified => {
                 let mut b = Bitmap::new(n);
                 (0..n).for_each(|i| {
                     b.set(i);

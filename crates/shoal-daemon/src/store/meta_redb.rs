@@ -111,7 +111,9 @@ impl RedbMeta {
 }
 
 fn decode_blob(key: &str, bytes: &[u8]) -> Result<BlobRecord, MetaError> {
-    serde_json::from_slice(bytes).map_err(|e| MetaError::Corrupt { key: key.to_owned(), message: e.to_string() })
+    serde_json::from_slice(bytes)
+        .map(BlobRecord::normalized)
+        .map_err(|e| MetaError::Corrupt { key: key.to_owned(), message: e.to_string() })
 }
 
 impl MetaStore for RedbMeta {

@@ -55,6 +55,20 @@ impl Paths {
         std::fs::create_dir_all(self.blobs_dir())?;
         std::fs::create_dir_all(self.partial_dir())
     }
+
+    /// Syncs the verified partial `file` of `digest` and moves it to its final path, durably.
+    pub fn promote(&self, digest: &Digest, file: &std::fs::File) -> std::io::Result<()> {
+        file.sync_all()?;
+        let dest = self.blob(digest);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::rename(self.partial(digest), &dest)?;
+        if let Some(parent) = dest.parent() {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
