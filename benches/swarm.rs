@@ -248,16 +248,85 @@ async fn swarm(bin: &Path, rate: &str, machine: &Machine, report: &mut String, s
     let cap_check = cap_check(dir.path(), rate, rate_bits).await;
     eprintln!("swarm: {cap_check}");
 
-    // --- Run A: P2P through Shoal.
+    let run_a = p2p_run(bin, dir.path(), &origin, &blobs, nodes, parallel, limit).await?;
+
+    // Run B: straight from the origin.
+    let mark = origin.settle().await;
+    let mach_b0 = machine_cpu();
+    let direct_pulls = if env_on("SHOAL_BENCH_DIRECT") {
+        eprintln!("swarm: run B — the same {nodes} namespaces pull straight from the origin…");
+        Some(pull_all(nodes, |_| format!("http://{ORIGIN_IP}:{REGISTRY_PORT}"), &blobs, parallel, limit).await?)
+    } else {
+        eprintln!("swarm: direct run skipped (SHOAL_BENCH_DIRECT=0)");
+        None
+    };
+    let mach_b1 = machine_cpu();
+    origin.settle().await;
+    let direct_origin = origin.blob_bytes_since(mark);
+
+    let run = SwarmRun {
+        nodes,
+        rate: rate.to_string(),
+        rate_bits,
+        s_bytes,
+        layers: (image.layers.len(), image.layers[0].size as f64 / MB as f64),
+        parallel,
+        setup: format!("{cap_check}. `tc`: {}", topo.describe()),
+        blobs,
+        p2p: run_a.pulls,
+        direct: direct_pulls,
+        origin_p2p: run_a.origin,
+        origin_by_blob: run_a.origin_by_blob,
+        origin_direct: direct_origin,
+        counters: run_a.counters,
+        health: run_a.health,
+        daemons_cpu: run_a.daemons_cpu,
+        sched_cpu: run_a.sched_cpu,
+        busy: (run_a.busy, busy_pct(mach_b0, mach_b1)),
+    };
+    run.report(machine, report, summary);
+    drop(origin);
+    drop(topo);
+    if env_u64("SHOAL_BENCH_KEEP", 0) != 0 {
+        let kept = dir.keep();
+        let _ = writeln!(report, "Logs and data kept in {}.\n", kept.display());
+    }
+    Ok(())
+}
+
+/// What run A (P2P through Shoal) measured.
+struct P2pRun {
+    pulls: Vec<Pull>,
+    /// Origin blob bytes and GETs, and per blob digest (bytes, GETs).
+    origin: (u64, usize),
+    origin_by_blob: std::collections::HashMap<String, (u64, usize)>,
+    counters: Vec<Counters>,
+    health: String,
+    daemons_cpu: f64,
+    sched_cpu: f64,
+    /// The machine's busy percentage during the pulls.
+    busy: f64,
+}
+
+/// Run A: the scheduler and one daemon per node, every node pulling through its daemon at once.
+async fn p2p_run(
+    bin: &Path,
+    dir: &Path,
+    origin: &Origin,
+    blobs: &[Blob],
+    nodes: usize,
+    parallel: u64,
+    limit: Duration,
+) -> Result<P2pRun> {
     eprintln!("swarm: run A — scheduler + {nodes} daemons, all nodes pull at once…");
-    let mut scheduler = start_scheduler(bin, dir.path()).await?;
-    let mut daemons = start_daemons(bin, dir.path(), nodes).await?;
+    let mut scheduler = start_scheduler(bin, dir).await?;
+    let mut daemons = start_daemons(bin, dir, nodes).await?;
     tokio::time::sleep(Duration::from_secs(1)).await; // host announcements reach the scheduler
     let mark = origin.settle().await;
     let pids: Vec<Option<u32>> = daemons.iter().map(Proc::pid).collect();
     let daemon_cpu = |pids: &[Option<u32>]| pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
     let (cpu_a0, mach_a0) = (daemon_cpu(&pids), machine_cpu());
-    let p2p_pulls = match pull_all(nodes, |_| format!("http://{MIRROR}"), &blobs, parallel, limit).await {
+    let p2p_pulls = match pull_all(nodes, |_| format!("http://{MIRROR}"), blobs, parallel, limit).await {
         Ok(t) => t,
         Err(e) => {
             for (i, d) in daemons.iter().enumerate() {
@@ -277,54 +346,20 @@ async fn swarm(bin: &Path, rate: &str, machine: &Machine, report: &mut String, s
     let p2p_origin_gets = origin.blob_gets_since(mark);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let counters: Vec<Counters> = (0..nodes).map(|i| read_counters(&node_ns(i))).collect();
-    let verified = verify_stores(dir.path(), nodes, &blobs).await;
+    let verified = verify_stores(dir, nodes, blobs).await;
     let alive = daemons.iter_mut().map(Proc::is_running).filter(|&up| up).count();
     let sched_alive = scheduler.is_running();
-    drop(daemons);
-    drop(scheduler);
 
-    // --- Run B: straight from the origin.
-    eprintln!("swarm: run B — the same {nodes} namespaces pull straight from the origin…");
-    let mark = origin.settle().await;
-    let mach_b0 = machine_cpu();
-    let direct_pulls = if env_on("SHOAL_BENCH_DIRECT") {
-        Some(pull_all(nodes, |_| format!("http://{ORIGIN_IP}:{REGISTRY_PORT}"), &blobs, parallel, limit).await?)
-    } else {
-        eprintln!("swarm: direct run skipped (SHOAL_BENCH_DIRECT=0)");
-        None
-    };
-    let mach_b1 = machine_cpu();
-    origin.settle().await;
-    let direct_origin = origin.blob_bytes_since(mark);
-
-    let run = SwarmRun {
-        nodes,
-        rate: rate.to_string(),
-        rate_bits,
-        s_bytes,
-        layers: (image.layers.len(), image.layers[0].size as f64 / MB as f64),
-        parallel,
-        setup: format!("{cap_check}. `tc`: {}", topo.describe()),
-        blobs,
-        p2p: p2p_pulls,
-        direct: direct_pulls,
-        origin_p2p: (p2p_origin, p2p_origin_gets),
+    Ok(P2pRun {
+        pulls: p2p_pulls,
+        origin: (p2p_origin, p2p_origin_gets),
         origin_by_blob: p2p_by_blob,
-        origin_direct: direct_origin,
         counters,
         health: format!(
             "Daemons alive after run A: {alive}/{nodes}; scheduler alive: {sched_alive}; {decisions}. Stored blobs: {verified}."
         ),
         daemons_cpu: cpu_a1 - cpu_a0,
         sched_cpu,
-        busy: (busy_pct(mach_a0, mach_a1), busy_pct(mach_b0, mach_b1)),
-    };
-    run.report(machine, report, summary);
-    drop(origin);
-    drop(topo);
-    if env_u64("SHOAL_BENCH_KEEP", 0) != 0 {
-        let kept = dir.keep();
-        let _ = writeln!(report, "Logs and data kept in {}.\n", kept.display());
-    }
-    Ok(())
+        busy: busy_pct(mach_a0, mach_a1),
+    })
 }
