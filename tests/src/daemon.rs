@@ -224,6 +224,11 @@ impl Daemon {
         Ok(())
     }
 
+    /// Its settings, to change before a [`Daemon::restart`].
+    pub fn config_mut(&mut self) -> &mut DaemonConfig {
+        &mut self.config
+    }
+
     /// The daemon's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())

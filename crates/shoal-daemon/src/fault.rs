@@ -12,6 +12,14 @@ pub const CORRUPT_UPLOADS: &str = "SHOAL_FAULT_CORRUPT_UPLOADS";
 #[cfg(any(test, feature = "fault-injection"))]
 pub const POISON: &str = "SHOAL_FAULT_POISON";
 
+/// Stall the move of a verified blob (`=1`): the writer waits [`STALL`] between recording the
+/// blob verified and syncing and moving its file, as a slow disk could, so a test can kill the
+/// daemon in between.
+#[cfg(any(test, feature = "fault-injection"))]
+pub const STALL_PROMOTE: &str = "SHOAL_FAULT_STALL_PROMOTE";
+/// How long [`STALL_PROMOTE`] stalls.
+pub const STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Which faults are on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Faults {
@@ -19,6 +27,8 @@ pub struct Faults {
     pub corrupt_uploads: bool,
     /// Report the digests of those flipped pieces as origin digests.
     pub poison: bool,
+    /// Stall between a blob's verified record and the move of its file.
+    pub stall_promote: bool,
 }
 
 impl Faults {
@@ -28,7 +38,8 @@ impl Faults {
         {
             let on = |name: &str| std::env::var_os(name).is_some_and(|v| v == "1");
             let poison = on(POISON);
-            let faults = Self { corrupt_uploads: poison || on(CORRUPT_UPLOADS), poison };
+            let faults =
+                Self { corrupt_uploads: poison || on(CORRUPT_UPLOADS), poison, stall_promote: on(STALL_PROMOTE) };
             if faults != Self::default() {
                 tracing::warn!(?faults, "TEST-ONLY FAULTS ON: this daemon serves corrupted pieces");
             }
@@ -66,6 +77,7 @@ mod tests {
     fn without_the_feature_no_variable_switches_a_fault_on() {
         std::env::set_var(POISON, "1");
         std::env::set_var(CORRUPT_UPLOADS, "1");
+        std::env::set_var(STALL_PROMOTE, "1");
         assert_eq!(Faults::from_env(), Faults::default());
     }
 }

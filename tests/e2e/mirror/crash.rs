@@ -108,3 +108,36 @@ async fn a_download_killed_midway_resumes_instead_of_starting_over() -> Result<(
     );
     Ok(())
 }
+
+/// c''. The last byte goes out once the blob hashes to its digest, before the file is synced and
+/// moved. With the move stalled (a test-only fault standing in for a slow fsync), a kill -9 the
+/// moment the client has the last byte leaves the blob verified but not moved; the restarted
+/// daemon finishes it from its own file (the origin is down by then: nothing can be fetched).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_right_after_the_last_byte_leaves_the_blob_complete() -> Result<()> {
+    require_tools();
+    let mut registry = Registry::start().await?;
+    let image = Image::build(36, &[64 * MB])?;
+    image.push(&registry, "e2e/lastbyte", "v1").await?;
+    let mut config = DaemonConfig::for_registry(&registry);
+    config.env.push(("SHOAL_FAULT_STALL_PROMOTE".into(), "1".into()));
+    let mut daemon = Daemon::start(config).await?;
+    let blob = image.layers[0].clone();
+    let url = format!("{}/v2/e2e/lastbyte/blobs/{}", daemon.mirror_url(), blob.digest);
+    let client = http();
+    let started = Instant::now();
+    let (digest, len) = with_log(get_blob(&client, &url).await, "cold GET", &daemon)?;
+    ensure!(digest == blob.digest && len == blob.size, "cold GET: {digest} ({len} B)");
+    ensure!(started.elapsed() < Duration::from_secs(30), "the last byte waited for the stalled move");
+    daemon.kill9();
+    let partial = daemon.data_dir().join(format!("partial/{}", blob.hex()));
+    let stored = daemon.data_dir().join(format!("blobs/sha256/{}/{}", &blob.hex()[..2], blob.hex()));
+    ensure!(partial.is_file() && !stored.exists(), "the move was not stalled: the test proves nothing");
+    registry.stop();
+    daemon.config_mut().env.clear();
+    daemon.restart().await?;
+    ensure!(stored.is_file(), "after the restart the blob is not complete in the store:\n{}", daemon.stderr_tail());
+    let (digest, len) = with_log(get_blob(&client, &url).await, "GET after restart, origin down", &daemon)?;
+    ensure!(digest == blob.digest && len == blob.size, "after restart: {digest} ({len} B)");
+    Ok(())
+}

@@ -446,10 +446,7 @@ impl<'a> Driver<'a> {
         let want = self.layout.piece(piece).len();
         let task = tokio::spawn(async move {
             let fetched = match addr {
-                Some(addr) => match peers.fetch_piece(addr, &digest, piece, want, &counter).await {
-                    Ok(bytes) => hash_off_workers(bytes).await,
-                    Err(e) => Err(e),
-                },
+                Some(addr) => peers.fetch_piece(addr, &digest, piece, want, &counter).await,
                 None => Err(PeerError::Stream("the parent's address does not parse".into())),
             };
             let _ = results.send((id, fetched));
@@ -617,17 +614,6 @@ fn proto_reason(r: CoreReason) -> FailReason {
         CoreReason::Refused => FailReason::Refused,
         CoreReason::Io => FailReason::Io,
     }
-}
-
-/// The piece and its BLAKE3 digest, hashed on a blocking thread: the async workers also drive
-/// the QUIC connections.
-async fn hash_off_workers(bytes: Bytes) -> Fetched {
-    tokio::task::spawn_blocking(move || {
-        let digest = PieceDigest::of(&bytes);
-        (bytes, digest)
-    })
-    .await
-    .map_err(|e| PeerError::Stream(format!("hashing a piece: {e}")))
 }
 
 /// Where this host starts among equally rare pieces: its own place, so siblings differ.

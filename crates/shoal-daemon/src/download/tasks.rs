@@ -298,6 +298,7 @@ impl Tasks {
         writer.report_to(finished_tx);
         writer.set_piece_hashing(self.swarm.is_some() && !layout.is_single_piece());
         writer.set_poison(self.faults.poison);
+        writer.set_stall_promote(self.faults.stall_promote);
         writer.count_rereads(self.metrics.hash_reread_bytes.clone());
         let (tx, rx) = mpsc::channel::<Chunk>(WRITER_QUEUE);
         let thread = tokio::task::spawn_blocking(move || write_all(writer, rx));
@@ -361,7 +362,12 @@ impl Tasks {
 fn write_all(mut writer: PieceWriter, mut rx: mpsc::Receiver<Chunk>) -> Result<(), Arc<WriteError>> {
     while let Some(chunk) = rx.blocking_recv() {
         match chunk {
-            Chunk::Stream(offset, bytes) => writer.write(offset, bytes).map_err(Arc::new)?,
+            Chunk::Stream(offset, bytes) => {
+                writer.write(offset, bytes).map_err(Arc::new)?;
+                if rx.is_empty() {
+                    writer.publish_pending();
+                }
+            }
             Chunk::Piece(index, bytes, digest) => writer.write_piece(index, bytes, digest).map_err(Arc::new)?,
             Chunk::Verify(reply) => match writer.verify() {
                 Ok(Verified::Complete) => {

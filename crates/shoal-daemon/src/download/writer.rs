@@ -28,6 +28,12 @@ use crate::store::paths::Paths;
 
 /// How often piece progress is made durable (between, progress commits are lazy).
 const SYNC_EVERY: Duration = Duration::from_secs(1);
+/// How often piece progress is recorded at all: a record holds every piece's digest, so
+/// writing it per piece would cost O(pieces²) for a blob; what a crash loses is fetched again.
+const PUT_EVERY: Duration = Duration::from_millis(100);
+/// Bytes streamed into a piece between two progress updates to readers (a completed piece is
+/// published at once).
+const PUBLISH_EVERY: u64 = 256 << 10;
 
 /// Why writing a blob failed.
 #[derive(Debug, thiserror::Error)]
@@ -168,7 +174,14 @@ pub struct PieceWriter {
     hash_pieces: bool,
     /// Test-only fault: report forged digests (see [`crate::fault::POISON`]).
     poison: bool,
+    /// Test-only fault: stall before moving a verified blob (see [`crate::fault::STALL_PROMOTE`]).
+    stall_promote: bool,
     last_sync: Option<Instant>,
+    last_put: Option<Instant>,
+    /// Pieces completed since the record was last written.
+    unrecorded: bool,
+    /// Bytes streamed since progress was last published.
+    unpublished: u64,
     progress: watch::Sender<Progress>,
     finished: Option<tokio::sync::mpsc::UnboundedSender<(u32, PieceDigest)>>,
     reread_counter: Option<Counter>,
@@ -207,7 +220,7 @@ impl PieceWriter {
             state: State::Running,
         };
         let (progress, _) = watch::channel(progress);
-        let w = Self {
+        let mut w = Self {
             digest,
             layout,
             paths: paths.clone(),
@@ -221,7 +234,11 @@ impl PieceWriter {
             whole: WholeHash::default(),
             hash_pieces: true,
             poison: false,
+            stall_promote: false,
             last_sync: None,
+            last_put: None,
+            unrecorded: false,
+            unpublished: 0,
             progress,
             finished: None,
             reread_counter: None,
@@ -273,6 +290,11 @@ impl PieceWriter {
         self.poison = on;
     }
 
+    /// Test-only fault: stall between recording the blob verified and moving its file.
+    pub fn set_stall_promote(&mut self, on: bool) {
+        self.stall_promote = on;
+    }
+
     /// Writes a whole piece already verified against its trusted `digest` (from a parent), so
     /// it is not hashed again. It replaces any partial stream of the same piece; ignored if the
     /// piece is present.
@@ -311,8 +333,13 @@ impl PieceWriter {
             self.write_in_piece(index, pos, slice)?;
             pos = stop;
         }
+        let pieces = self.have.count();
+        self.unpublished += data.len() as u64;
         self.advance_whole(offset, data)?;
-        self.publish();
+        // Readers wake per piece or per PUBLISH_EVERY bytes, not per chunk from the network.
+        if self.have.count() != pieces || self.unpublished >= PUBLISH_EVERY {
+            self.publish();
+        }
         Ok(())
     }
 
@@ -353,16 +380,24 @@ impl PieceWriter {
         self.have.set(index);
         self.record.piece_digests[index as usize] = digest.map(|d| d.hex()).unwrap_or_default();
         self.record.state = BlobState::Partial { bitmap: self.have.as_bytes().to_vec() };
-        let durability = if self.last_sync.is_none_or(|t| t.elapsed() >= SYNC_EVERY) {
-            self.last_sync = Some(Instant::now());
-            Durability::Sync
-        } else {
-            Durability::Lazy
-        };
-        self.meta.put_blob(&self.digest, &self.record, durability)?;
+        let now = Instant::now();
+        self.unrecorded = true;
+        if self.last_sync.is_none_or(|t| now - t >= SYNC_EVERY) {
+            (self.last_sync, self.last_put) = (Some(now), Some(now));
+            self.put_record(Durability::Sync)?;
+        } else if self.last_put.is_none_or(|t| now - t >= PUT_EVERY) {
+            self.last_put = Some(now);
+            self.put_record(Durability::Lazy)?;
+        }
         if let (Some(tx), Some(d)) = (&self.finished, digest) {
             let _ = tx.send((index, d));
         }
+        Ok(())
+    }
+
+    fn put_record(&mut self, durability: Durability) -> Result<(), WriteError> {
+        self.meta.put_blob(&self.digest, &self.record, durability)?;
+        self.unrecorded = false;
         Ok(())
     }
 
@@ -416,7 +451,16 @@ impl PieceWriter {
         streaming
     }
 
-    fn publish(&self) {
+    /// Publishes bytes streamed since the last update (the writer thread calls it whenever it
+    /// has no more chunks queued, so readers never wait on bytes already written).
+    pub fn publish_pending(&mut self) {
+        if self.unpublished > 0 {
+            self.publish();
+        }
+    }
+
+    fn publish(&mut self) {
+        self.unpublished = 0;
         let available = self.available();
         let confirmed = self.confirmed();
         let streaming = self.streaming();
@@ -460,7 +504,7 @@ impl PieceWriter {
         }
         self.unconfirmed = Bitmap::new(self.layout.count());
         self.record.state = BlobState::Partial { bitmap: self.have.as_bytes().to_vec() };
-        self.meta.put_blob(&self.digest, &self.record, Durability::Sync)?;
+        self.put_record(Durability::Sync)?;
         self.whole.restart();
         self.advance_whole(0, Bytes::new())?;
         self.publish();
@@ -489,6 +533,9 @@ impl PieceWriter {
         self.record.state = BlobState::Verified;
         self.meta.put_blob(&self.digest, &self.record, Durability::Sync)?;
         self.progress.send_modify(|p| p.state = State::Verified);
+        if self.stall_promote {
+            std::thread::sleep(crate::fault::STALL);
+        }
         self.paths.promote(&self.digest, &self.file)?;
         self.record.state = BlobState::Complete;
         self.meta.put_blob(&self.digest, &self.record, Durability::Sync)?;
@@ -497,9 +544,19 @@ impl PieceWriter {
     }
 
     /// Removes the partial file and its record.
-    pub fn discard(&self) {
+    pub fn discard(&mut self) {
+        self.unrecorded = false;
         let _ = std::fs::remove_file(self.paths.partial(&self.digest));
         let _ = self.meta.remove_blob(&self.digest);
+    }
+}
+
+impl Drop for PieceWriter {
+    /// A download that stops before the end leaves its progress recorded, to resume from.
+    fn drop(&mut self) {
+        if self.unrecorded && matches!(self.record.state, BlobState::Partial { .. }) {
+            let _ = self.put_record(Durability::Lazy);
+        }
     }
 }
 
@@ -576,7 +633,14 @@ mod tests {
         let mut w = PieceWriter::open(&paths, meta.clone(), digest, layout, 0).unwrap();
         let rx = w.subscribe();
         for (i, chunk) in data.chunks(10_000).enumerate() {
+            let before = rx.borrow().available;
             w.write((i * 10_000) as u64, b(chunk)).unwrap();
+            let published = rx.borrow().available;
+            assert!(
+                published == before || published.is_multiple_of(MIB as u64) || published >= (256 << 10) + before,
+                "not per chunk"
+            );
+            w.publish_pending();
             assert_eq!(rx.borrow().available, ((i + 1) * 10_000).min(data.len()) as u64);
         }
         w.finish().unwrap();
@@ -675,6 +739,7 @@ mod tests {
         let from = |pos: usize| rx.borrow().verified_from(&layout, pos as u64) as usize;
         // The last piece streams from the origin: its bytes count as they land, the last included.
         w.write(3 * MIB as u64, b(&data[3 * MIB..3 * MIB + 100])).unwrap();
+        w.publish_pending();
         assert_eq!((from(3 * MIB), from(3 * MIB + 100), from(0)), (3 * MIB + 100, 3 * MIB + 100, 0));
         w.write(3 * MIB as u64 + 100, b(&data[3 * MIB + 100..])).unwrap();
         assert_eq!(from(3 * MIB + 7), 4 * MIB);

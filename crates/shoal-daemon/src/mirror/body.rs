@@ -230,8 +230,7 @@ fn failed(reason: &'static str, why: &str) -> Broken {
 /// sequentially into fresh capacity (no zero-filling of the buffer).
 fn read_chunk(file: &File, pos: u64, len: usize, shared: bool) -> io::Result<Bytes> {
     if shared {
-        let mut buf = vec![0u8; len];
-        return file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf));
+        return crate::store::read::read_at(file, pos, len);
     }
     let mut buf = Vec::with_capacity(len);
     io::Read::read_to_end(&mut io::Read::take(file, len as u64), &mut buf)?;

@@ -1,6 +1,7 @@
 //! Fetching from parents: one cached, authenticated QUIC connection per parent, one stream per
-//! piece, paced by the download limit. Bytes are returned unverified: the caller checks them
-//! against the scheduler's digest. A holder's piece digest table (for when no scheduler hands
+//! piece, paced by the download limit. Bytes are returned unverified, with the BLAKE3 digest
+//! they hash to (computed as they arrive, while they are in the cache): the caller checks it
+//! against the trusted one. A holder's piece digest table (for when no scheduler hands
 //! out a trusted one) is checked for shape here, never for truth.
 
 use std::collections::HashMap;
@@ -10,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use shoal_core::{Digest, PieceDigest, PieceLayout};
+use shoal_core::{Digest, PieceDigest, PieceHasher, PieceLayout};
 use shoal_proto::peer::{
     request, DigestsAnswer, DigestsRequest, HaveRequest, HaveUpdate, Hello, PieceHeader, PieceRequest, PieceStatus,
     Request,
@@ -21,6 +22,8 @@ use super::tls::{PROVEN_PARENT_WINDOW, SERVER_NAME};
 use super::{exporter, frame, PeerError};
 use crate::limits::Limiter;
 
+/// Bytes of a piece hashed at once as it arrives.
+const HASH_BLOCK: usize = 64 << 10;
 /// Time allowed to connect and complete the handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -88,6 +91,7 @@ impl PeerClient {
 
     /// Fetches piece `index` of `task` from the parent at `addr`; `want` is its length.
     /// `received` counts the bytes as they arrive (the caller's progress deadline reads it).
+    /// Returns the bytes and what they hash to.
     pub async fn fetch_piece(
         &self,
         addr: SocketAddr,
@@ -95,7 +99,7 @@ impl PeerClient {
         index: u32,
         want: u64,
         received: &AtomicU64,
-    ) -> Result<Bytes, PeerError> {
+    ) -> Result<(Bytes, PieceDigest), PeerError> {
         let conn = self.connection(addr).await?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| PeerError::Stream(e.to_string()))?;
         let req = Request { request: Some(request::Request::Piece(PieceRequest { task_id: task.to_string(), index })) };
@@ -111,6 +115,8 @@ impl PeerClient {
             return Err(PeerError::Length { got: header.length, want });
         }
         let mut buf = BytesMut::with_capacity(want as usize);
+        let mut hasher = PieceHasher::default();
+        let mut hashed = 0;
         while (buf.len() as u64) < want {
             let left = want as usize - buf.len();
             let chunk = recv.read_chunk(left, true).await.map_err(|e| PeerError::Stream(e.to_string()))?;
@@ -119,9 +125,14 @@ impl PeerClient {
             };
             self.download.acquire(chunk.bytes.len() as u64).await;
             buf.extend_from_slice(&chunk.bytes);
+            // Hashed in blocks: BLAKE3 is fast on many 1 KiB chunks at once, slow on a few.
+            let whole_blocks = hashed + (buf.len() - hashed) / HASH_BLOCK * HASH_BLOCK;
+            hasher.update(&buf[hashed..whole_blocks]);
+            hashed = whole_blocks;
             received.store(buf.len() as u64, Ordering::Relaxed);
         }
-        Ok(buf.freeze())
+        hasher.update(&buf[hashed..]);
+        Ok((buf.freeze(), hasher.finish()))
     }
 
     /// Subscribes to a parent's pieces of `task`: each item is its current bitmap bytes.

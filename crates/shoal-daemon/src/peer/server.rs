@@ -6,7 +6,6 @@
 //! served at once is capped ([`PeerLimits`]). A stream must deliver its request in time.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,9 +23,11 @@ use super::{exporter, frame, PieceStore};
 use crate::limits::Limiter;
 use crate::peer::seeding::Seeds;
 use crate::store::meta::MetaStore;
+use crate::store::read::read_at;
 
-/// Bytes read and sent per write (the corrupt-uploads fault flips the first byte of each).
-const CHUNK: u64 = crate::fault::CHUNK;
+/// Bytes read from the file and handed to the stream at once (one blocking read, one pacing
+/// step, one buffer that quinn keeps without copying).
+const READ: u64 = 1 << 20;
 /// Time a peer has to complete the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a stream has to deliver its request.
@@ -259,19 +260,17 @@ async fn piece(
     frame::write(send, &header).await?;
     let mut pos = range.start;
     while pos < range.end {
-        let len = (range.end - pos).min(CHUNK) as usize;
+        let len = (range.end - pos).min(READ) as usize;
         let f = file.clone();
-        let mut chunk = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; len];
-            f.read_exact_at(&mut buf, pos).map(|()| buf)
-        })
-        .await??;
+        let mut chunk = tokio::task::spawn_blocking(move || read_at(&f, pos, len)).await??;
         if ctx.corrupt {
-            chunk[0] ^= 0xff;
+            let mut bytes = chunk.to_vec();
+            crate::fault::corrupt_piece(&mut bytes);
+            chunk = bytes.into();
         }
         ctx.upload.acquire(len as u64).await;
         // Handed over whole: quinn keeps the buffer instead of copying it.
-        send.write_chunk(bytes::Bytes::from(chunk)).await?;
+        send.write_chunk(chunk).await?;
         ctx.uploaded.inc_by(len as u64);
         pos += len as u64;
     }

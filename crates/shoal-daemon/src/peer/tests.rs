@@ -115,8 +115,9 @@ async fn serves_pieces_to_members_only() {
     let c = client(b"secret");
     for i in 0..blob.layout.count() {
         let want = blob.layout.piece(i);
-        let bytes = c.fetch_piece(addr, &blob.digest, i, want.len(), &Default::default()).await.unwrap();
+        let (bytes, digest) = c.fetch_piece(addr, &blob.digest, i, want.len(), &Default::default()).await.unwrap();
         assert_eq!(&bytes[..], &data(3 * MIB + 5)[want.start as usize..want.end as usize]);
+        assert_eq!(digest, shoal_core::PieceDigest::of(&bytes));
     }
     assert!(matches!(c.fetch_piece(addr, &blob.digest, 99, MIB, &Default::default()).await, Err(PeerError::NotFound)));
     assert!(matches!(
@@ -139,8 +140,9 @@ async fn serves_pieces_to_members_only() {
 async fn the_fault_switch_corrupts_what_is_served() {
     let blob = Arc::new(OneBlob::new(&data(MIB)));
     let addr = start_server(blob.clone(), b"t", true);
-    let bytes = client(b"t").fetch_piece(addr, &blob.digest, 0, MIB, &Default::default()).await.unwrap();
+    let (bytes, digest) = client(b"t").fetch_piece(addr, &blob.digest, 0, MIB, &Default::default()).await.unwrap();
     assert_ne!(Digest::of(&bytes), blob.digest);
+    assert_eq!(digest, shoal_core::PieceDigest::of(&bytes), "the digest is of what arrived");
 }
 
 #[tokio::test]

@@ -31,7 +31,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Largest UDP payload MTU discovery probes for (jumbo frames; loopback allows more).
-const MTU_UPPER_BOUND: u16 = 8952;
+const MTU_UPPER_BOUND: u16 = 65_527;
 
 /// Connection flow-control credit a peer gets before it proved the cluster token: room for the
 /// hello and little else, so a stranger cannot make this daemon buffer more.

@@ -9,4 +9,5 @@ pub(crate) mod meta_redb;
 pub(crate) mod paths;
 mod pieces;
 pub(crate) mod pins;
+pub(crate) mod read;
 pub(crate) mod space;
