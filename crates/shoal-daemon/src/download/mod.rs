@@ -5,6 +5,7 @@ pub(crate) mod counters;
 pub(crate) mod dht;
 pub(crate) mod error;
 pub(crate) mod origin;
+pub(crate) mod progress;
 pub(crate) mod readers;
 pub(crate) mod swarm;
 pub(crate) mod tasks;
