@@ -36,9 +36,11 @@ if [[ ${SHOAL_BENCH_SWARM:-1} != 0 ]]; then
     echo "bench-swarm.sh: the namespace part needs root (network namespaces and tc); SHOAL_BENCH_SWARM=0 skips it" >&2
     exit 1
   fi
-  for tool in ip tc nsenter setpriv curl docker-registry skopeo sha256sum; do
-    command -v "$tool" >/dev/null 2>&1 || { echo "bench-swarm.sh: missing $tool" >&2; exit 1; }
-  done
+fi
+source scripts/deps.sh
+need_commands docker-registry:docker-registry skopeo:skopeo util-linux:setpriv curl:curl coreutils:sha256sum
+if [[ ${SHOAL_BENCH_SWARM:-1} != 0 ]]; then
+  need_commands iproute2:ip iproute2:tc util-linux:nsenter iperf3:iperf3
 fi
 
 cleanup

@@ -11,5 +11,7 @@
 # Knobs: SHOAL_BENCH_MIB (256), SHOAL_BENCH_ROUNDS (3), SHOAL_BENCH_BIG_MIB (0 = skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/deps.sh
+need_commands docker-registry:docker-registry skopeo:skopeo util-linux:setpriv
 cargo build --release --bin shoal
 SHOAL_BIN="$PWD/target/release/shoal" cargo bench -p shoal-e2e --bench mirror

@@ -5,32 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian package -> a command it provides.
-declare -A provides=(
-  [docker-registry]=docker-registry
-  [skopeo]=skopeo
-  [podman]=podman
-  [containerd]=ctr
-  [openssl]=openssl
-  [util-linux]=setpriv
-)
-missing=()
-for pkg in "${!provides[@]}"; do
-  command -v "${provides[$pkg]}" >/dev/null 2>&1 || missing+=("$pkg")
-done
-# containerd ships both containerd and ctr.
-command -v containerd >/dev/null 2>&1 || [[ " ${missing[*]} " == *" containerd "* ]] || missing+=(containerd)
-
-if ((${#missing[@]})); then
-  if [[ $(id -u) -ne 0 ]]; then
-    echo "test.sh: missing ${missing[*]}; run as root (or install them) first" >&2
-    exit 1
-  fi
-  echo "test.sh: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+# What the e2e tests run, as Debian package:command (containerd ships both containerd and ctr).
+source scripts/deps.sh
+need_commands docker-registry:docker-registry skopeo:skopeo podman:podman containerd:ctr \
+  containerd:containerd openssl:openssl util-linux:setpriv
 
 # The e2e tests play bad members with test-only faults: only this build has them.
 cargo build -p shoal --bin shoal --features fault-injection
