@@ -119,7 +119,6 @@ fn main() {
         env("SCALE_PER_PARENT", u64::from(p.child.picker.max_in_flight_per_parent)) as u32;
     p.child.picker.urgent_window = env("SCALE_URGENT", u64::from(p.child.picker.urgent_window)) as u32;
     p.seeding.window_ms = env("SCALE_SEEDING_MS", p.seeding.window_ms);
-    p.seeding.fair = env("SCALE_SEEDING_FAIR", u64::from(p.seeding.fair)) != 0;
     p.child.busy_backoff_ms = env("SCALE_BUSY_BACKOFF_MS", p.seeding.window_ms);
     if p.scheduler != shoal_core::sched::Config::default() || p.child != shoal_core::child::ChildConfig::default() {
         println!("tuned: {:?}; child {:?}; seeding {:?}", p.scheduler, p.child, p.seeding);

@@ -9,7 +9,7 @@
 # Knobs (see the top of benches/scale.rs): SCALE_PEERS, SCALE_SITES, SCALE_SIZE_MIB,
 # SCALE_LINK_MBIT, SCALE_WINDOW_MS, SCALE_STEP_MS; tuning experiments: SCALE_CANDIDATES,
 # SCALE_MAX_CHILDREN, SCALE_MAX_PARENTS, SCALE_IN_FLIGHT, SCALE_PER_PARENT, SCALE_URGENT,
-# SCALE_SEEDING_MS, SCALE_SEEDING_FAIR (1: new pieces in turn; 0: to whoever asks first), SCALE_BUSY_BACKOFF_MS
+# SCALE_SEEDING_MS, SCALE_BUSY_BACKOFF_MS
 # (default: the seeding window).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -22,10 +22,6 @@ pub struct SeedingConfig {
     /// Default 3 000. Longer: fewer copies leave the seed, but a child whose sibling is slow to
     /// pass a piece on waits longer for it. 0 serves everyone at once (no seeding rule).
     pub window_ms: u64,
-    /// Hand new pieces out in turn (default on): a piece never served before goes to a child
-    /// only if no child that asked within the window got fewer new pieces, so the first level
-    /// of the swarm holds distinct pieces to trade instead of one fast child holding most.
-    pub fair: bool,
 }
 
 impl SeedingConfig {
@@ -35,32 +31,29 @@ impl SeedingConfig {
 
 impl Default for SeedingConfig {
     fn default() -> Self {
-        Self { window_ms: Self::DEFAULT_WINDOW_MS, fair: true }
+        Self { window_ms: Self::DEFAULT_WINDOW_MS }
     }
 }
 
-/// One task's record: per piece, the child it was last served to and when; per child, how
-/// many new pieces it got and when it last asked.
+/// One task's record: per piece, the child it was last served to and when.
 #[derive(Debug, Clone, Default)]
-pub struct Seeding<C: Eq + std::hash::Hash> {
+pub struct Seeding<C> {
     config: SeedingConfig,
     served: HashMap<u32, (C, u64)>,
-    children: HashMap<C, (u64, u64)>,
 }
 
-impl<C: Eq + std::hash::Hash + Clone> Seeding<C> {
+impl<C: PartialEq + Clone> Seeding<C> {
     /// An empty record.
     pub fn new(config: SeedingConfig) -> Self {
-        Self { config, served: HashMap::new(), children: HashMap::new() }
+        Self { config, served: HashMap::new() }
     }
 
     /// Whether `child` may have `piece` now; if so, it is recorded as the piece's last
-    /// recipient. Yes when the piece was never served (and, with [`SeedingConfig::fair`], it is
-    /// this child's turn), was last served to this same child (a retry), or was last served at
-    /// least a window ago; no when another child got it within the window.
+    /// recipient. Yes when the piece was never served, was last served to this same child (a
+    /// retry), or was last served at least a window ago; no when another child got it within
+    /// the window.
     pub fn admit(&mut self, piece: u32, child: &C, now: u64) -> bool {
         let window = self.config.window_ms;
-        self.children.entry(child.clone()).or_default().1 = now;
         match self.served.get_mut(&piece) {
             Some((last, at)) if last != child && now.saturating_sub(*at) < window => false,
             Some(entry) => {
@@ -68,27 +61,10 @@ impl<C: Eq + std::hash::Hash + Clone> Seeding<C> {
                 true
             }
             None => {
-                if !self.its_turn(child, now) {
-                    return false;
-                }
                 self.served.insert(piece, (child.clone(), now));
-                self.children.entry(child.clone()).or_default().0 += 1;
                 true
             }
         }
-    }
-
-    /// With [`SeedingConfig::fair`]: whether `child` (asking now) got no more new pieces than
-    /// any child that asked within the window.
-    fn its_turn(&mut self, child: &C, now: u64) -> bool {
-        let window = self.config.window_ms;
-        let given = self.children.get(child).map_or(0, |(n, _)| *n);
-        if !self.config.fair {
-            return true;
-        }
-        let fewest =
-            self.children.values().filter(|(_, asked)| now.saturating_sub(*asked) < window).map(|(n, _)| *n).min();
-        fewest.is_none_or(|fewest| given <= fewest)
     }
 
     /// Pieces served at least once.
@@ -103,7 +79,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn seeding() -> Seeding<&'static str> {
-        Seeding::new(SeedingConfig { window_ms: 1000, fair: false })
+        Seeding::new(SeedingConfig { window_ms: 1000 })
     }
 
     #[test]
@@ -121,22 +97,9 @@ mod tests {
 
     #[test]
     fn a_zero_window_serves_everyone() {
-        let mut s = Seeding::new(SeedingConfig { window_ms: 0, fair: true });
+        let mut s = Seeding::new(SeedingConfig { window_ms: 0 });
         assert!(s.admit(3, &"a", 5));
         assert!(s.admit(3, &"b", 5));
-    }
-
-    #[test]
-    fn new_pieces_go_round_the_children_that_ask() {
-        let mut s = Seeding::new(SeedingConfig { window_ms: 1000, fair: true });
-        assert!(s.admit(0, &"a", 0));
-        assert!(!s.admit(0, &"b", 1), "piece 0 is a's to pass on");
-        assert!(!s.admit(1, &"a", 2), "b, which asked too, has had fewer new pieces");
-        assert!(s.admit(1, &"b", 3));
-        assert!(s.admit(2, &"a", 4), "one each: a's turn");
-        assert!(!s.admit(3, &"a", 5), "a is ahead again");
-        assert!(s.admit(3, &"a", 1004), "b last asked a window ago: it holds no one back");
-        assert!(s.admit(0, &"a", 5000), "a retry of its own piece is no new piece");
     }
 
     proptest! {
@@ -146,7 +109,7 @@ mod tests {
         fn never_two_children_within_a_window(
             asks in prop::collection::vec((0u32..4, 0u8..4, 0u64..50), 1..200),
         ) {
-            let mut s: Seeding<u8> = Seeding::new(SeedingConfig { window_ms: 100, fair: false });
+            let mut s: Seeding<u8> = Seeding::new(SeedingConfig { window_ms: 100 });
             let mut now = 0;
             let mut last: HashMap<u32, (u8, u64)> = HashMap::new();
             for (piece, child, step) in asks {

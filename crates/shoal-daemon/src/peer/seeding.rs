@@ -71,7 +71,7 @@ mod tests {
 
     #[test]
     fn only_marked_blobs_are_rationed() {
-        let seeds = Seeds::new(SeedingConfig { window_ms: 60_000, fair: false });
+        let seeds = Seeds::new(SeedingConfig { window_ms: 60_000 });
         let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
         seeds.mark(&a);
         let (c1, c2): (Arc<str>, Arc<str>) = ("child-1".into(), "child-2".into());
@@ -79,7 +79,7 @@ mod tests {
         assert!(!seeds.admit(&a, 0, &c2));
         assert!(seeds.admit(&a, 0, &c1));
         assert!(seeds.admit(&b, 0, &c1) && seeds.admit(&b, 0, &c2), "b is not marked");
-        let off = Seeds::new(SeedingConfig { window_ms: 0, fair: false });
+        let off = Seeds::new(SeedingConfig { window_ms: 0 });
         off.mark(&a);
         assert!(off.admit(&a, 0, &c1) && off.admit(&a, 0, &c2));
     }

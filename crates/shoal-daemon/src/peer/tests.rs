@@ -148,7 +148,7 @@ async fn the_fault_switch_corrupts_what_is_served() {
 #[tokio::test]
 async fn a_seeded_blob_goes_to_one_child_per_piece_at_a_time() {
     let blob = Arc::new(OneBlob::new(&data(2 * MIB)));
-    let seeds = Arc::new(Seeds::new(SeedingConfig { window_ms: 60_000, fair: false }));
+    let seeds = Arc::new(Seeds::new(SeedingConfig { window_ms: 60_000 }));
     seeds.mark(&blob.digest);
     let addr = start_seeding(blob.clone(), b"t", false, seeds);
     let (a, b) = (named_client("a", b"t"), named_client("b", b"t"));
