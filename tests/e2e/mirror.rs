@@ -44,6 +44,8 @@ mod disk;
 mod freshness;
 #[path = "mirror/hostile.rs"]
 mod hostile;
+#[path = "mirror/lists.rs"]
+mod lists;
 #[path = "mirror/malformed.rs"]
 mod malformed;
 #[path = "mirror/private.rs"]

@@ -26,9 +26,21 @@ pub enum Route {
         /// Blob digest.
         digest: Digest,
     },
+    /// `/v2/<name>/tags/list`: relayed to the origin.
+    Tags {
+        /// Repository.
+        name: RepoName,
+    },
+    /// `/v2/<name>/referrers/<digest>` (OCI 1.1): relayed to the origin.
+    Referrers {
+        /// Repository.
+        name: RepoName,
+        /// The subject manifest's digest.
+        digest: Digest,
+    },
     /// `/v2/<name>/blobs/uploads/…`: the push API, which a mirror does not offer.
     Upload,
-    /// Another distribution endpoint (tags list, catalog, referrers) the mirror does not serve.
+    /// Another distribution endpoint (the catalog) the mirror does not serve.
     Unsupported,
 }
 
@@ -65,15 +77,40 @@ pub fn parse(path: &str) -> Result<Route, RouteError> {
     match kind {
         "manifests" => Ok(Route::Manifest { name: RepoName::parse(name)?, reference: Reference::parse(last)? }),
         "blobs" => Ok(Route::Blob { name: RepoName::parse(name)?, digest: last.parse()? }),
-        "tags" if last == "list" => {
-            RepoName::parse(name)?;
-            Ok(Route::Unsupported)
-        }
-        "referrers" => {
-            RepoName::parse(name)?;
-            Ok(Route::Unsupported)
-        }
+        "tags" if last == "list" => Ok(Route::Tags { name: RepoName::parse(name)? }),
+        "referrers" => Ok(Route::Referrers { name: RepoName::parse(name)?, digest: last.parse()? }),
         _ => Err(RouteError::NotFound),
+    }
+}
+
+/// Largest page a tags list may ask the origin for (`n`).
+pub const MAX_LIST_N: u32 = 10_000;
+
+/// A query parameter of a tags list or referrers request that cannot go to the origin.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("query parameter {0:?} is not valid here")]
+pub struct ListParamError(pub String);
+
+/// Whether `key=value` (decoded) may be passed on to the origin with a tags list or referrers
+/// request: `n` (0..=[`MAX_LIST_N`]), `last` (a tag), `artifactType` (a media type). `Ok(false)`
+/// for parameters the mirror keeps to itself (containerd's `ns`); an error for anything else.
+pub fn list_param(key: &str, value: &str) -> Result<bool, ListParamError> {
+    let bad = || ListParamError(key.chars().take(40).collect());
+    let ok = match key {
+        "ns" => return Ok(false),
+        "n" => value.len() <= 5 && value.parse::<u32>().is_ok_and(|n| n <= MAX_LIST_N),
+        "last" => matches!(Reference::parse(value), Ok(Reference::Tag(_))),
+        "artifactType" => {
+            !value.is_empty()
+                && value.len() <= 255
+                && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-/".contains(&b))
+        }
+        _ => false,
+    };
+    if ok {
+        Ok(true)
+    } else {
+        Err(bad())
     }
 }
 
@@ -152,7 +189,12 @@ mod tests {
         assert!(matches!(nested, Route::Manifest { ref name, .. } if name.as_str() == "x/manifests/y"));
         assert_eq!(parse("/v2/a/blobs/uploads/").unwrap(), Route::Upload);
         assert_eq!(parse("/v2/a/blobs/uploads/123").unwrap(), Route::Upload);
-        assert_eq!(parse("/v2/a/tags/list").unwrap(), Route::Unsupported);
+        assert!(matches!(parse("/v2/a/b/tags/list").unwrap(), Route::Tags { ref name } if name.as_str() == "a/b"));
+        let d = Digest::of(b"m");
+        let referrers = parse(&format!("/v2/a/referrers/{d}")).unwrap();
+        assert!(matches!(referrers, Route::Referrers { ref name, digest } if name.as_str() == "a" && digest == d));
+        assert!(parse("/v2/a/referrers/latest").is_err(), "referrers take a digest");
+        assert!(parse("/v2/A/tags/list").is_err());
         assert_eq!(parse("/v2/_catalog").unwrap(), Route::Unsupported);
     }
 
@@ -167,6 +209,29 @@ mod tests {
         assert!(matches!(parse("/v2/a/blobs/sha256:xyz"), Err(RouteError::Digest(_))));
         assert!(parse("/v2/a/blobs/../../etc/passwd").is_err());
         assert!(parse("/v2/a/blobs/..%2f..%2fetc%2fpasswd").is_err());
+    }
+
+    #[test]
+    fn list_parameters_are_checked_before_they_reach_the_origin() {
+        assert_eq!(list_param("n", "100"), Ok(true));
+        assert_eq!(list_param("n", "0"), Ok(true));
+        assert_eq!(list_param("last", "v1.2"), Ok(true));
+        assert_eq!(list_param("artifactType", "application/vnd.example.sbom+json"), Ok(true));
+        assert_eq!(list_param("ns", "docker.io"), Ok(false), "ns is the mirror's own");
+        for (k, v) in [
+            ("n", "10001"),
+            ("n", "-1"),
+            ("n", "1e3"),
+            ("n", "99999999999"),
+            ("last", "sha256:abc"),
+            ("last", "../x"),
+            ("last", ""),
+            ("artifactType", "a b"),
+            ("artifactType", ""),
+            ("other", "1"),
+        ] {
+            assert!(list_param(k, v).is_err(), "{k}={v}");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 /// Labels of a mirror request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// `base`, `manifest`, `blob`, `upload`, `other`.
+    /// `base`, `manifest`, `blob`, `tags`, `referrers`, `upload`, `other`.
     pub route: &'static str,
     /// HTTP method: one of the standard ones, else `other` (see [`method_label`]).
     pub method: &'static str,

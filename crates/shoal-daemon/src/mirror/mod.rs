@@ -1,13 +1,15 @@
 //! The registry mirror: the OCI distribution read API over HTTP.
 //!
 //! The handler is thin: parse the path into a [`Route`] (pure, in shoal-core), pick the origin
-//! from `ns`, then hand over to `manifests` or `blobs`. Every error leaves as an OCI error body.
+//! from `ns`, then hand over to `manifests`, `blobs` or `lists` (tags and referrers, relayed).
+//! Every error leaves as an OCI error body.
 
 mod authz;
 mod blobs;
 pub(crate) mod body;
 pub mod error;
 mod grants;
+mod lists;
 mod manifests;
 
 use std::sync::Arc;
@@ -65,6 +67,8 @@ async fn handle(State(mirror): State<Arc<Mirror>>, req: Request) -> Response {
         Ok(Route::Manifest { .. }) => "manifest",
         Ok(Route::Blob { .. }) => "blob",
         Ok(Route::Upload) => "upload",
+        Ok(Route::Tags { .. }) => "tags",
+        Ok(Route::Referrers { .. }) => "referrers",
         _ => "other",
     };
     let mut resp = match dispatch(&mirror, parsed, &req).await {
@@ -101,8 +105,11 @@ async fn dispatch(
             manifests::serve(mirror, &origin, &name, &reference, method, headers).await
         }
         Route::Blob { name, digest } => blobs::serve(mirror, &origin, &name, &digest, method, headers).await,
+        Route::Tags { name } | Route::Referrers { name, .. } => {
+            lists::serve(&origin, &name, req.uri.path(), req.uri.query(), method, headers).await
+        }
         Route::Upload => Err(ApiError::method_not_allowed(method)),
-        Route::Unsupported => Err(ApiError::new(ErrorCode::Unsupported, "this mirror serves manifests and blobs only")),
+        Route::Unsupported => Err(ApiError::new(ErrorCode::Unsupported, "this mirror does not serve the catalog")),
     }
 }
 
