@@ -4,7 +4,7 @@
 //! default is written once, here. Validation errors name the key so an operator can fix the file.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use shoal_core::duration::parse_duration;
@@ -61,6 +61,11 @@ pub struct RegistryConfig {
     /// Password or token for `username`.
     #[serde(default)]
     pub password: Option<String>,
+    /// PEM file of the CA certificate(s) the registry's TLS certificate is checked against, in
+    /// addition to the system's (a private CA, as for Harbor or a registry behind nginx; like
+    /// containerd's `ca` in hosts.toml).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The `shoal daemon` configuration file.
@@ -137,6 +142,7 @@ impl Default for Config {
                 url: "https://registry-1.docker.io".into(),
                 username: None,
                 password: None,
+                ca_file: None,
             }],
             cache_size: "20GiB".into(),
             min_free_space: "1GiB".into(),
@@ -241,6 +247,8 @@ pub struct Registry {
     pub url: Url,
     /// Configured credentials.
     pub credentials: Option<(String, String)>,
+    /// `ca_file`, and the PEM it held when the configuration was read.
+    pub ca: Option<(PathBuf, Vec<u8>)>,
 }
 
 impl Registry {
@@ -265,7 +273,7 @@ impl Config {
     pub fn parse_registry_flag(flag: &str) -> Result<RegistryConfig, ConfigError> {
         let (name, url) =
             flag.split_once('=').ok_or_else(|| invalid("registry", format!("{flag:?} is not NAME=URL")))?;
-        Ok(RegistryConfig { name: name.into(), url: url.into(), username: None, password: None })
+        Ok(RegistryConfig { name: name.into(), url: url.into(), username: None, password: None, ca_file: None })
     }
 
     /// Checks every key and parses values.
@@ -469,7 +477,18 @@ fn validate_registry(i: usize, r: &RegistryConfig) -> Result<Registry, ConfigErr
         (Some(_), None) => return Err(invalid(key("password"), "username is set but password is not")),
         (None, Some(_)) => return Err(invalid(key("username"), "password is set but username is not")),
     };
-    Ok(Registry { name: r.name.clone(), url, credentials })
+    let ca = r.ca_file.as_ref().map(|path| read_ca(&key("ca_file"), path)).transpose()?;
+    Ok(Registry { name: r.name.clone(), url, credentials, ca })
+}
+
+/// Reads a `ca_file`: PEM with at least one certificate, at most 1 MiB.
+fn read_ca(key: &str, path: &Path) -> Result<(PathBuf, Vec<u8>), ConfigError> {
+    let pem = std::fs::read(path).map_err(|e| invalid(key.to_owned(), format!("{}: {e}", path.display())))?;
+    let certs = (pem.len() <= 1 << 20).then(|| reqwest::Certificate::from_pem_bundle(&pem).ok()).flatten();
+    if certs.is_none_or(|c| c.is_empty()) {
+        return Err(invalid(key.to_owned(), format!("{}: no PEM certificate in it", path.display())));
+    }
+    Ok((path.to_owned(), pem))
 }
 
 #[cfg(test)]
@@ -503,6 +522,34 @@ mod tests {
         bad(Config { max_blob_size: "17TiB".into(), ..Config::default() }, "max_blob_size");
         bad(Config { max_blob_size: "huge".into(), ..Config::default() }, "max_blob_size");
         assert!(toml::from_str::<Config>("max_connections = -1").is_err());
+    }
+
+    #[test]
+    fn a_registry_may_name_its_own_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["harbor.example".into()]).unwrap();
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(cert.cert.der());
+        let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+        let text = format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"));
+        let pem = dir.path().join("ca.pem");
+        std::fs::write(&pem, &text).unwrap();
+        let with = |file: &std::path::Path| {
+            let text = format!(
+                "[[registry]]\nname = \"harbor.example\"\nurl = \"https://harbor.example\"\nca_file = {:?}\n",
+                file.display().to_string()
+            );
+            toml::from_str::<Config>(&text).unwrap().validate()
+        };
+        let s = with(&pem).unwrap();
+        let (path, bytes) = s.registries[0].ca.clone().unwrap();
+        assert_eq!((path, bytes), (pem.clone(), text.into_bytes()));
+        let missing = with(&dir.path().join("nope.pem")).unwrap_err().to_string();
+        assert!(missing.contains("registry[0].ca_file") && missing.contains("nope.pem"), "{missing}");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let junk = with(&junk).unwrap_err().to_string();
+        assert!(junk.contains("no PEM certificate"), "{junk}");
     }
 
     #[test]

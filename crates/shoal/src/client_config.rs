@@ -104,8 +104,10 @@ pub fn containerd(registries: &[Registry], mirror: &str) -> Vec<File> {
         .map(|r| File {
             path: PathBuf::from(format!("/etc/containerd/certs.d/{}/hosts.toml", r.name)),
             contents: format!(
-                "# Written by shoal config containerd\nserver = \"{}\"\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
-                r.url.as_str().trim_end_matches('/')
+                "# Written by shoal config containerd\nserver = \"{}\"\n{}\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+                r.url.as_str().trim_end_matches('/'),
+                // The registry's own CA, for when containerd falls back to it.
+                r.ca.as_ref().map(|(path, _)| format!("ca = {:?}\n", path.display().to_string())).unwrap_or_default()
             ),
         })
         .collect()
@@ -140,7 +142,7 @@ mod tests {
     use super::*;
 
     fn reg(name: &str, url: &str) -> Registry {
-        Registry { name: name.into(), url: url.parse().unwrap(), credentials: None }
+        Registry { name: name.into(), url: url.parse().unwrap(), credentials: None, ca: None }
     }
 
     #[test]
@@ -154,6 +156,18 @@ mod tests {
         let parsed: toml::Value = toml::from_str(&files[0].contents).unwrap();
         assert_eq!(parsed["server"].as_str(), Some("https://registry-1.docker.io"));
         assert_eq!(parsed["host"]["http://127.0.0.1:65001"]["capabilities"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_registry_ca_goes_into_its_hosts_toml() {
+        let mut harbor = reg("harbor.example", "https://harbor.example");
+        harbor.ca = Some((PathBuf::from("/etc/shoal/harbor-ca.pem"), b"PEM".to_vec()));
+        let files = containerd(&[harbor, reg("docker.io", "https://registry-1.docker.io")], "127.0.0.1:65001");
+        let parsed: toml::Value = toml::from_str(&files[0].contents).unwrap();
+        assert_eq!(parsed["ca"].as_str(), Some("/etc/shoal/harbor-ca.pem"));
+        assert_eq!(parsed["server"].as_str(), Some("https://harbor.example"));
+        let plain: toml::Value = toml::from_str(&files[1].contents).unwrap();
+        assert!(plain.get("ca").is_none());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use http::header::{ACCEPT, AUTHORIZATION};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use shoal_core::RepoName;
 
@@ -129,13 +129,14 @@ impl Origins {
         // Both ring and aws-lc-rs are linked (through different dependencies); pick one so
         // rustls never has to guess. An error only means a provider is already installed.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .pool_max_idle_per_host(32)
-            .user_agent(concat!("shoal/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        let origins = registries.iter().map(|r| Arc::new(Origin::new(r.clone(), http.clone()))).collect();
+        let shared = http_client(None)?;
+        let origins = registries
+            .iter()
+            .map(|r| {
+                let http = if r.ca.is_some() { http_client(r.ca.as_ref())? } else { shared.clone() };
+                Ok(Arc::new(Origin::new(r.clone(), http)))
+            })
+            .collect::<Result<_, reqwest::Error>>()?;
         Ok(Self { origins })
     }
 
@@ -152,6 +153,19 @@ impl Origins {
             .cloned()
             .ok_or_else(|| UnknownRegistry(ns.to_owned()))
     }
+}
+
+/// The HTTP client of the origins; with `ca`, it also trusts that registry's own CA.
+fn http_client(ca: Option<&(std::path::PathBuf, Vec<u8>)>) -> Result<reqwest::Client, reqwest::Error> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .pool_max_idle_per_host(32)
+        .user_agent(concat!("shoal/", env!("CARGO_PKG_VERSION")));
+    for cert in ca.map(|(_, pem)| reqwest::Certificate::from_pem_bundle(pem)).transpose()?.unwrap_or_default() {
+        builder = builder.add_root_certificate(cert);
+    }
+    builder.build()
 }
 
 /// Credentials to attach to a request.
@@ -173,10 +187,16 @@ pub struct Origin {
 impl Origin {
     fn new(registry: Registry, http: reqwest::Client) -> Self {
         let protocol = if registry.url.scheme() == "http" { ClientProtocol::Http } else { ClientProtocol::Https };
+        let extra_root_certificates = registry
+            .ca
+            .iter()
+            .map(|(_, pem)| Certificate { encoding: CertificateEncoding::Pem, data: pem.clone() })
+            .collect();
         let oci = oci_client::Client::new(ClientConfig {
             protocol,
             connect_timeout: Some(CONNECT_TIMEOUT),
             read_timeout: Some(READ_TIMEOUT),
+            extra_root_certificates,
             ..ClientConfig::default()
         });
         Self { registry, http, oci, tokens: Mutex::new(HashMap::new()), down: Mutex::new(None) }
@@ -324,8 +344,20 @@ fn header_for(auth: &Auth) -> HeaderValue {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_registry_with_its_own_ca_gets_a_client_that_trusts_it() {
+        use base64::Engine as _;
+        let cert = rcgen::generate_simple_self_signed(vec!["harbor.example".into()]).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(cert.cert.der());
+        let pem = format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n");
+        let mut harbor = reg("harbor.example", "https://harbor.example");
+        harbor.ca = Some(("ca.pem".into(), pem.into_bytes()));
+        let origins = Origins::new(&[harbor, reg("docker.io", "https://registry-1.docker.io")]).unwrap();
+        assert_eq!(origins.select(Some("harbor.example")).unwrap().name(), "harbor.example");
+    }
+
     fn reg(name: &str, url: &str) -> Registry {
-        Registry { name: name.into(), url: url.parse().unwrap(), credentials: None }
+        Registry { name: name.into(), url: url.parse().unwrap(), credentials: None, ca: None }
     }
 
     #[test]
