@@ -483,8 +483,12 @@ fn validate_registry(i: usize, r: &RegistryConfig) -> Result<Registry, ConfigErr
 
 /// Reads a `ca_file`: PEM with at least one certificate, at most 1 MiB.
 fn read_ca(key: &str, path: &Path) -> Result<(PathBuf, Vec<u8>), ConfigError> {
-    let pem = std::fs::read(path).map_err(|e| invalid(key.to_owned(), format!("{}: {e}", path.display())))?;
-    let certs = (pem.len() <= 1 << 20).then(|| reqwest::Certificate::from_pem_bundle(&pem).ok()).flatten();
+    const MAX: u64 = 1 << 20;
+    let mut pem = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX + 1), &mut pem))
+        .map_err(|e| invalid(key.to_owned(), format!("{}: {e}", path.display())))?;
+    let certs = (pem.len() as u64 <= MAX).then(|| reqwest::Certificate::from_pem_bundle(&pem).ok()).flatten();
     if certs.is_none_or(|c| c.is_empty()) {
         return Err(invalid(key.to_owned(), format!("{}: no PEM certificate in it", path.display())));
     }

@@ -29,6 +29,22 @@ impl Hasher {
     }
 }
 
+/// The sha256 of the first `len` bytes of `file` (an error if it is shorter).
+pub fn file_prefix(file: &std::fs::File, len: u64) -> std::io::Result<Hasher> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: u64 = 1 << 20;
+    let mut h = Hasher::default();
+    let mut buf = vec![0u8; CHUNK.min(len) as usize];
+    let mut pos = 0;
+    while pos < len {
+        let n = (len - pos).min(CHUNK) as usize;
+        file.read_exact_at(&mut buf[..n], pos)?;
+        h.update(&buf[..n]);
+        pos += n as u64;
+    }
+    Ok(h)
+}
+
 /// The sha256 of `data`.
 pub fn digest(data: &[u8]) -> Digest {
     let mut h = Hasher::default();

@@ -9,12 +9,12 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 
 use bytes::Bytes;
 use shoal_core::Digest;
 
 use crate::hash::Hasher;
+use crate::store::read::read_at;
 
 /// Bytes held ahead of the hashed prefix, per blob.
 pub const AHEAD_BUDGET: usize = 32 << 20;
@@ -73,11 +73,9 @@ impl WholeHash {
         if self.pos >= available {
             return Ok(());
         }
-        let mut buf = vec![0u8; REREAD_CHUNK.min((available - self.pos) as usize)];
         while self.pos < available {
-            let n = ((available - self.pos) as usize).min(buf.len());
-            file.read_exact_at(&mut buf[..n], self.pos)?;
-            self.hasher.update(&buf[..n]);
+            let n = ((available - self.pos) as usize).min(REREAD_CHUNK);
+            self.hasher.update(&read_at(file, self.pos, n)?);
             self.pos += n as u64;
             self.reread += n as u64;
             self.drain();

@@ -530,7 +530,6 @@ fn verify_pieces(file: &File, record: &mut BlobRecord) -> Result<Bitmap, WriteEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hash::Hasher;
     use crate::store::meta::MemMeta;
 
     fn b(data: &[u8]) -> Bytes {
@@ -539,17 +538,8 @@ mod tests {
 
     /// Reads a whole local file into its digest (used to re-verify complete blobs on demand).
     pub fn digest_file(path: &std::path::Path) -> std::io::Result<Digest> {
-        use std::io::Read;
-        let mut f = File::open(path)?;
-        let mut h = Hasher::default();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                return Ok(h.finish());
-            }
-            h.update(&buf[..n]);
-        }
+        let f = File::open(path)?;
+        Ok(crate::hash::file_prefix(&f, f.metadata()?.len())?.finish())
     }
 
     const MIB: usize = 1 << 20;

@@ -16,7 +16,6 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -29,7 +28,6 @@ use tokio::sync::watch;
 use crate::download::readers::ReaderGuard;
 use crate::download::tasks::{LocalBlob, Task};
 use crate::download::writer::{Progress, State};
-use crate::hash::Hasher;
 use crate::metrics::ReasonLabels;
 use crate::origin::direct::{Direct, DirectSource};
 use crate::store::pins::Pin;
@@ -176,7 +174,7 @@ impl Reader {
         let size = self.layout.size;
         let whole = if self.is_whole() {
             let (file, pos) = (self.file.clone(), self.pos);
-            tokio::task::spawn_blocking(move || hash_prefix(&file, pos)).await.ok().flatten()
+            tokio::task::spawn_blocking(move || crate::hash::file_prefix(&file, pos).ok()).await.ok().flatten()
         } else {
             None
         };
@@ -238,18 +236,4 @@ fn read_chunk(file: &File, pos: u64, len: usize, shared: bool) -> io::Result<Byt
         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob file shorter than recorded"));
     }
     Ok(Bytes::from(buf))
-}
-
-/// The sha256 of the file's first `len` bytes, if they can be read.
-fn hash_prefix(file: &File, len: u64) -> Option<Hasher> {
-    let mut h = Hasher::default();
-    let mut buf = vec![0u8; CHUNK as usize];
-    let mut pos = 0;
-    while pos < len {
-        let n = (len - pos).min(CHUNK) as usize;
-        file.read_exact_at(&mut buf[..n], pos).ok()?;
-        h.update(&buf[..n]);
-        pos += n as u64;
-    }
-    Some(h)
 }

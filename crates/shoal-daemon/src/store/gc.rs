@@ -13,7 +13,6 @@ use std::time::Duration;
 use shoal_core::Digest;
 
 use crate::discovery::Holdings;
-use crate::hash::Hasher;
 use crate::metrics::Metrics;
 use crate::store::meta::{BlobRecord, BlobState, Durability, MetaError, MetaStore};
 use crate::store::paths::Paths;
@@ -64,7 +63,7 @@ fn finish_verified(
 ) -> Result<(), MetaError> {
     let partial = paths.partial(digest);
     let promoted = std::fs::File::open(&partial).and_then(|file| {
-        if digest_file(&file)? != *digest {
+        if crate::hash::file_prefix(&file, record.layout.size)?.finish() != *digest {
             return Err(std::io::Error::other("the partial file no longer hashes to its digest"));
         }
         paths.promote(digest, &file)
@@ -80,18 +79,6 @@ fn finish_verified(
         }
     }
     meta.put_blob(digest, record, Durability::Sync)
-}
-
-/// The sha256 of a whole file.
-fn digest_file(mut file: &std::fs::File) -> std::io::Result<Digest> {
-    let mut h = Hasher::default();
-    let mut buf = vec![0u8; 4 << 20];
-    loop {
-        match std::io::Read::read(&mut file, &mut buf)? {
-            0 => return Ok(h.finish()),
-            n => h.update(&buf[..n]),
-        }
-    }
 }
 
 /// Deletes files in `dir` whose name is not in `known` (left by a crash before their record).
