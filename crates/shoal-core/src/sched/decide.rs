@@ -26,11 +26,14 @@ pub(super) enum Ask {
 /// 2. a peer that already holds an origin slot keeps it: back to source;
 /// 3. on reschedule, no candidate or `reschedule_b2s_after` asks without progress: back to
 ///    source, even beyond the site's budget;
-/// 4. a free origin slot in the child's site, and either no candidate at all or no done peer in
-///    the site yet (the first peer of a site): back to source;
-/// 5. candidates: parents, best first; the child is offered back to those that are still
-///    downloading (pushed to `offers` as (peer, new parent));
-/// 6. otherwise: wait (empty parents).
+/// 4. a free origin slot in the child's site, and either no candidate in the site or no done
+///    peer in the site yet (the first peer of a site): back to source;
+/// 5. candidates in the child's site: parents, best first; the child is offered back to those
+///    that are still downloading (pushed to `offers` as (peer, new parent));
+/// 6. no candidate in the site, the site's copy on its way (no free slot): wait (empty
+///    parents) — a parent in another site would carry a second copy over the site's link;
+/// 7. on reschedule (the site's copy cannot serve this child): candidates in other sites, a
+///    copy beyond the budget like rule 3, before rule 3 sends it to the origin.
 pub(super) fn decide(
     task: &mut Task,
     hosts: &mut Hosts,
@@ -52,15 +55,18 @@ pub(super) fn decide(
     } else {
         task.release_parents(hosts, child);
         let site = hosts.site_at(slot);
-        let Survey { candidates, back_to_source_in_site, done_in_site } = survey(task, hosts, config, child, site);
+        let Survey { candidates, in_site, back_to_source_in_site, done_in_site } =
+            survey(task, hosts, config, child, site);
         let stuck = ask == Ask::Reschedule && (candidates.is_empty() || reschedules >= config.reschedule_b2s_after);
         let free_slot = back_to_source_in_site < config.back_to_source_per_site;
-        let first_in_site = free_slot && (candidates.is_empty() || !done_in_site);
+        let first_in_site = free_slot && (!in_site || !done_in_site);
         if stuck || first_in_site {
             if let Some(peer) = task.peers.get_mut(child) {
                 peer.back_to_source = true;
             }
             Decision::BackToSource
+        } else if !in_site && ask == Ask::Register {
+            Decision::Parents(Vec::new())
         } else {
             let ids: Vec<HostId> = candidates.iter().map(|c| c.host.clone()).collect();
             task.link(hosts, child, &ids);
@@ -88,6 +94,7 @@ fn offer_back(
     if config.max_parents == 0 || config.quarantined(me.mismatch_reports) {
         return;
     }
+    let site = host.site;
     let offered = Candidate { host: child.clone(), addr: host.info.addr.clone(), have: me.have.clone() };
     for parent in parents {
         let children = task.peers.get(child).map_or(0, |c| c.children.len());
@@ -95,7 +102,9 @@ fn offer_back(
             return;
         }
         let Some(p) = task.peers.get(parent) else { continue };
-        let wants = !p.done
+        // Never across sites: the offered child would feed the other site over both links.
+        let wants = hosts.site_at(p.host) == site
+            && !p.done
             && !p.back_to_source
             && p.parents.len() < config.max_parents
             && !p.parents.contains(child)
@@ -121,8 +130,11 @@ struct Rank<'a> {
 
 /// What one pass over a task's peers tells about a child's options.
 pub(super) struct Survey {
-    /// The best `candidate_parents` parents, best first.
+    /// The best `candidate_parents` parents, best first: those of the child's site when it has
+    /// any, else those of other sites.
     pub candidates: Vec<Candidate>,
+    /// Whether `candidates` are in the child's site.
+    pub in_site: bool,
     /// Peers of the child's site holding an origin slot.
     pub back_to_source_in_site: u32,
     /// Whether a peer of the child's site holds the whole blob.
@@ -132,11 +144,12 @@ pub(super) struct Survey {
 /// The child's site's origin slots in use, and its best `candidate_parents` parents.
 ///
 /// Never the child itself, a parent it reported bad, a parent quarantined in the task, or a
-/// host at the children cap. Ranked by: same site first; fewest digest-mismatch reports from
+/// host at the children cap; never a parent in another site when one in the child's site is
+/// left. Ranked by: same site first; fewest digest-mismatch reports from
 /// other peers (a suspect ranks last before it is quarantined); most pieces; done before
 /// partial; lighter load; higher upload limit (0 is unlimited); host id.
 pub(super) fn survey(task: &Task, hosts: &Hosts, config: &Config, child: &HostId, site: SiteId) -> Survey {
-    let mut survey = Survey { candidates: Vec::new(), back_to_source_in_site: 0, done_in_site: false };
+    let mut survey = Survey { candidates: Vec::new(), in_site: false, back_to_source_in_site: 0, done_in_site: false };
     let Some(me) = task.peers.get(child) else {
         return survey;
     };
@@ -184,6 +197,10 @@ pub(super) fn survey(task: &Task, hosts: &Hosts, config: &Config, child: &HostId
             best.insert(at, rank);
             best.truncate(k);
         }
+    }
+    survey.in_site = best.first().is_some_and(|r| !r.other_site);
+    if survey.in_site {
+        best.retain(|r| !r.other_site);
     }
     survey.candidates = best
         .into_iter()

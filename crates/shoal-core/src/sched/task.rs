@@ -248,16 +248,19 @@ impl Task {
         true
     }
 
-    /// Offers `parent` to every other peer still downloading (not done, not distrusted, not
-    /// already its child), up to the children cap; links them. Returns the offers.
+    /// Offers `parent` to every other peer of its site still downloading (not done, not
+    /// distrusted, not already its child), up to the children cap; links them. Returns the
+    /// offers.
     pub fn offer_to_all(&mut self, hosts: &mut Hosts, config: &Config, parent: &HostId) -> Vec<(HostId, Candidate)> {
         let Some(p) = self.peers.get(parent) else { return Vec::new() };
         let Some(addr) = hosts.at(p.host).map(|h| h.info.addr.clone()) else { return Vec::new() };
         let offered = Candidate { host: parent.clone(), addr, have: p.have.clone() };
+        let site = hosts.site_at(p.host);
         let children: Vec<HostId> = self
             .peers
             .iter()
             .filter(|(id, c)| *id != parent && !c.done && !self.distrusted.contains(*id) && !p.children.contains(*id))
+            .filter(|(_, c)| hosts.site_at(c.host) == site)
             .map(|(id, _)| id.clone())
             .collect();
         let room = config.max_children_per_parent.saturating_sub(count(p.children.len())) as usize;

@@ -86,9 +86,33 @@ fn two_sites_get_one_origin_fetch_each() {
     assert_eq!(reg(&mut s, "a1"), Decision::BackToSource);
     // a1 is a candidate for b1, but site B has a free slot and no done peer: one copy per site.
     assert_eq!(reg(&mut s, "b1"), Decision::BackToSource);
-    assert_eq!(names(&reg(&mut s, "a2")), vec!["a1", "b1"]);
-    assert_eq!(names(&reg(&mut s, "b2")), vec!["b1", "a2", "a1"]);
+    // Never a parent from the other site while the child's own site has one: each site's
+    // link carries one copy.
+    assert_eq!(names(&reg(&mut s, "a2")), vec!["a1"]);
+    assert_eq!(names(&reg(&mut s, "b2")), vec!["b1"]);
     assert_eq!(s.stats(task()).unwrap().back_to_source_peers, 2);
+    // Nor is a child offered back across sites.
+    assert!(s.take_offers().iter().all(|o| o.peer.as_str().starts_with(&o.parent.host.as_str()[..1])));
+}
+
+#[test]
+fn a_site_whose_copy_cannot_serve_waits_and_crosses_sites_only_when_rescheduled() {
+    let config = Config { max_children_per_parent: 1, ..Config::default() };
+    let hosts = [("a1", "A"), ("b1", "B"), ("b2", "B"), ("b3", "B")];
+    let mut s = sched(config, &hosts);
+    reg_with(&mut s, "a1", &[0, 1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(reg(&mut s, "b1"), Decision::BackToSource);
+    assert_eq!(names(&reg(&mut s, "b2")), vec!["b1"]);
+    // b1 is at its cap (one child): b2 is b3's only parent in B; a1, with nine pieces, is
+    // not offered.
+    assert_eq!(names(&reg(&mut s, "b3")), vec!["b2"]);
+    // b3 reports b2 bad: no parent in B can serve it, and B's copy is on its way (b1 holds the
+    // origin slot). It waits rather than pull a second copy over B's link from a1...
+    s.piece_failed(2, task(), &h("b3"), 0, &h("b2"), FailReason::DigestMismatch).unwrap();
+    assert_eq!(reg(&mut s, "b3"), Decision::Parents(Vec::new()));
+    // ...until it asks again: then a1, across sites, before the origin.
+    assert_eq!(names(&s.reschedule(3, task(), &h("b3")).unwrap()), vec!["a1"]);
+    s.check_invariants();
 }
 
 #[test]
@@ -202,8 +226,8 @@ fn same_site_parents_come_first() {
     reg_with(&mut s, "a1", &[0, 1, 2, 3, 4, 5, 6, 7, 8]);
     reg(&mut s, "b1");
     reg_with(&mut s, "b2", &[0]);
-    // b2 has one piece, a1 nine: b2 still ranks first, being in B.
-    assert_eq!(names(&reg(&mut s, "b3")), vec!["b2", "b1", "a1"]);
+    // b2 has one piece, a1 nine: b2 still ranks first, being in B; a1 is not offered at all.
+    assert_eq!(names(&reg(&mut s, "b3")), vec!["b2", "b1"]);
 }
 
 #[test]

@@ -55,7 +55,9 @@ pub struct DhtConfig {
     /// Interval between re-publications of this node's provider records ([`REPUBLISH`]).
     pub republish: Duration,
     /// Interval between resolutions of `bootstrap` ([`REBOOTSTRAP`]); each resolves names
-    /// (cheap) and dials only addresses not connected yet.
+    /// (cheap) and dials only addresses not connected yet. The routing table is refreshed
+    /// (a Kademlia bootstrap) at the same interval, so members that joined at one moment
+    /// find each other within it.
     pub rebootstrap: Duration,
 }
 

@@ -65,8 +65,8 @@ pub(super) struct Node {
 impl Node {
     /// Builds the swarm and binds; returns once the listener is up, with its address.
     pub(super) async fn start(config: DhtConfig, shared: Arc<Shared>) -> Result<(Self, SocketAddr), DhtError> {
-        let mut swarm =
-            transport::swarm(&config.token, agent(&config.me), config.republish).map_err(DhtError::Transport)?;
+        let mut swarm = transport::swarm(&config.token, agent(&config.me), config.republish, config.rebootstrap)
+            .map_err(DhtError::Transport)?;
         let bind_err = |message: String| DhtError::Bind { addr: config.listen, message };
         swarm.listen_on(transport::multiaddr(config.listen)).map_err(|e| bind_err(e.to_string()))?;
         let port = tokio::time::timeout(QUERY_TIMEOUT, listening_port(&mut swarm))

@@ -64,8 +64,14 @@ pub struct Behaviour {
 }
 
 /// A libp2p swarm for the cluster of `token`, announcing `agent` (this member's host id and
-/// peer address) through identify.
-pub fn swarm(token: &[u8], agent: String, republish: Duration) -> Result<libp2p::Swarm<Behaviour>, String> {
+/// peer address) through identify, re-publishing its records every `republish` and refreshing
+/// its routing table every `rebootstrap`.
+pub fn swarm(
+    token: &[u8],
+    agent: String,
+    republish: Duration,
+    rebootstrap: Duration,
+) -> Result<libp2p::Swarm<Behaviour>, String> {
     let psk = psk(token);
     let swarm = libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
@@ -79,14 +85,14 @@ pub fn swarm(token: &[u8], agent: String, republish: Duration) -> Result<libp2p:
                 .timeout(HANDSHAKE_TIMEOUT))
         })
         .map_err(|e| e.to_string())?
-        .with_behaviour(|key| behaviour(key, agent, republish))
+        .with_behaviour(|key| behaviour(key, agent, republish, rebootstrap))
         .map_err(|e| e.to_string())?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
         .build();
     Ok(swarm)
 }
 
-fn behaviour(key: &libp2p::identity::Keypair, agent: String, republish: Duration) -> Behaviour {
+fn behaviour(key: &libp2p::identity::Keypair, agent: String, republish: Duration, rebootstrap: Duration) -> Behaviour {
     let id = key.public().to_peer_id();
     let mut config = kad::Config::new(KAD_PROTOCOL);
     config
@@ -97,7 +103,10 @@ fn behaviour(key: &libp2p::identity::Keypair, agent: String, republish: Duration
         // Nobody may store arbitrary records here: inbound puts are dropped, and provider
         // records are stored by hand (see the node's event loop).
         .set_record_filtering(kad::StoreInserts::FilterBoth)
-        .set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
+        // Members that joined through the same bootstrap node at the same moment each asked it
+        // for the others before it knew them: only a later refresh introduces them to each
+        // other. Refreshing as often as the bootstrap names are resolved bounds that wait.
+        .set_periodic_bootstrap_interval(Some(rebootstrap));
     let store = MemoryStore::with_config(
         id,
         MemoryStoreConfig {
