@@ -243,7 +243,7 @@ async fn swarm(bin: &Path, rate: &str, machine: &Machine, report: &mut String, s
     std::fs::create_dir_all(&origin_dir)?;
     let origin = Origin::start(&origin_dir).await?;
     eprintln!("swarm: pushing the image into the origin…");
-    push(&image).await?;
+    push(&image, TAG).await?;
 
     let cap_check = cap_check(dir.path(), rate, rate_bits).await;
     eprintln!("swarm: {cap_check}");

@@ -93,12 +93,12 @@ impl Origin {
 
 /// Pushes the image's OCI layout into the origin with skopeo run inside the origin namespace
 /// (over its loopback, so the cap does not slow the push).
-pub(crate) async fn push(image: &Image) -> Result<()> {
+pub(crate) async fn push(image: &Image, tag: &str) -> Result<()> {
     let mut cmd = tokio::process::Command::new("nsenter");
     cmd.arg(format!("--net={}", netns::ns_path(ORIGIN)))
         .args(["--", "skopeo", "copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false"])
         .arg(format!("oci:{}:latest", image.layout_dir().display()))
-        .arg(format!("docker://127.0.0.1:{REGISTRY_PORT}/{REPO}:{TAG}"));
+        .arg(format!("docker://127.0.0.1:{REGISTRY_PORT}/{REPO}:{tag}"));
     shoal_e2e::run(&mut cmd, Duration::from_secs(300)).await?;
     Ok(())
 }
