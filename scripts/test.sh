@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 # What the e2e tests run, as Debian package:command (containerd ships both containerd and ctr).
 source scripts/deps.sh
 need_commands docker-registry:docker-registry skopeo:skopeo podman:podman containerd:ctr \
-  containerd:containerd openssl:openssl util-linux:setpriv
+  containerd:containerd openssl:openssl util-linux:setpriv util-linux:nsenter iproute2:ip curl:curl \
+  docker.io:dockerd systemd:systemd-analyze binutils:strip
 
 # The e2e tests play bad members with test-only faults: only this build has them.
 cargo build -p shoal --bin shoal --features fault-injection

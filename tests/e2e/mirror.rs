@@ -36,6 +36,8 @@ async fn get_blob(client: &reqwest::Client, url: &str) -> Result<(String, u64)> 
 
 #[path = "mirror/auth.rs"]
 mod auth;
+#[path = "mirror/ca.rs"]
+mod ca;
 #[path = "mirror/crash.rs"]
 mod crash;
 #[path = "mirror/disk.rs"]

@@ -1,5 +1,6 @@
 //! The origin: the real CNCF distribution registry (`docker-registry serve CONFIG.yml`) on a free
-//! loopback port, with storage and logs in a temp dir and optional htpasswd basic auth.
+//! loopback port, with storage and logs in a temp dir, optional htpasswd basic auth and optional
+//! TLS (a certificate the test made, e.g. from a private CA).
 //!
 //! Its access log (Apache combined format, on stdout) is how tests count blob downloads.
 
@@ -19,6 +20,8 @@ pub struct Registry {
     dir: TempDir,
     port: u16,
     auth: Option<(String, String)>,
+    /// Serves HTTPS (`http.tls` in its config).
+    tls: bool,
     child: Option<Child>,
 }
 
@@ -70,7 +73,20 @@ impl Registry {
         Self::launch(Some((user.to_string(), password.to_string()))).await
     }
 
+    /// Starts a registry without authentication that serves HTTPS with this certificate chain
+    /// and key (PEM files).
+    pub async fn start_tls(certificate: &std::path::Path, key: &std::path::Path) -> Result<Self> {
+        Self::launch_with(None, Some((certificate, key))).await
+    }
+
     async fn launch(auth: Option<(String, String)>) -> Result<Self> {
+        Self::launch_with(auth, None).await
+    }
+
+    async fn launch_with(
+        auth: Option<(String, String)>,
+        tls: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("shoal-registry-").tempdir()?;
         let port = free_port();
         let storage = dir.path().join("storage");
@@ -81,6 +97,10 @@ impl Registry {
              http:\n  addr: 127.0.0.1:{port}\n  secret: shoal-e2e-secret\n",
             storage.display()
         );
+        // Under `http:`, which the text above ends with.
+        if let Some((certificate, key)) = tls {
+            let _ = write!(config, "  tls:\n    certificate: {}\n    key: {}\n", certificate.display(), key.display());
+        }
         if let Some((user, password)) = &auth {
             let hash = bcrypt::hash(password, 5).context("bcrypt")?;
             let htpasswd = dir.path().join("htpasswd");
@@ -88,7 +108,7 @@ impl Registry {
             let _ = write!(config, "auth:\n  htpasswd:\n    realm: shoal-e2e\n    path: {}\n", htpasswd.display());
         }
         std::fs::write(dir.path().join("config.yml"), config)?;
-        let mut registry = Self { dir, port, auth, child: None };
+        let mut registry = Self { dir, port, auth, tls: tls.is_some(), child: None };
         registry.restart().await?;
         Ok(registry)
     }
@@ -98,9 +118,9 @@ impl Registry {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.host())
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.host())
     }
 
     /// The credentials it requires, if any.
@@ -148,7 +168,8 @@ impl Registry {
             .spawn()
             .context("spawn docker-registry (is the docker-registry package installed?)")?;
         self.child = Some(child);
-        let client = reqwest::Client::new();
+        // Only to see it up: its certificate is the test's to check.
+        let client = reqwest::Client::builder().danger_accept_invalid_certs(self.tls).build()?;
         let url = format!("{}/v2/", self.url());
         let up = wait_until(Duration::from_secs(15), Duration::from_millis(50), || async {
             match client.get(&url).send().await {

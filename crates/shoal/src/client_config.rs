@@ -61,6 +61,11 @@ pub fn run(args: ConfigArgs) -> Result<()> {
     if !args.registry.is_empty() {
         config.registry = args.registry.iter().map(|r| Config::parse_registry_flag(r)).collect::<Result<_, _>>()?;
     }
+    // Only the registries matter here. The swarm keys need not hold where the clients are
+    // configured (a Kubernetes init container has neither the cluster token nor, always, the
+    // scheduler's DNS name): the daemon checks them when it starts.
+    (config.scheduler, config.bootstrap, config.dht_listen) = (Vec::new(), Vec::new(), None);
+    (config.cluster_token, config.cluster_token_file) = (None, None);
     let settings = config.validate()?;
     let files = match args.client {
         Client::Containerd => containerd(&settings.registries, &args.mirror),
@@ -168,6 +173,30 @@ mod tests {
         assert_eq!(parsed["server"].as_str(), Some("https://harbor.example"));
         let plain: toml::Value = toml::from_str(&files[1].contents).unwrap();
         assert!(plain.get("ca").is_none());
+    }
+
+    #[test]
+    fn writes_hosts_toml_without_the_swarm_settings_at_hand() {
+        // A daemon config with P2P on, as an init container sees it: no token file, no DNS.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shoal.toml");
+        std::fs::write(
+            &file,
+            "scheduler = [\"http://shoal-scheduler.invalid:65000\"]\nbootstrap = [\"shoal-dht.invalid:65004\"]\n\
+             cluster_token_file = \"/nonexistent/token\"\n[[registry]]\nname = \"a.io\"\nurl = \"https://a.io\"\n",
+        )
+        .unwrap();
+        let args = ConfigArgs {
+            client: Client::Containerd,
+            mirror: "127.0.0.1:65001".into(),
+            config: Some(file),
+            registry: Vec::new(),
+            write: true,
+            root: dir.path().join("host"),
+        };
+        run(args).unwrap();
+        let hosts = std::fs::read_to_string(dir.path().join("host/etc/containerd/certs.d/a.io/hosts.toml")).unwrap();
+        assert!(hosts.contains("server = \"https://a.io\""), "{hosts}");
     }
 
     #[test]
