@@ -51,6 +51,7 @@ pub async fn run() -> Result<()> {
         bail!("part A: {e:#}");
     }
     a?.report(&mut report, &mut summary, wan_bits);
+    let _ = writeln!(report, "{}\n", scheduler_decisions());
     let b = part_b(&sites, &image, &second, &mut daemons).await?;
     b.report(&mut report, &mut summary);
     println!("{report}");
@@ -59,6 +60,21 @@ pub async fn run() -> Result<()> {
         println!("Logs and data kept in {}.", dir.keep().display());
     }
     Ok(())
+}
+
+/// The scheduler's decision counts, as a sentence for the report.
+fn scheduler_decisions() -> String {
+    let url = format!("http://{ADMIN}/metrics");
+    let text = sh(in_ns(SCHED, "curl").args(["-sf", "--max-time", "5", &url])).unwrap_or_default();
+    let count = |kind: &str| {
+        shoal_e2e::metric_value(&text, "shoal_scheduler_decisions_total", &format!("kind=\"{kind}\"")).unwrap_or(0.0)
+    };
+    format!(
+        "Scheduler decisions: {} back-to-source, {} parents, {} wait.",
+        count("back_to_source"),
+        count("parents"),
+        count("wait")
+    )
 }
 
 fn dump_logs(daemons: &[Proc]) {
@@ -202,15 +218,11 @@ impl PartA {
             self.origin_bytes as f64 / self.s_bytes as f64,
             self.stores
         );
-        let _ = writeln!(out, "| node | site | pull (s) | × S÷W |\n|---|---|---|---|");
-        for (i, t) in times.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "| node{i} | site{} | {:.2} | {:.2} |",
-                i / PER_SITE,
-                t.as_secs_f64(),
-                t.as_secs_f64() / ideal
-            );
+        let _ = writeln!(out, "| node | site | pull (s) | × S÷W | each blob (s) |\n|---|---|---|---|---|");
+        for (i, (t, p)) in times.iter().zip(&self.pulls).enumerate() {
+            let each: Vec<String> = p.blob_secs.iter().map(|s| format!("{s:.2}")).collect();
+            let (secs, ratio) = (t.as_secs_f64(), t.as_secs_f64() / ideal);
+            let _ = writeln!(out, "| node{i} | site{} | {secs:.2} | {ratio:.2} | {} |", i / PER_SITE, each.join(" "));
         }
         let _ = writeln!(out, "\n| site | WAN in (× S) | WAN out (× S) |\n|---|---|---|");
         for (s, (rx, tx)) in self.wan.iter().enumerate() {

@@ -77,11 +77,6 @@ impl PieceLayout {
         }
         self.piece_of(range.start)..self.piece_of(range.end - 1) + 1
     }
-
-    /// True when the blob is a single piece (or empty): no P2P bookkeeping is worth it.
-    pub fn is_single_piece(&self) -> bool {
-        self.count() <= 1
-    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use crate::download::tasks::Tasks;
 use crate::limits::Limiter;
 use crate::listener::HttpLimits;
 use crate::metrics::Metrics;
+use crate::mirror::site::{Knowledge, Site};
 use crate::mirror::{self, Authz, Mirror};
 use crate::origin::Origins;
 use crate::peer::client::PeerClient;
@@ -118,6 +119,9 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
     let mut endpoint = None;
     let seeds = Arc::new(Seeds::new(SeedingConfig::default()));
     let mut holdings = None;
+    let mut peer_client = None;
+    let mut authz = Authz::open(paths.root(), meta.clone(), settings.offline_grace)
+        .map_err(|source| StartError::DataDir { path: settings.data_dir.display().to_string(), source })?;
     if let Some(swarm) = &settings.swarm {
         let ep = crate::peer::client::endpoint(swarm.peer_listen)?;
         let addr = ep.local_addr().map_err(|source| StartError::Bind {
@@ -139,6 +143,7 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
         }
         let download = Arc::new(Limiter::new(settings.limits.download));
         let peers = Arc::new(PeerClient::new(ep.clone(), swarm.host_id.clone(), swarm.token.clone(), download));
+        peer_client = Some(peers.clone());
         let driver = Arc::new(Swarm {
             schedulers,
             peers,
@@ -166,13 +171,15 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
             uploaded: metrics.uploaded_bytes.clone(),
             seeds,
             corrupt: faults.corrupt_uploads,
+            site: Some(Arc::new(Knowledge { meta: meta.clone(), grants: authz.grants.clone() })),
         };
         let limits = PeerLimits { max_connections: settings.max_connections, ..PeerLimits::default() };
         handles.push(tokio::spawn(crate::peer::server::serve(ep, Arc::new(ctx), limits)));
     }
     let origins = Origins::new(&settings.registries)?;
-    let authz = Authz::open(paths.root(), meta.clone(), settings.offline_grace)
-        .map_err(|source| StartError::DataDir { path: settings.data_dir.display().to_string(), source })?;
+    if let (Some((holdings, _)), Some(peers), Some(me)) = (&holdings, peer_client, peer_addr) {
+        authz.site = Some(Site { peers, holdings: holdings.clone(), me });
+    }
     let mirror = Arc::new(Mirror {
         origins,
         tasks,

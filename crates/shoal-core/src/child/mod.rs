@@ -288,6 +288,11 @@ impl Child {
         &self.parents
     }
 
+    /// How many pieces have a trusted digest (from the scheduler, or the holders' tables).
+    pub fn trusted_digests(&self) -> usize {
+        self.digests.len()
+    }
+
     /// Pieces held.
     pub fn held(&self) -> &Bitmap {
         &self.held

@@ -604,3 +604,21 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_single_piece_refused_as_busy_is_asked_again_after_the_backoff() {
+    let one = PieceLayout { size: 529, piece_size: 1 << 20 };
+    let mut c = Child::new(ChildConfig::default(), one, Bitmap::new(1), 0, 0, true);
+    c.digests(0, 1, [(0, truth(0))]);
+    c.parents_offered(0, vec![offered("seed", Bitmap::full(1))]);
+    let r = requests(&drain(&mut c));
+    assert_eq!(r.len(), 1);
+    c.piece_failed(10, r[0].0, Failure::Busy);
+    assert!(requests(&drain(&mut c)).is_empty());
+    let backoff = ChildConfig::default().busy_backoff_ms;
+    let wake = c.poll_timeout().expect("a deadline");
+    assert!(wake <= 10 + backoff, "woken at {wake}, after the backoff at {}", 10 + backoff);
+    c.handle_timeout(wake);
+    let again = requests(&drain(&mut c));
+    assert_eq!(again.len(), 1, "asked again at {wake}");
+}

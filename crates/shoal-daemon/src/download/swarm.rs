@@ -428,7 +428,10 @@ impl<'a> Driver<'a> {
         let watcher = tokio::spawn(async move {
             let Ok(mut stream) = peers.watch_have(addr, &digest).await else { return };
             while let Some(update) = stream.next().await {
-                if let Ok(b) = Bitmap::from_bytes(count, &update.have) {
+                // A complete parent holds every piece, whatever bitmap came with it.
+                let have =
+                    if update.complete { Ok(Bitmap::full(count)) } else { Bitmap::from_bytes(count, &update.have) };
+                if let Ok(b) = have {
                     if tx.send((parent, b)).is_err() || update.complete {
                         return;
                     }
@@ -504,7 +507,12 @@ impl<'a> Driver<'a> {
                 let parent_host_id = child.parent(parent).host_id.clone();
                 peer_event::Event::PieceFailed(PieceFailed { index, parent_host_id, reason: reason as i32 })
             }
-            Report::Reschedule => peer_event::Event::Reschedule(Default::default()),
+            Report::Reschedule => {
+                let parents: Vec<String> =
+                    child.parents().iter().map(|p| format!("{}:{}", p.host_id, p.have.count())).collect();
+                tracing::info!(digest = %self.digest, held = child.held().count(), of = self.layout.count(), digests = child.trusted_digests(), ?parents, "no progress: asking the scheduler again");
+                peer_event::Event::Reschedule(Default::default())
+            }
             Report::BlobMismatch { epoch, parents } => {
                 let parent_host_ids = parents.iter().map(|p| child.parent(*p).host_id.clone()).collect();
                 peer_event::Event::BlobMismatch(BlobMismatch { epoch, parent_host_ids })

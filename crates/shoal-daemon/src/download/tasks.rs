@@ -296,7 +296,9 @@ impl Tasks {
         let mut have = writer.subscribe();
         let (finished_tx, finished) = mpsc::unbounded_channel();
         writer.report_to(finished_tx);
-        writer.set_piece_hashing(self.swarm.is_some() && !layout.is_single_piece());
+        // Single-piece blobs (image configs) go through the swarm too: a cut-off site gets them from
+        // a member, and each site's link carries one copy.
+        writer.set_piece_hashing(self.swarm.is_some() && layout.count() > 0);
         writer.set_poison(self.faults.poison);
         writer.set_stall_promote(self.faults.stall_promote);
         writer.count_rereads(self.metrics.hash_reread_bytes.clone());
@@ -311,7 +313,7 @@ impl Tasks {
             task_bytes: &counters.origin_bytes,
         };
         let fetched = match &self.swarm {
-            Some(swarm) if !layout.is_single_piece() => {
+            Some(swarm) if layout.count() > 0 => {
                 let sink = crate::download::swarm::Sink { have: &mut have, tx: &tx, finished };
                 crate::download::swarm::download(swarm, &self.metrics, &counters, &origin, sink, readers).await
             }

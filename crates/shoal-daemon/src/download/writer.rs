@@ -469,6 +469,9 @@ impl PieceWriter {
     /// Records the verified state durably and publishes it (readers may send the last byte
     /// now), then syncs the file, moves it to its final path and records it complete.
     fn complete(&mut self) -> Result<(), WriteError> {
+        // The last pieces may not be published yet (readers are woken per piece only when the
+        // queue runs dry): a parent's final "have" update must show every piece.
+        self.publish();
         self.record.state = BlobState::Verified;
         self.meta.put_blob(&self.digest, &self.record, Durability::Sync)?;
         self.progress.send_modify(|p| p.state = State::Verified);
@@ -553,6 +556,23 @@ mod tests {
         let paths = Paths::new(dir.path());
         paths.create().unwrap();
         (dir, paths, Arc::new(MemMeta::default()), Digest::of(data), PieceLayout::for_size(data.len() as u64))
+    }
+
+    #[test]
+    fn a_complete_blob_shows_every_piece_to_its_readers() {
+        // No publish between chunks: the last pieces reach readers with the final state, or a
+        // child watching this parent never learns it holds them.
+        let data = blob(3 * MIB + 123);
+        let (_d, paths, meta, digest, layout) = setup(&data);
+        let mut w = PieceWriter::open(&paths, meta, digest, layout, 0).unwrap();
+        let rx = w.subscribe();
+        for (i, chunk) in data.chunks(64 << 10).enumerate() {
+            w.write((i * (64 << 10)) as u64, b(chunk)).unwrap();
+        }
+        w.finish().unwrap();
+        let p = rx.borrow();
+        assert_eq!(p.state, State::Complete);
+        assert!(p.have.is_full(), "{} of {} pieces shown", p.have.count(), layout.count());
     }
 
     #[test]

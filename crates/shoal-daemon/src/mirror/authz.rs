@@ -22,6 +22,7 @@ use shoal_core::{Digest, ErrorCode, RepoName};
 
 use super::error::ApiError;
 use super::grants::{now_ms, Challenged, Credential, Grants};
+use super::site::{Question, Site, SiteKnowledge};
 use crate::origin::{Origin, SMALL_REQUEST_TIMEOUT};
 use crate::store::meta::MetaStore;
 
@@ -37,9 +38,10 @@ const MAX_ENTRIES: usize = 100_000;
 pub enum Access {
     /// The origin allowed it now; the origin's size of the object, if it sent one.
     Allowed(Option<u64>),
-    /// The origin could not answer, and a remembered grant lets this client read the cached
-    /// object. If the object is not cached after all, answer with this failure.
-    Cached(Unavailable),
+    /// The origin could not answer, and a remembered grant (this node's, or the site's for a
+    /// public repository) lets this client read the object: from the cache, or from the site
+    /// with the size its members give. Without either, answer with this failure.
+    Cached(Unavailable, Option<u64>),
     /// Not allowed (401/403/404…): the origin's answer, to pass back to the client.
     Relay(reqwest::Response),
     /// The origin could not answer, and nothing lets this client read: the error to send.
@@ -84,7 +86,9 @@ pub struct Authz {
     allowed: Mutex<HashMap<Key, (Instant, Option<u64>)>>,
     down: Mutex<HashMap<DownKey, (Instant, Unavailable)>>,
     /// The durable grants.
-    pub grants: Grants,
+    pub grants: Arc<Grants>,
+    /// The other members, asked when the origin cannot be (none without the DHT).
+    pub site: Option<Site>,
 }
 
 /// The OCI error for an origin that could not decide.
@@ -105,10 +109,13 @@ pub fn refusal(status: u16, why: Unavailable) -> ApiError {
 impl Authz {
     /// Authorization with grants kept in `meta`, hashed with the key in `data_dir`.
     pub fn open(data_dir: &Path, meta: Arc<dyn MetaStore>, grace: Duration) -> std::io::Result<Self> {
-        Ok(Self { allowed: Mutex::default(), down: Mutex::default(), grants: Grants::open(data_dir, meta, grace)? })
+        let grants = Arc::new(Grants::open(data_dir, meta, grace)?);
+        Ok(Self { allowed: Mutex::default(), down: Mutex::default(), grants, site: None })
     }
 
-    /// Asks (or remembers) whether the client with `headers` may read `digest` in `name`.
+    /// Asks (or remembers) whether the client with `headers` may read `digest` in `name`;
+    /// `held`: this node has the object (when the origin cannot be asked, the site is asked
+    /// only for what this node lacks: the object, or the grant).
     pub async fn check(
         &self,
         origin: &Origin,
@@ -116,6 +123,7 @@ impl Authz {
         kind: Kind,
         digest: &Digest,
         headers: &HeaderMap,
+        held: bool,
     ) -> Access {
         let credential = self.grants.credential(headers);
         let key = Key { registry: origin.name().to_owned(), name: name.clone(), kind, digest: *digest, credential };
@@ -126,8 +134,10 @@ impl Authz {
         let path = format!("/v2/{name}/{segment}/{digest}");
         let resp = match self.ask(origin, name, &key.credential, Method::HEAD, &path, headers).await {
             Asked::Unavailable(why) => {
-                return match self.decide(origin, name, &key.credential, Answer::Unavailable(why), Some(digest), false) {
-                    Decision::Serve => Access::Cached(why),
+                let q = Question { registry: origin.name(), name, tag: None, digest: Some(digest) };
+                let (decision, site) = self.decide_offline(origin, &key.credential, why, &q, held).await;
+                return match decision {
+                    Decision::Serve => Access::Cached(why, site.and_then(|s| s.blob_size)),
                     Decision::Refuse(status) => Access::Refused(self.refuse(origin, &key.credential, status, why)),
                     Decision::Relay => Access::Refused(refusal(why.status(), why)),
                 };
@@ -216,6 +226,36 @@ impl Authz {
             tracing::debug!(repository = %name, ?why, anonymous = credential.is_anonymous(), "origin unavailable; serving a granted client from cache");
         }
         decision
+    }
+
+    /// The origin cannot decide (`why`): the access rule on this node's grants; when that
+    /// refuses, or the object is not `held` here, on them and what the site knows (a member
+    /// that saw the repository public makes it public for the site; objects the site saw in the
+    /// repository belong to it). The site's answer comes back for what it holds (sizes,
+    /// manifests). Nothing from the site is remembered as a grant.
+    pub async fn decide_offline(
+        &self,
+        origin: &Origin,
+        credential: &Credential,
+        why: Unavailable,
+        q: &Question<'_>,
+        held: bool,
+    ) -> (Decision, Option<SiteKnowledge>) {
+        let answer = Answer::Unavailable(why);
+        let local = self.decide(origin, q.name, credential, answer, q.digest, held && q.digest.is_none());
+        let Some(site) = self.site.as_ref().filter(|_| local != Decision::Serve || !held) else {
+            return (local, None);
+        };
+        let known = site.ask(q).await;
+        let mut remembered = self.grants.remembered(origin.name(), q.name, credential, q.digest, held);
+        remembered.anonymous = remembered.anonymous.max(known.public_at);
+        remembered.in_repo |= known.in_repo || (q.digest.is_none() && known.tag.is_some());
+        let grace = self.grants.grace().as_millis() as u64;
+        let (decision, _) = access::decide(answer, remembered, now_ms(), grace);
+        if decision == Decision::Serve && local != Decision::Serve {
+            tracing::info!(repository = %q.name, public = known.public_at.is_some(), "origin unavailable; the site's knowledge lets this client read");
+        }
+        (decision, Some(known))
     }
 
     /// The error for a client the access rule refused while the origin could not decide

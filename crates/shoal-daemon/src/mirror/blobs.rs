@@ -28,13 +28,17 @@ pub(super) async fn serve(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let spec = range_spec(headers)?;
-    let size = match m.authz.check(origin, name, Kind::Blob, digest, headers).await {
+    let held = m.tasks.local(digest).is_some() || m.tasks.running(digest).is_some();
+    let size = match m.authz.check(origin, name, Kind::Blob, digest, headers, held).await {
         Access::Relay(resp) => return Ok(relay(resp).await),
         Access::Refused(e) => return Err(e),
         Access::Allowed(size) => size,
-        Access::Cached(why) => {
-            return serve_without_origin(m, digest, method, spec).unwrap_or_else(|| Err(refusal(why.status(), why)))
-        }
+        Access::Cached(why, site_size) => match serve_without_origin(m, digest, method, spec) {
+            Some(served) => return served,
+            // Not here: the site holds it (the origin stays unreachable; the download takes
+            // it from members, checked against its sha256).
+            None => Some(site_size.ok_or_else(|| refusal(why.status(), why))?),
+        },
     };
     let served = m.metrics.served_bytes.get_or_create(&KindLabels { kind: "blob" }).clone();
     let mut forwarded = HeaderMap::new();

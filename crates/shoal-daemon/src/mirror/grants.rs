@@ -118,6 +118,17 @@ impl Grants {
         }
     }
 
+    /// When the origin last let an anonymous client pull `registry/name`, within the grace.
+    pub fn public_since(&self, registry: &str, name: &RepoName) -> Option<u64> {
+        let at = self.meta.grant(&grant_key(registry, name, &Credential(None))).ok().flatten()?;
+        (now_ms().saturating_sub(at) <= self.grace.as_millis() as u64).then_some(at)
+    }
+
+    /// Whether the origin served `object` under `registry/name`.
+    pub fn in_repo(&self, registry: &str, name: &RepoName, object: &Digest) -> bool {
+        self.meta.grant(&member_key(registry, name, object)).ok().flatten().is_some()
+    }
+
     /// The origin served `object` under `registry/name`.
     pub fn member(&self, registry: &str, name: &RepoName, object: &Digest) {
         self.touch(member_key(registry, name, object));

@@ -12,6 +12,8 @@ use shoal_core::access::{Answer, Decision, Unavailable};
 
 use super::authz::{refusal, Access, Asked, Kind};
 use super::error::ApiError;
+use super::grants::Credential;
+use super::site::Question;
 use super::{read_limited, relay, Mirror};
 use crate::origin::Origin;
 use crate::store::meta::{tag_key, ManifestRecord, TagRecord};
@@ -48,9 +50,13 @@ async fn by_tag(
     let resp = match m.authz.ask(origin, name, &cred, method.clone(), &path, headers).await {
         Asked::Answered(r) => r,
         Asked::Unavailable(why) => {
-            let cached = cached_tag(m, &key);
-            let answer = Answer::Unavailable(why);
-            return match m.authz.decide(origin, name, &cred, answer, None, cached.is_some()) {
+            let mut cached = cached_tag(m, &key);
+            let q = Question { registry: origin.name(), name, tag: Some(tag), digest: None };
+            let (decision, site) = m.authz.decide_offline(origin, &cred, why, &q, cached.is_some()).await;
+            if cached.is_none() {
+                cached = site.and_then(|s| from_site(m, s.tag?, &key));
+            }
+            return match decision {
                 Decision::Serve => stale(m, &key, cached, why),
                 Decision::Refuse(status) => Err(m.authz.refuse(origin, &cred, status, why)),
                 Decision::Relay => Err(refusal(why.status(), why)),
@@ -110,6 +116,15 @@ fn cached_tag(m: &Mirror, key: &str) -> Option<(Digest, ManifestRecord)> {
     m.meta.tag(key).ok().flatten().and_then(|t| Some((t.digest, m.meta.manifest(&t.digest).ok().flatten()?)))
 }
 
+/// The manifest a tag named when a site member last saw it (`tag`), from this node's cache or
+/// as the member sent it (checked against its digest); cached here with the tag's mapping.
+fn from_site(m: &Mirror, tag: (Digest, Option<ManifestRecord>), key: &str) -> Option<(Digest, ManifestRecord)> {
+    let (digest, sent) = tag;
+    let record = m.meta.manifest(&digest).ok().flatten().or(sent)?;
+    store(m, &digest, &record, Some(key));
+    Some((digest, record))
+}
+
 /// The origin cannot decide, and this client may read the repository: serve the last manifest
 /// seen for the tag, marked stale.
 fn stale(
@@ -135,8 +150,8 @@ async fn by_digest(
 ) -> Result<Response, ApiError> {
     if let Ok(Some(record)) = m.meta.manifest(digest) {
         m.metrics.cache_lookup("manifest", true);
-        return match m.authz.check(origin, name, Kind::Manifest, digest, headers).await {
-            Access::Allowed(_) | Access::Cached(_) => Ok(respond(digest, record, false)),
+        return match m.authz.check(origin, name, Kind::Manifest, digest, headers, true).await {
+            Access::Allowed(_) | Access::Cached(..) => Ok(respond(digest, record, false)),
             Access::Relay(resp) => Ok(relay(resp).await),
             Access::Refused(e) => Err(e),
         };
@@ -146,7 +161,7 @@ async fn by_digest(
     let cred = m.authz.grants.credential(headers);
     let resp = match m.authz.ask(origin, name, &cred, Method::GET, &path, headers).await {
         Asked::Answered(r) => r,
-        Asked::Unavailable(why) => return Err(m.authz.refuse(origin, &cred, why.status(), why)),
+        Asked::Unavailable(why) => return from_site_by_digest(m, origin, name, digest, &cred, why).await,
     };
     if m.authz.decide(origin, name, &cred, Answer::from_status(resp.status().as_u16()), Some(digest), false)
         != Decision::Serve
@@ -166,6 +181,28 @@ async fn by_digest(
     let record = ManifestRecord { media_type, body };
     store(m, digest, &record, None);
     Ok(respond(digest, record, false))
+}
+
+/// The origin cannot decide, and the manifest is not cached here: a site member's copy
+/// (checked against its digest), to a client the access rule allows with what the site knows.
+async fn from_site_by_digest(
+    m: &Mirror,
+    origin: &Origin,
+    name: &RepoName,
+    digest: &Digest,
+    cred: &Credential,
+    why: Unavailable,
+) -> Result<Response, ApiError> {
+    let q = Question { registry: origin.name(), name, tag: None, digest: Some(digest) };
+    let (decision, site) = m.authz.decide_offline(origin, cred, why, &q, false).await;
+    match (decision, site.and_then(|s| s.manifest)) {
+        (Decision::Serve, Some(record)) => {
+            store(m, digest, &record, None);
+            Ok(respond(digest, record, false))
+        }
+        (Decision::Refuse(status), _) => Err(m.authz.refuse(origin, cred, status, why)),
+        _ => Err(refusal(why.status(), why)),
+    }
 }
 
 fn store(m: &Mirror, digest: &Digest, record: &ManifestRecord, tag: Option<&str>) {

@@ -4,13 +4,14 @@
 //! from `ns`, then hand over to `manifests`, `blobs` or `lists` (tags and referrers, relayed).
 //! Every error leaves as an OCI error body.
 
-mod authz;
+pub(crate) mod authz;
 mod blobs;
 pub(crate) mod body;
 pub mod error;
 mod grants;
 mod lists;
 mod manifests;
+pub(crate) mod site;
 
 use std::sync::Arc;
 

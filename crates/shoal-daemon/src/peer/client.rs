@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use shoal_core::{Digest, PieceDigest, PieceHasher, PieceLayout};
 use shoal_proto::peer::{
     request, DigestsAnswer, DigestsRequest, HaveRequest, HaveUpdate, Hello, PieceHeader, PieceRequest, PieceStatus,
-    Request,
+    Request, SiteAnswer, SiteRequest,
 };
 
 use super::auth::{self, Role};
@@ -197,6 +197,21 @@ impl PeerClient {
         Ok(frame::read(&mut recv).await?)
     }
 }
+
+impl PeerClient {
+    /// What the member at `addr` knows of a repository (see `mirror::site`); its answer is
+    /// bounded here (a manifest of at most 4 MiB) and checked by the caller.
+    pub async fn ask_site(&self, addr: SocketAddr, req: &SiteRequest) -> Result<SiteAnswer, PeerError> {
+        let conn = self.connection(addr).await?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| PeerError::Stream(e.to_string()))?;
+        frame::write(&mut send, &Request { request: Some(request::Request::Site(req.clone())) }).await?;
+        let _ = send.finish();
+        Ok(frame::read_max(&mut recv, MAX_SITE_ANSWER).await?)
+    }
+}
+
+/// Largest site answer: a manifest (4 MiB, the mirror's limit) and a few short fields.
+const MAX_SITE_ANSWER: usize = (4 << 20) + (4 << 10);
 
 /// Appends one page's digests, checking that it continues the table where it stopped, keeps
 /// the layout, brings at least one digest and no more than the blob has.

@@ -13,6 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use shoal_core::Digest;
 use shoal_proto::peer::{
     request, DigestsAnswer, DigestsRequest, HaveUpdate, Hello, PieceHeader, PieceRequest, PieceStatus, Request,
+    SiteAnswer, SiteRequest,
 };
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -54,6 +55,15 @@ pub struct ServerCtx {
     pub seeds: Arc<Seeds>,
     /// Test-only fault: flip a byte in every piece served (to test that children catch it).
     pub corrupt: bool,
+    /// Answers what this node knows of a repository (site requests); none: nothing is known.
+    pub site: Option<Arc<dyn SiteKnowledge>>,
+}
+
+/// What this node knows of repositories, for members whose origin cannot be asked (see
+/// `mirror::site`). Answers from caches only, at once.
+pub trait SiteKnowledge: Send + Sync {
+    /// The answer to one site request.
+    fn answer(&self, req: &SiteRequest) -> SiteAnswer;
 }
 
 /// Why serving a peer connection or one of its requests stopped.
@@ -234,6 +244,10 @@ async fn request(
         Some(request::Request::Have(h)) => have(&mut send, &h.task_id, &ctx).await,
         Some(request::Request::Digests(d)) => {
             frame::write(&mut send, &digest_page(ctx.meta.as_ref(), &d)).await.map_err(ServeError::from)
+        }
+        Some(request::Request::Site(q)) => {
+            let answer = ctx.site.as_ref().map(|s| s.answer(&q)).unwrap_or_default();
+            frame::write(&mut send, &answer).await.map_err(ServeError::from)
         }
         None => Err(ServeError::EmptyRequest),
     }?;

@@ -76,6 +76,7 @@ fn start_full(
         uploaded: Default::default(),
         seeds,
         corrupt,
+        site: None,
     };
     tokio::spawn(serve(ep, Arc::new(ctx), limits));
     addr

@@ -1,0 +1,194 @@
+//! What the site knows, for when the origin cannot be asked (a site cut off from it): other
+//! members answer from their caches whether a repository was seen public, where a tag pointed,
+//! whether an object belongs to the repository, a cached manifest and a held blob's size
+//! ([`Knowledge`] answers; [`Site::ask`] asks).
+//!
+//! Everything a member says is bounded and checked before use: digests parsed, a manifest
+//! hashed against its digest, sizes against `max_blob_size`, times not in the future. It never
+//! grants anything by itself: the answers are inputs to [`super::authz::Authz::decide_offline`],
+//! the one access rule; a private repository is still served only to credentials this node saw
+//! the origin accept.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_core::{Digest, RepoName};
+use shoal_proto::peer::{SiteAnswer, SiteRequest};
+
+use super::grants::{now_ms, Grants};
+use crate::discovery::Holdings;
+use crate::peer::client::PeerClient;
+use crate::store::meta::{tag_key, ManifestRecord, MetaStore};
+
+/// How long one member has to answer.
+const ASK_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Members asked at most per question.
+const MAX_ASKED: usize = 32;
+/// Largest manifest taken from a member (the mirror's own limit).
+const MAX_MANIFEST: usize = 4 << 20;
+/// Longest media type taken from a member.
+const MAX_MEDIA_TYPE: usize = 255;
+
+/// What a question is about.
+pub struct Question<'a> {
+    /// The registry's configured name.
+    pub registry: &'a str,
+    /// The repository.
+    pub name: &'a RepoName,
+    /// A tag to resolve.
+    pub tag: Option<&'a str>,
+    /// A manifest or blob digest.
+    pub digest: Option<&'a Digest>,
+}
+
+/// What the site's members said, merged and checked.
+#[derive(Debug, Default, Clone)]
+pub struct SiteKnowledge {
+    /// The latest time a member saw the origin let anonymous clients pull the repository.
+    pub public_at: Option<u64>,
+    /// The manifest the tag named (most members' answer), with its record when one sent it.
+    pub tag: Option<(Digest, Option<ManifestRecord>)>,
+    /// A member saw the asked object (or the tag's manifest) served under the repository.
+    pub in_repo: bool,
+    /// The asked digest's manifest, checked against it.
+    pub manifest: Option<ManifestRecord>,
+    /// The asked blob's size, as most holders give it.
+    pub blob_size: Option<u64>,
+}
+
+/// Asks the other members of the cluster (those the DHT knows).
+pub struct Site {
+    /// The peer client (QUIC, cluster token).
+    pub peers: Arc<PeerClient>,
+    /// The DHT's view of the members.
+    pub holdings: Arc<Holdings>,
+    /// This node's peer address (never asked).
+    pub me: SocketAddr,
+}
+
+impl Site {
+    /// Asks up to [`MAX_ASKED`] members at once, each for at most [`ASK_TIMEOUT`]; merges what
+    /// they answer. A member that does not answer in time adds nothing.
+    pub async fn ask(&self, q: &Question<'_>) -> SiteKnowledge {
+        let req = SiteRequest {
+            registry: q.registry.to_owned(),
+            repository: q.name.to_string(),
+            tag: q.tag.unwrap_or_default().to_owned(),
+            digest: q.digest.map(|d| d.to_string()).unwrap_or_default(),
+        };
+        let members = self.holdings.discovery().members();
+        let asks = members.iter().filter(|m| m.addr != self.me).take(MAX_ASKED).map(|m| {
+            let (peers, req) = (self.peers.clone(), req.clone());
+            async move { tokio::time::timeout(ASK_TIMEOUT, peers.ask_site(m.addr, &req)).await.ok()?.ok() }
+        });
+        let answers: Vec<SiteAnswer> = futures::future::join_all(asks).await.into_iter().flatten().collect();
+        tracing::debug!(asked = members.len(), answered = answers.len(), repository = %q.name, "asked the site");
+        merge(&answers, q.digest)
+    }
+}
+
+/// Merges members' answers: the latest public time (never in the future), the tag target most
+/// members give, any membership, the first manifest that hashes to its digest, the size most
+/// holders give.
+fn merge(answers: &[SiteAnswer], digest: Option<&Digest>) -> SiteKnowledge {
+    let now = now_ms();
+    let mut out = SiteKnowledge {
+        public_at: answers.iter().map(|a| a.public_at_ms).filter(|t| *t > 0 && *t <= now + 60_000).max(),
+        in_repo: answers.iter().any(|a| a.in_repo),
+        ..SiteKnowledge::default()
+    };
+    let tag = most(answers.iter().filter_map(|a| a.tag_digest.parse::<Digest>().ok()));
+    if let Some(t) = tag {
+        let record = if digest.is_none() { answers.iter().find_map(|a| checked(&t, a)) } else { None };
+        out.tag = Some((t, record));
+    }
+    if let Some(d) = digest {
+        out.manifest = answers.iter().find_map(|a| checked(d, a));
+        out.blob_size = most(answers.iter().map(|a| a.blob_size).filter(|s| *s > 0));
+    }
+    out
+}
+
+/// The answer's manifest, if it is one and hashes to `digest`.
+fn checked(digest: &Digest, a: &SiteAnswer) -> Option<ManifestRecord> {
+    let fits = !a.manifest.is_empty() && a.manifest.len() <= MAX_MANIFEST && a.media_type.len() <= MAX_MEDIA_TYPE;
+    (fits && Digest::of(&a.manifest) == *digest)
+        .then(|| ManifestRecord { media_type: a.media_type.clone(), body: a.manifest.clone() })
+}
+
+/// The value given most often (the first of those given as often).
+fn most<T: Eq + std::hash::Hash + Copy>(values: impl Iterator<Item = T>) -> Option<T> {
+    let mut counts: HashMap<T, (usize, usize)> = HashMap::new();
+    for (i, v) in values.enumerate() {
+        counts.entry(v).or_insert((0, i)).0 += 1;
+    }
+    counts.into_iter().max_by_key(|(_, (n, first))| (*n, std::cmp::Reverse(*first))).map(|(v, _)| v)
+}
+
+/// Answers other members' questions from this node's caches.
+pub struct Knowledge {
+    /// Manifests, tags, blobs.
+    pub meta: Arc<dyn MetaStore>,
+    /// Access grants (shared with the mirror's authorization).
+    pub grants: Arc<Grants>,
+}
+
+impl crate::peer::server::SiteKnowledge for Knowledge {
+    fn answer(&self, req: &SiteRequest) -> SiteAnswer {
+        let Ok(name) = RepoName::parse(&req.repository) else { return SiteAnswer::default() };
+        let registry = req.registry.as_str();
+        let mut out = SiteAnswer {
+            public_at_ms: self.grants.public_since(registry, &name).unwrap_or(0),
+            ..SiteAnswer::default()
+        };
+        let tagged = (!req.tag.is_empty())
+            .then(|| self.meta.tag(&tag_key(registry, name.as_str(), &req.tag)).ok().flatten())
+            .flatten();
+        if let Some(t) = &tagged {
+            out.tag_digest = t.digest.to_string();
+            out.tag_media_type.clone_from(&t.media_type);
+        }
+        let object = req.digest.parse::<Digest>().ok().or(tagged.map(|t| t.digest));
+        let Some(object) = object else { return out };
+        out.in_repo = self.grants.in_repo(registry, &name, &object);
+        if let Ok(Some(m)) = self.meta.manifest(&object) {
+            out.media_type = m.media_type;
+            out.manifest = m.body;
+        }
+        let held =
+            self.meta.blob(&object).ok().flatten().filter(|b| b.state == crate::store::meta::BlobState::Complete);
+        out.blob_size = held.map_or(0, |b| b.layout.size);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(tag: &Digest, public_at: u64) -> SiteAnswer {
+        SiteAnswer { public_at_ms: public_at, tag_digest: tag.to_string(), ..SiteAnswer::default() }
+    }
+
+    #[test]
+    fn merging_takes_the_majority_tag_the_latest_past_time_and_only_checked_manifests() {
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        let future = now_ms() + 3_600_000;
+        let answers = [answer(&a, 10), answer(&b, 20), answer(&b, future)];
+        let k = merge(&answers, None);
+        assert_eq!(k.tag.map(|t| t.0), Some(b));
+        assert_eq!(k.public_at, Some(20), "a time in the future is not taken");
+
+        let body = b"{\"schemaVersion\":2}".to_vec();
+        let d = Digest::of(&body);
+        let forged = SiteAnswer { manifest: b"{}".to_vec(), ..SiteAnswer::default() };
+        let good = SiteAnswer { manifest: body.clone(), blob_size: 7, ..SiteAnswer::default() };
+        let k = merge(&[forged.clone(), good], Some(&d));
+        assert_eq!(k.manifest.map(|m| m.body), Some(body));
+        assert_eq!(k.blob_size, Some(7));
+        assert!(merge(&[forged], Some(&d)).manifest.is_none(), "a manifest that does not hash to its digest");
+        assert!(!merge(&[], Some(&d)).in_repo);
+    }
+}
