@@ -48,6 +48,9 @@ async fn by_tag(
     let resp = match m.authz.ask(origin, name, &cred, method.clone(), &path, headers).await {
         Asked::Answered(r) => r,
         Asked::Unavailable(why) => {
+            if let Some((digest, record)) = super::imported::tag(m, origin.name(), name, tag) {
+                return Ok(respond(&digest, record, true));
+            }
             let cached = cached_tag(m, &key);
             let answer = Answer::Unavailable(why);
             return match m.authz.decide(origin, name, &cred, answer, None, cached.is_some()) {
@@ -137,6 +140,9 @@ async fn by_digest(
         m.metrics.cache_lookup("manifest", true);
         return match m.authz.check(origin, name, Kind::Manifest, digest, headers).await {
             Access::Allowed(_) | Access::Cached(_) => Ok(respond(digest, record, false)),
+            Access::Refused(_) if super::imported::allows(m, origin.name(), name, digest) => {
+                Ok(respond(digest, record, false))
+            }
             Access::Relay(resp) => Ok(relay(resp).await),
             Access::Refused(e) => Err(e),
         };
