@@ -39,7 +39,7 @@ pub(crate) mod store;
 pub mod api {
     pub use crate::admin::wire;
     pub use crate::discovery::sched_connect;
-    pub use crate::download::tasks::TaskStatus;
+    pub use crate::download::tasks::{now_millis, TaskStatus};
     /// What a manifest refers to (shared with `shoal import` and `shoal fetch -o`).
     pub mod manifest {
         pub use crate::admin::manifest::*;
