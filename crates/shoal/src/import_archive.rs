@@ -285,12 +285,11 @@ mod tests {
 
     #[test]
     fn bounds_extension_headers() {
-        let mut t = tar_with(&[("x", tar::EntryType::GNULongName, &vec![b'a'; 70_000])]);
-        t.extend(tar_with(&[("y", tar::EntryType::Regular, b"")]));
+        let big = vec![b'a'; 70_000];
+        let t = tar_with(&[("x", tar::EntryType::GNULongName, &big), ("y", tar::EntryType::Regular, b"")]);
         assert!(format!("{:#}", paths(&t).unwrap_err()).contains("extension header"));
         let long = format!("{}/f\0", "d".repeat(200));
-        let mut t = tar_with(&[("././@LongLink", tar::EntryType::GNULongName, long.as_bytes())]);
-        t.extend(tar_with(&[("short", tar::EntryType::Regular, b"z")]));
+        let t = tar_with(&[("././@LongLink", tar::EntryType::GNULongName, long.as_bytes()), ("short", tar::EntryType::Regular, b"z")]);
         assert_eq!(paths(&t).unwrap(), vec![format!("{}/f", "d".repeat(200))]);
     }
 
