@@ -3,8 +3,8 @@
 //! `blobs/sha256/…`), plain or gzip (told by its magic bytes).
 //!
 //! [`walk`] is the one place tar entries are read, and it is hostile-input code: only regular
-//! files and directories are accepted (no links, devices or sparse files), every path must be
-//! relative without `..`, extension headers (GNU long names, PAX) and paths are bounded, and so
+//! files and directories are read, links are noted but never followed (a layout that names one
+//! is refused), devices and sparse files are refused, every path must be relative without `..`, extension headers (GNU long names, PAX) and paths are bounded, and so
 //! is the number of entries. [`scan`] hashes every file (sha256; for a gzip layer also its
 //! uncompressed content) and keeps the small JSON ones in memory, bounded in total. It never
 //! writes anywhere: what it found is turned into an upload by `import_cmd`.
@@ -48,12 +48,22 @@ pub struct Scan {
     pub files: HashMap<String, FileInfo>,
     /// Paths in archive order.
     pub order: Vec<String>,
+    /// Links (symbolic or hard), which are never followed.
+    pub links: Vec<String>,
 }
 
 impl Scan {
     /// The file at `path`, or a clear error.
     pub fn file(&self, path: &str) -> Result<&FileInfo> {
+        if self.links.iter().any(|l| l == path) {
+            bail!("{path} is a symbolic or hard link: links in an archive are not followed");
+        }
         self.files.get(path).with_context(|| format!("the archive has no {path}"))
+    }
+
+    /// True when the archive has `path` (a file, or a link it will refuse to follow).
+    pub fn has(&self, path: &str) -> bool {
+        self.files.contains_key(path) || self.links.iter().any(|l| l == path)
     }
 
     /// The JSON file at `path`, parsed.
@@ -73,8 +83,13 @@ pub fn open(path: &Path) -> Result<Box<dyn Read>> {
 }
 
 /// Calls `f(path, bytes, size)` for every regular file of the tar stream, in order, after
-/// checking every entry (see the module documentation).
-pub fn walk(reader: impl Read, mut f: impl FnMut(&str, &mut dyn Read, u64) -> Result<()>) -> Result<()> {
+/// checking every entry (see the module documentation); adds the paths of links (symbolic or
+/// hard, which are never followed) to `links`.
+pub fn walk(
+    reader: impl Read,
+    links: &mut Vec<String>,
+    mut f: impl FnMut(&str, &mut dyn Read, u64) -> Result<()>,
+) -> Result<()> {
     let mut archive = tar::Archive::new(reader);
     let mut long_name: Option<Vec<u8>> = None;
     let mut count = 0;
@@ -102,12 +117,17 @@ pub fn walk(reader: impl Read, mut f: impl FnMut(&str, &mut dyn Read, u64) -> Re
         if kind.is_dir() {
             continue;
         }
+        let Some(path) = path else { bail!("a file entry with an empty path") };
+        if kind.is_symlink() || kind.is_hard_link() {
+            // Never followed nor written anywhere: a layout that names it is refused (Scan::file).
+            links.push(path);
+            continue;
+        }
         ensure!(
             kind.is_file() || kind.is_contiguous(),
-            "{path:?} is a {}: only regular files and directories are accepted",
+            "{path:?} is a {}: only regular files, directories and (never followed) links are accepted",
             kind_name(kind)
         );
-        let Some(path) = path else { bail!("a file entry with an empty path") };
         f(&path, &mut entry, size).with_context(|| format!("reading {path}"))?;
     }
     Ok(())
@@ -167,7 +187,8 @@ fn clean_path(raw: &[u8]) -> Result<Option<String>> {
 pub fn scan(path: &Path) -> Result<Scan> {
     let mut scan = Scan::default();
     let mut json_total = 0u64;
-    walk(open(path)?, |name, data, size| {
+    let mut links = Vec::new();
+    walk(open(path)?, &mut links, |name, data, size| {
         let info = hash_file(data, size)?;
         if let Some(j) = &info.json {
             json_total += j.len() as u64;
@@ -180,6 +201,7 @@ pub fn scan(path: &Path) -> Result<Scan> {
         }
         Ok(())
     })?;
+    scan.links = links;
     Ok(scan)
 }
 
@@ -197,7 +219,7 @@ fn hash_file(data: &mut dyn Read, size: u64) -> Result<FileInfo> {
         }
         let chunk = &buf[..n];
         if done == 0 {
-            if chunk.first() == Some(&b'{') && size <= MAX_JSON {
+            if matches!(chunk.first(), Some(b'{' | b'[')) && size <= MAX_JSON {
                 json = Some(Vec::with_capacity(size as usize));
             }
             if chunk.starts_with(&[0x1f, 0x8b]) {
@@ -254,10 +276,12 @@ mod tests {
 
     fn paths(tar: &[u8]) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        walk(tar, |p, _, _| {
+        let mut links = Vec::new();
+        walk(tar, &mut links, |p, _, _| {
             out.push(p.to_owned());
             Ok(())
         })?;
+        out.extend(links.into_iter().map(|l| format!("link {l}")));
         Ok(out)
     }
 
@@ -269,18 +293,21 @@ mod tests {
     }
 
     #[test]
-    fn refuses_traversal_absolute_paths_and_links() {
-        use tar::EntryType::{Link, Regular, Symlink};
+    fn refuses_traversal_absolute_paths_and_special_files_and_keeps_links_aside() {
+        use tar::EntryType::{Char, Fifo, Link, Regular, Symlink};
         for (path, kind, want) in [
             ("../x", Regular, "leaves the archive"),
             ("a/../../x", Regular, "leaves the archive"),
             ("/etc/x", Regular, "absolute"),
-            ("manifest.json", Symlink, "symbolic link"),
-            ("manifest.json", Link, "hard link"),
+            ("dev", Char, "special file"),
+            ("fifo", Fifo, "special file"),
+            ("../link", Symlink, "leaves the archive"),
         ] {
             let e = paths(&tar_with(&[(path, kind, b"")])).unwrap_err();
             assert!(format!("{e:#}").contains(want), "{path}: {e:#}");
         }
+        let t = tar_with(&[("manifest.json", Symlink, b""), ("a/layer.tar", Link, b"")]);
+        assert_eq!(paths(&t).unwrap(), vec!["link manifest.json".to_owned(), "link a/layer.tar".to_owned()]);
     }
 
     #[test]

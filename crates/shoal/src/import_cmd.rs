@@ -136,7 +136,7 @@ fn stream_blobs(
 ) -> Result<()> {
     let wanted: HashMap<&str, Digest> = paths.iter().map(|(d, p)| (p.as_str(), *d)).collect();
     let mut next = 0;
-    import_archive::walk(import_archive::open(archive)?, |path, data, _| {
+    import_archive::walk(import_archive::open(archive)?, &mut Vec::new(), |path, data, _| {
         let Some(digest) = wanted.get(path) else { return Ok(()) };
         if header.blobs.get(next).is_none_or(|b| b.digest != *digest) {
             return Ok(());

@@ -85,9 +85,9 @@ struct Found {
 /// the names it carries.
 pub fn plan(scan: &Scan, tags: &[String]) -> Result<Upload> {
     let mut manifests: HashMap<Digest, ImportManifest> = HashMap::new();
-    let found = if scan.files.contains_key("index.json") && scan.files.contains_key("oci-layout") {
+    let found = if scan.has("index.json") && scan.has("oci-layout") {
         oci_images(scan, &mut manifests)?
-    } else if scan.files.contains_key("manifest.json") {
+    } else if scan.has("manifest.json") {
         docker_images(scan, &mut manifests)?
     } else {
         bail!("neither an OCI image layout (oci-layout, index.json) nor a docker archive (manifest.json)");

@@ -26,7 +26,7 @@ fn holds(listing: &serde_json::Value, image: &Image) -> (bool, bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pins_hold_against_the_quota_ttl_expires_and_cache_commands_manage_it() -> Result<()> {
     require_tools();
-    let registry = Registry::start().await?;
+    let mut registry = Registry::start().await?;
     let origin = registry.host();
     let (kept, plain, short) = (Image::build(51, &[2 * MB])?, Image::build(52, &[32 * MB])?, Image::build(53, &[MB])?);
     let work = workdir()?;
@@ -36,6 +36,8 @@ async fn pins_hold_against_the_quota_ttl_expires_and_cache_commands_manage_it() 
     import(&daemon, &layout_tar(&work, "kept", &kept, None)?, &["--tag", &kept_ref, "--pin"]).await?;
     import(&daemon, &layout_tar(&work, "plain", &plain, None)?, &["--tag", &plain_ref]).await?;
 
+    // The origin stops (with it up, it decides, and it has never heard of these images).
+    registry.stop();
     // A pinned blob is not removed; nor is a blob being served.
     let out = cache(&daemon, &["rm", &kept.layers[0].digest]).await?;
     ensure!(!out.ok && out.stderr.contains("pinned by image"), "rm of a pinned blob: {}", out.stderr);
