@@ -56,7 +56,14 @@ async fn import(daemon: &Daemon, file: &Path, extra: &[&str]) -> Result<String> 
     let mut args = vec!["import", file.to_str().context("path")?, "--admin", &admin];
     args.extend_from_slice(extra);
     let out = shoal(&args, None).await?;
-    ensure!(out.ok, "shoal import {} failed:\n{}\n{}\n--- daemon:\n{}", file.display(), out.stdout, out.stderr, daemon.stderr_tail());
+    ensure!(
+        out.ok,
+        "shoal import {} failed:\n{}\n{}\n--- daemon:\n{}",
+        file.display(),
+        out.stdout,
+        out.stderr,
+        daemon.stderr_tail()
+    );
     Ok(out.stdout)
 }
 
@@ -195,8 +202,22 @@ async fn skopeo_archives_import_and_pull_back_with_the_origin_down() -> Result<(
     let oci_tar = work.path().join("oci.tar");
     let docker_ref = format!("{origin}/airgap/docker:v1");
     let oci_ref = format!("{origin}/airgap/oci:v2");
-    skopeo_archive(work.path(), &origin, "airgap/app:v1", &format!("docker-archive:{}:{docker_ref}", path_str(&docker_tar)), false).await?;
-    skopeo_archive(work.path(), &origin, "airgap/app:v1", &format!("oci-archive:{}:{oci_ref}", path_str(&oci_tar)), true).await?;
+    skopeo_archive(
+        work.path(),
+        &origin,
+        "airgap/app:v1",
+        &format!("docker-archive:{}:{docker_ref}", path_str(&docker_tar)),
+        false,
+    )
+    .await?;
+    skopeo_archive(
+        work.path(),
+        &origin,
+        "airgap/app:v1",
+        &format!("oci-archive:{}:{oci_ref}", path_str(&oci_tar)),
+        true,
+    )
+    .await?;
     let gz = work.path().join("oci.tar.gz");
     let mut cmd = tokio::process::Command::new("sh");
     cmd.arg("-c").arg(format!("gzip -c {} > {}", path_str(&oci_tar), path_str(&gz)));
@@ -215,14 +236,19 @@ async fn skopeo_archives_import_and_pull_back_with_the_origin_down() -> Result<(
 
     let mirror = daemon.mirror_host();
     for (reference, digest) in [(&docker_ref, &docker_digest), (&oci_ref, &oci_digest)] {
-        let out = skopeo_pull(work.path(), &origin, &mirror, reference).await.with_context(|| format!("skopeo pull {reference}\n{}", daemon.stderr_tail()))?;
+        let out = skopeo_pull(work.path(), &origin, &mirror, reference)
+            .await
+            .with_context(|| format!("skopeo pull {reference}\n{}", daemon.stderr_tail()))?;
         let got = check_dir_blobs(&out, &image)?;
         ensure!(&got == digest, "skopeo got manifest {got}, the import is {digest}");
     }
     let containerd = Containerd::start().await?;
     let hosts = containerd.hosts_dir(&origin, Some(&mirror))?;
     for (reference, digest) in [(&docker_ref, &docker_digest), (&oci_ref, &oci_digest)] {
-        containerd.pull(reference, &hosts, None).await.with_context(|| format!("ctr pull {reference}\n{}", daemon.stderr_tail()))?;
+        containerd
+            .pull(reference, &hosts, None)
+            .await
+            .with_context(|| format!("ctr pull {reference}\n{}", daemon.stderr_tail()))?;
         check_containerd(&containerd, reference, digest, &image).await?;
     }
     println!("imported and pulled back with the origin down: {docker_ref} ({docker_digest}), {oci_ref} ({oci_digest})");

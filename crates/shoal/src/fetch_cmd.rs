@@ -185,7 +185,8 @@ async fn resolve(
         }
         return Ok(resolved);
     }
-    let matches = |c: &&mf::Descriptor| c.platform.as_deref().is_some_and(|p| p == want || p.starts_with(&format!("{want}/")));
+    let matches =
+        |c: &&mf::Descriptor| c.platform.as_deref().is_some_and(|p| p == want || p.starts_with(&format!("{want}/")));
     let pick = match (children.iter().find(matches), platform) {
         (Some(c), _) => c,
         (None, None) => children.first().context("empty image index")?,

@@ -69,7 +69,8 @@ impl Scan {
     /// The JSON file at `path`, parsed.
     pub fn json(&self, path: &str) -> Result<serde_json::Value> {
         let f = self.file(path)?;
-        let bytes = f.json.as_ref().with_context(|| format!("{path} is not a JSON file of at most {MAX_JSON} bytes"))?;
+        let bytes =
+            f.json.as_ref().with_context(|| format!("{path} is not a JSON file of at most {MAX_JSON} bytes"))?;
         serde_json::from_slice(bytes).with_context(|| format!("{path} is not valid JSON"))
     }
 }
@@ -99,7 +100,11 @@ pub fn walk(
         ensure!(count <= MAX_ENTRIES, "the archive has more than {MAX_ENTRIES} entries");
         let kind = entry.header().entry_type();
         let size = entry.header().size().context("bad entry size")?;
-        if kind.is_gnu_longname() || kind.is_gnu_longlink() || kind.is_pax_local_extensions() || kind.is_pax_global_extensions() {
+        if kind.is_gnu_longname()
+            || kind.is_gnu_longlink()
+            || kind.is_pax_local_extensions()
+            || kind.is_pax_global_extensions()
+        {
             ensure!(size <= MAX_EXTENSION, "an extension header of {size} bytes (more than {MAX_EXTENSION})");
             let mut data = Vec::with_capacity(size as usize);
             entry.read_to_end(&mut data).context("the archive is truncated")?;
@@ -152,7 +157,8 @@ fn pax_path(data: &[u8]) -> Result<Option<Vec<u8>>> {
     let mut rest = data;
     while !rest.is_empty() {
         let space = rest.iter().position(|&b| b == b' ').context("malformed PAX header")?;
-        let len: usize = std::str::from_utf8(&rest[..space]).ok().and_then(|s| s.parse().ok()).context("malformed PAX header")?;
+        let len: usize =
+            std::str::from_utf8(&rest[..space]).ok().and_then(|s| s.parse().ok()).context("malformed PAX header")?;
         ensure!(len > space + 1 && len <= rest.len(), "malformed PAX header");
         let record = &rest[space + 1..len - 1];
         let (key, value) = record.split_at(record.iter().position(|&b| b == b'=').context("malformed PAX record")?);
@@ -316,7 +322,10 @@ mod tests {
         let t = tar_with(&[("x", tar::EntryType::GNULongName, &big), ("y", tar::EntryType::Regular, b"")]);
         assert!(format!("{:#}", paths(&t).unwrap_err()).contains("extension header"));
         let long = format!("{}/f\0", "d".repeat(200));
-        let t = tar_with(&[("././@LongLink", tar::EntryType::GNULongName, long.as_bytes()), ("short", tar::EntryType::Regular, b"z")]);
+        let t = tar_with(&[
+            ("././@LongLink", tar::EntryType::GNULongName, long.as_bytes()),
+            ("short", tar::EntryType::Regular, b"z"),
+        ]);
         assert_eq!(paths(&t).unwrap(), vec![format!("{}/f", "d".repeat(200))]);
     }
 

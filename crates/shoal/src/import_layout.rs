@@ -102,7 +102,10 @@ pub fn plan(scan: &Scan, tags: &[String]) -> Result<Upload> {
             match parse_name(t)? {
                 Some(n) if !names.contains(&n) => names.push(n),
                 Some(_) => {}
-                None => bail!("image {} is named only {t:?}, with no repository: name it with --tag REGISTRY/REPOSITORY:TAG", f.digest),
+                None => bail!(
+                    "image {} is named only {t:?}, with no repository: name it with --tag REGISTRY/REPOSITORY:TAG",
+                    f.digest
+                ),
             }
         }
         ensure!(!names.is_empty(), "image {} carries no name: name it with --tag REGISTRY/REPOSITORY:TAG", f.digest);
@@ -160,7 +163,8 @@ fn docker_repo_tags(scan: &Scan) -> HashMap<Digest, Vec<String>> {
     let mut out = HashMap::new();
     for e in list.as_array().into_iter().flatten() {
         let config = e["Config"].as_str().and_then(|p| scan.files.get(p)).map(|f| f.digest);
-        let tags: Vec<String> = e["RepoTags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)).collect();
+        let tags: Vec<String> =
+            e["RepoTags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)).collect();
         if let Some(c) = config {
             out.insert(c, tags);
         }
@@ -221,14 +225,21 @@ fn docker_images(scan: &Scan, manifests: &mut HashMap<Digest, ImportManifest>) -
         let config_path = e["Config"].as_str().context("manifest.json: an image without Config")?;
         let config = scan.file(config_path)?;
         let parsed = scan.json(config_path)?;
-        let diff_ids = parsed["rootfs"]["diff_ids"].as_array().with_context(|| format!("{config_path}: no rootfs.diff_ids"))?;
+        let diff_ids =
+            parsed["rootfs"]["diff_ids"].as_array().with_context(|| format!("{config_path}: no rootfs.diff_ids"))?;
         let layers = e["Layers"].as_array().context("manifest.json: an image without Layers")?;
-        ensure!(layers.len() == diff_ids.len(), "{config_path}: {} diff ids for {} layers", diff_ids.len(), layers.len());
+        ensure!(
+            layers.len() == diff_ids.len(),
+            "{config_path}: {} diff ids for {} layers",
+            diff_ids.len(),
+            layers.len()
+        );
         let mut descriptors = Vec::new();
         for (layer, diff_id) in layers.iter().zip(diff_ids) {
             let path = layer.as_str().context("manifest.json: a layer that is not a path")?;
             let f = scan.file(path)?;
-            let diff_id: Digest = diff_id.as_str().unwrap_or_default().parse().with_context(|| format!("{config_path}: bad diff id"))?;
+            let diff_id: Digest =
+                diff_id.as_str().unwrap_or_default().parse().with_context(|| format!("{config_path}: bad diff id"))?;
             let (media_type, content) = match f.uncompressed {
                 Some(inner) => (mf::DOCKER_LAYER_GZIP, inner),
                 None => (mf::DOCKER_LAYER, f.digest),
@@ -245,7 +256,8 @@ fn docker_images(scan: &Scan, manifests: &mut HashMap<Digest, ImportManifest>) -
         let body = serde_json::to_string(&manifest)?;
         let digest = Digest::of(body.as_bytes());
         manifests.insert(digest, ImportManifest { digest, media_type: mf::DOCKER_MANIFEST.into(), body });
-        let names = e["RepoTags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)).collect();
+        let names =
+            e["RepoTags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)).collect();
         found.push(Found { digest, names });
     }
     Ok(found)

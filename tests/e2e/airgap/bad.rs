@@ -62,7 +62,8 @@ async fn bad_archives_get_clear_errors_and_change_nothing() -> Result<()> {
     for (what, bytes, want) in &cases {
         let path = work.path().join(format!("{}.bad", what.replace(' ', "-")));
         std::fs::write(&path, bytes)?;
-        let out = shoal(&["import", &path.display().to_string(), "--tag", &tag, "--admin", &admin_addr(&daemon)], None).await?;
+        let out = shoal(&["import", &path.display().to_string(), "--tag", &tag, "--admin", &admin_addr(&daemon)], None)
+            .await?;
         ensure!(!out.ok, "{what}: imported:\n{}", out.stdout);
         ensure!(out.stderr.contains(want), "{what}: the error does not say {want:?}:\n{}", out.stderr);
         println!("{what}: {}", out.stderr.lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" / "));

@@ -5,7 +5,9 @@ use std::time::Duration;
 use anyhow::{ensure, Result};
 use shoal_e2e::{wait_until, Daemon, DaemonConfig, Image, Registry};
 
-use super::{admin_addr, cache_ls, complete_blobs, image_digest, import, layout_tar, require_tools, shoal, workdir, MB};
+use super::{
+    admin_addr, cache_ls, complete_blobs, image_digest, import, layout_tar, require_tools, shoal, workdir, MB,
+};
 
 /// `shoal cache ARGS --admin ADDR`.
 async fn cache(daemon: &Daemon, args: &[&str]) -> Result<super::Out> {

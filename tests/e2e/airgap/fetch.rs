@@ -22,7 +22,9 @@ async fn fetch_writes_an_oci_layout_that_skopeo_and_import_read_back() -> Result
     let layout = work.path().join("layout");
     let tarball = work.path().join("fetched.tar");
     for out in [&layout, &tarball] {
-        let o = shoal(&["fetch", &reference, "--mirror", &daemon.mirror_host(), "-o", &out.display().to_string()], None).await?;
+        let o =
+            shoal(&["fetch", &reference, "--mirror", &daemon.mirror_host(), "-o", &out.display().to_string()], None)
+                .await?;
         ensure!(o.ok, "shoal fetch -o {}: {}\n{}", out.display(), o.stderr, daemon.stderr_tail());
     }
 
@@ -56,6 +58,8 @@ async fn fetch_writes_an_oci_layout_that_skopeo_and_import_read_back() -> Result
     let printed = import(&other, &tarball, &[]).await?;
     ensure!(printed.contains(&format!("imported {reference}@{}", image.manifest_digest)), "{printed}");
     let took = Skopeo::pull_verified(&origin, &other.mirror_host(), &reference, &image).await?;
-    println!("fetch -o, skopeo copy oci:, import of the tar and a pull with the origin down: ok ({took:?} for the pull)");
+    println!(
+        "fetch -o, skopeo copy oci:, import of the tar and a pull with the origin down: ok ({took:?} for the pull)"
+    );
     Ok(())
 }
