@@ -128,18 +128,7 @@ fn plan(admin: &Admin, h: &ImportHeader, now: u64) -> Result<Plan, AdminError> {
     let mut images = Vec::new();
     let mut used = HashMap::new();
     for image in &h.images {
-        let registry = admin.mirror.origins.select(Some(&image.registry)).map_err(|_| {
-            invalid(format!(
-                "registry {:?} of {}:{} is not one this daemon mirrors (add a [[registry]] for it, or name the image with --tag)",
-                image.registry, image.repository, image.tag
-            ))
-        })?;
-        RepoName::parse(&image.repository).map_err(|e| invalid(format!("repository {:?}: {e}", image.repository)))?;
-        if !matches!(Reference::parse(&image.tag), Ok(Reference::Tag(_))) {
-            return Err(invalid(format!("tag {:?} is not a valid tag", image.tag)));
-        }
         let (walked, needed) = walk(&image.digest, &manifests)?;
-        let mut size = 0;
         for (digest, want) in &needed {
             match blobs.get(digest) {
                 Some(got) if got != want => {
@@ -150,23 +139,13 @@ fn plan(admin: &Admin, h: &ImportHeader, now: u64) -> Result<Plan, AdminError> {
                 None => return Err(invalid(format!("blob {digest} of {}:{} is missing", image.repository, image.tag))),
             }
             used.insert(*digest, *want);
-            size += want;
         }
-        let media_type = manifests[&image.digest].0.media_type.clone();
-        images.push(ImageRecord {
-            registry: registry.name().to_owned(),
-            repository: image.repository.clone(),
-            tag: image.tag.clone(),
-            digest: image.digest,
-            media_type,
-            manifests: walked,
-            blobs: needed.iter().map(|(d, _)| *d).collect(),
-            size,
-            pinned: h.pin,
-            expires: ttl.map(|s| now + s * 1000),
-            imported: now,
-            restricted: h.restricted,
-        });
+        let mut record = record(admin, h, image, now, ttl)?;
+        record.media_type = manifests[&image.digest].0.media_type.clone();
+        record.manifests = walked;
+        record.size = needed.iter().map(|(_, s)| s).sum();
+        record.blobs = needed.into_iter().map(|(d, _)| d).collect();
+        images.push(record);
     }
     let mut new_bytes = 0;
     for b in &h.blobs {
@@ -179,6 +158,41 @@ fn plan(admin: &Admin, h: &ImportHeader, now: u64) -> Result<Plan, AdminError> {
     }
     let manifests = manifests.into_iter().map(|(d, (record, _))| (d, record)).collect();
     Ok(Plan { images, manifests, new_bytes })
+}
+
+/// The record of one imported tag, its name checked (manifests and blobs filled in by the caller).
+fn record(
+    admin: &Admin,
+    h: &ImportHeader,
+    image: &super::wire::ImportImage,
+    now: u64,
+    ttl: Option<u64>,
+) -> Result<ImageRecord, AdminError> {
+    let invalid = AdminError::Invalid;
+    let registry = admin.mirror.origins.select(Some(&image.registry)).map_err(|_| {
+        invalid(format!(
+            "registry {:?} of {}:{} is not one this daemon mirrors (add a [[registry]] for it, or name the image with --tag)",
+            image.registry, image.repository, image.tag
+        ))
+    })?;
+    RepoName::parse(&image.repository).map_err(|e| invalid(format!("repository {:?}: {e}", image.repository)))?;
+    if !matches!(Reference::parse(&image.tag), Ok(Reference::Tag(_))) {
+        return Err(invalid(format!("tag {:?} is not a valid tag", image.tag)));
+    }
+    Ok(ImageRecord {
+        registry: registry.name().to_owned(),
+        repository: image.repository.clone(),
+        tag: image.tag.clone(),
+        digest: image.digest,
+        media_type: String::new(),
+        manifests: Vec::new(),
+        blobs: Vec::new(),
+        size: 0,
+        pinned: h.pin,
+        expires: ttl.map(|s| now + s * 1000),
+        imported: now,
+        restricted: h.restricted,
+    })
 }
 
 /// The manifests under `top` that the upload carries and the blobs (with sizes) they need, in
@@ -366,4 +380,38 @@ fn commit(
         report.images.push(format!("{key}@{}", image.digest));
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn piece_digests_do_not_depend_on_how_the_bytes_arrive() {
+        let data: Vec<u8> = (0..(5u32 << 20) + 7).map(|i| (i % 251) as u8).collect();
+        let layout = PieceLayout::for_size(data.len() as u64);
+        let want: Vec<String> = (0..layout.count())
+            .map(|i| {
+                let r = layout.piece(i);
+                PieceDigest::of(&data[r.start as usize..r.end as usize]).hex()
+            })
+            .collect();
+        for chunk in [1000, 1 << 20, 3 << 20, data.len()] {
+            let mut p = Pieces::new(layout);
+            data.chunks(chunk).for_each(|c| p.update(c));
+            assert_eq!(p.finish(), want, "chunks of {chunk}");
+        }
+    }
+
+    #[tokio::test]
+    async fn headers_are_bounded_before_they_are_read() {
+        let mut big = &(MAX_HEADER + 1).to_be_bytes()[..];
+        assert!(matches!(read_header(&mut big).await, Err(AdminError::Invalid(m)) if m.contains("more than")));
+        let mut short = &[0u8, 0, 0, 9, b'{'][..];
+        assert!(matches!(read_header(&mut short).await, Err(AdminError::Invalid(m)) if m.contains("broke off")));
+        let body = br#"{"images":[],"manifests":[],"blobs":[]}"#;
+        let mut ok = (body.len() as u32).to_be_bytes().to_vec();
+        ok.extend_from_slice(body);
+        assert!(read_header(&mut ok.as_slice()).await.unwrap().images.is_empty());
+    }
 }
