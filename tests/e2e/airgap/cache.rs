@@ -40,6 +40,30 @@ async fn pins_hold_against_the_quota_ttl_expires_and_cache_commands_manage_it() 
 
     // The origin stops (with it up, it decides, and it has never heard of these images).
     registry.stop();
+    // Offline, an imported tag resolves for anyone (marked stale); a --restricted import does not.
+    let restricted = format!("{origin}/keep/restricted:v1");
+    import(&daemon, &layout_tar(&work, "restricted", &kept, None)?, &["--tag", &restricted, "--restricted"]).await?;
+    let accept = "application/vnd.oci.image.manifest.v1+json";
+    let client = reqwest::Client::new();
+    let open = client
+        .get(format!("{}/v2/keep/pinned/manifests/v1", daemon.mirror_url()))
+        .header("accept", accept)
+        .send()
+        .await?;
+    ensure!(open.status() == 200 && open.headers().contains_key("warning"), "imported tag offline: {}", open.status());
+    ensure!(open.bytes().await? == kept.manifest, "the imported tag served another manifest");
+    let shut = client
+        .get(format!("{}/v2/keep/restricted/manifests/v1", daemon.mirror_url()))
+        .header("accept", accept)
+        .send()
+        .await?;
+    ensure!(shut.status() == 502, "a --restricted import offline to an anonymous client: {}", shut.status());
+    let blob = format!("{}/v2/keep/restricted/blobs/{}", daemon.mirror_url(), kept.layers[0].digest);
+    let shut = client.get(blob).send().await?;
+    ensure!(shut.status() == 502, "a --restricted import's blob offline to an anonymous client: {}", shut.status());
+    let out = cache(&daemon, &["rm", &restricted]).await?;
+    ensure!(out.ok, "{}", out.stderr);
+
     // A pinned blob is not removed; nor is a blob being served.
     let out = cache(&daemon, &["rm", &kept.layers[0].digest]).await?;
     ensure!(!out.ok && out.stderr.contains("pinned by image"), "rm of a pinned blob: {}", out.stderr);
