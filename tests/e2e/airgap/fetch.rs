@@ -1,11 +1,12 @@
 //! d. `shoal fetch -o DIR` writes an OCI layout skopeo reads (inspect; copy into a fresh
-//! registry with the same manifest digest); `-o FILE.tar` is imported into another daemon and
-//! pulled back through its mirror with the origin down.
+//! registry with the same manifest digest); `-o FILE.tar` is read by `podman pull
+//! oci-archive:`, and imported into another daemon and pulled back through its mirror with the
+//! origin down.
 
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use shoal_e2e::{registries_conf, run, sha256_hex, Daemon, DaemonConfig, Image, Registry, Skopeo};
+use shoal_e2e::{registries_conf, run, sha256_hex, Daemon, DaemonConfig, Image, Podman, Registry, Skopeo};
 
 use super::{import, require_tools, shoal, workdir, MB};
 
@@ -53,13 +54,18 @@ async fn fetch_writes_an_oci_layout_that_skopeo_and_import_read_back() -> Result
     run(&mut skopeo(&copy), Duration::from_secs(120)).await?;
     ensure!(std::fs::read_to_string(&digest_file)?.trim() == image.manifest_digest, "skopeo copied another manifest");
 
+    let podman = Podman::new(&origin, None)?;
+    podman.pull(&format!("oci-archive:{}", tarball.display()), None).await?;
+    // podman names it by the full name `shoal fetch` wrote into index.json.
+    podman.verify(&reference, &image).await?;
+
     registry.stop();
     let other = Daemon::start(DaemonConfig::for_registry(&registry)).await?;
     let printed = import(&other, &tarball, &[]).await?;
     ensure!(printed.contains(&format!("imported {reference}@{}", image.manifest_digest)), "{printed}");
     let took = Skopeo::pull_verified(&origin, &other.mirror_host(), &reference, &image).await?;
     println!(
-        "fetch -o, skopeo copy oci:, import of the tar and a pull with the origin down: ok ({took:?} for the pull)"
+        "fetch -o, skopeo copy oci:, podman pull oci-archive:, import of the tar and a pull with the origin down: ok ({took:?} for the pull)"
     );
     Ok(())
 }
