@@ -5,9 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::routing::get;
 use axum::Router;
-use http::header::CONTENT_TYPE;
 use tokio::net::TcpListener;
 
 use shoal_core::picker::PickerConfig;
@@ -160,7 +158,6 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
         endpoint = Some(ep);
     }
     let tasks = Arc::new(tasks);
-    let tasks_for_status = tasks.clone();
     if let (Some(swarm), Some(ep)) = (&settings.swarm, endpoint) {
         let ctx = ServerCtx {
             host_id: swarm.host_id.clone(),
@@ -207,8 +204,9 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
 
     let limits = HttpLimits { max_connections: settings.max_connections, ..HttpLimits::default() };
     let serve = |listener: TcpListener, router: Router| tokio::spawn(crate::listener::serve(listener, router, limits));
+    let admin = Arc::new(crate::admin::Admin::new(mirror.clone(), metrics.clone()));
     handles.push(serve(mirror_listener, mirror::router(mirror)));
-    handles.push(serve(admin_listener, admin_router(metrics.clone(), tasks_for_status)));
+    handles.push(serve(admin_listener, crate::admin::router(admin)));
     let dht_addr = holdings.as_ref().map(|(_, addr)| *addr);
     handles.push(tokio::spawn(crate::store::gc::run(space, metrics, holdings.map(|(h, _)| h))));
     tracing::info!(%mirror_addr, %admin_addr, ?peer_addr, ?dht_addr, data_dir = %settings.data_dir.display(), "shoal daemon started");
@@ -229,37 +227,6 @@ async fn start_dht(config: DhtConfig, meta: Arc<dyn MetaStore>) -> Result<(Arc<H
         }
     });
     Ok((holdings, addr))
-}
-
-fn admin_router(metrics: Arc<Metrics>, tasks: Arc<Tasks>) -> Router {
-    let space = tasks.space().clone();
-    Router::new()
-        .route("/healthz", get(move || async move { healthz(&space) }))
-        .route(
-            "/status",
-            get(move || {
-                let tasks = tasks.clone();
-                async move { axum::Json(tasks.status()) }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(move || {
-                let metrics = metrics.clone();
-                async move {
-                    ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.encode())
-                }
-            }),
-        )
-}
-
-/// `ok`, or why the cache is degraded. Always 200: the daemon still serves every pull (from the
-/// origin), and a restart would not give the disk back.
-fn healthz(space: &Space) -> String {
-    match space.health.degraded() {
-        None => "ok\n".into(),
-        Some((reason, secs)) => format!("degraded: cache: {reason} (for {secs} s)\n"),
-    }
 }
 
 #[cfg(test)]

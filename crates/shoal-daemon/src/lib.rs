@@ -13,12 +13,14 @@
 //!   seeding;
 //! - `discovery/` — finding holders: the scheduler client, the libp2p Kademlia DHT, in-memory;
 //! - `origin/` — the origin registries, their auth, and blob bytes straight from them;
+//! - `admin/` — the admin listener's API: health, status, metrics, import and cache management;
 //! - `config`, `limits`, `listener` (the hardened HTTP accept loop), `metrics`, `hash`, `fault`
 //!   (test-only faults), `daemon` (wiring).
 //!
 //! Imports go one way: mirror → download → (peer, discovery, store, origin).
 #![warn(missing_docs)]
 
+pub(crate) mod admin;
 pub mod config;
 pub mod daemon;
 pub mod discovery;
@@ -35,6 +37,11 @@ pub(crate) mod store;
 
 /// What the `shoal` binary and the end-to-end tests use besides `config` and `daemon`.
 pub mod api {
+    pub use crate::admin::wire;
     pub use crate::discovery::sched_connect;
-    pub use crate::download::tasks::TaskStatus;
+    pub use crate::download::tasks::{now_millis, TaskStatus};
+    /// What a manifest refers to (shared with `shoal import` and `shoal fetch -o`).
+    pub mod manifest {
+        pub use crate::admin::manifest::*;
+    }
 }

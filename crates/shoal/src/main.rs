@@ -1,9 +1,14 @@
-//! The `shoal` binary: `daemon` (the node daemon), `up` (the one-command local demo) and
-//! `config` (mirror configuration for containerd, dockerd and podman).
+//! The `shoal` binary: `daemon` (the node daemon), `up` (the one-command local demo),
+//! `config` (mirror configuration for containerd, dockerd and podman), and the client commands
+//! (`fetch`, `status`, `import`, `cache`).
 
+mod cache_cmd;
 mod client_config;
 mod daemon_args;
 mod fetch_cmd;
+mod import_archive;
+mod import_cmd;
+mod import_layout;
 mod scheduler_cmd;
 mod status_cmd;
 
@@ -32,6 +37,10 @@ enum Command {
     Fetch(fetch_cmd::FetchArgs),
     /// Show a daemon's downloads (sources, rates) and optionally a scheduler's tasks.
     Status(status_cmd::StatusArgs),
+    /// Import an image archive (docker save, OCI layout; tar or tar.gz) into a daemon's cache.
+    Import(import_cmd::ImportArgs),
+    /// Show and manage a daemon's cache: ls, rm, pin.
+    Cache(cache_cmd::CacheArgs),
 }
 
 fn main() -> Result<()> {
@@ -47,5 +56,7 @@ fn main() -> Result<()> {
         Command::Config(args) => client_config::run(args),
         Command::Fetch(args) => fetch_cmd::run(args),
         Command::Status(args) => status_cmd::run(args),
+        Command::Import(args) => import_cmd::run(args),
+        Command::Cache(args) => cache_cmd::run(args),
     }
 }

@@ -271,6 +271,11 @@ impl Tasks {
         DirectSource { fetch, limiter: self.origin_limit.clone(), fetched }
     }
 
+    /// The data directory's layout.
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
+
     /// The cache's room and health.
     pub fn space(&self) -> &Arc<Space> {
         &self.space

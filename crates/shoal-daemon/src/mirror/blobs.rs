@@ -31,6 +31,9 @@ pub(super) async fn serve(
     let held = m.tasks.local(digest).is_some() || m.tasks.running(digest).is_some();
     let size = match m.authz.check(origin, name, Kind::Blob, digest, headers, held).await {
         Access::Relay(resp) => return Ok(relay(resp).await),
+        Access::Refused(e) if super::imported::allows(m, origin.name(), name, digest) => {
+            return serve_without_origin(m, digest, method, spec).unwrap_or(Err(e))
+        }
         Access::Refused(e) => return Err(e),
         Access::Allowed(size) => size,
         Access::Cached(why, site_size) => match serve_without_origin(m, digest, method, spec) {

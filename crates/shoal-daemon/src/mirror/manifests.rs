@@ -50,6 +50,9 @@ async fn by_tag(
     let resp = match m.authz.ask(origin, name, &cred, method.clone(), &path, headers).await {
         Asked::Answered(r) => r,
         Asked::Unavailable(why) => {
+            if let Some((digest, record)) = super::imported::tag(m, origin.name(), name, tag) {
+                return Ok(respond(&digest, record, true));
+            }
             let mut cached = cached_tag(m, &key);
             let q = Question { registry: origin.name(), name, tag: Some(tag), digest: None };
             let (decision, site) = m.authz.decide_offline(origin, &cred, why, &q, cached.is_some()).await;
@@ -152,6 +155,9 @@ async fn by_digest(
         m.metrics.cache_lookup("manifest", true);
         return match m.authz.check(origin, name, Kind::Manifest, digest, headers, true).await {
             Access::Allowed(_) | Access::Cached(..) => Ok(respond(digest, record, false)),
+            Access::Refused(_) if super::imported::allows(m, origin.name(), name, digest) => {
+                Ok(respond(digest, record, false))
+            }
             Access::Relay(resp) => Ok(relay(resp).await),
             Access::Refused(e) => Err(e),
         };

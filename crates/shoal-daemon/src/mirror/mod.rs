@@ -2,6 +2,7 @@
 //!
 //! The handler is thin: parse the path into a [`Route`] (pure, in shoal-core), pick the origin
 //! from `ns`, then hand over to `manifests`, `blobs` or `lists` (tags and referrers, relayed).
+//! Imported images (`imported`) are served when the origin cannot answer.
 //! Every error leaves as an OCI error body.
 
 pub(crate) mod authz;
@@ -9,6 +10,7 @@ mod blobs;
 pub(crate) mod body;
 pub mod error;
 mod grants;
+mod imported;
 mod lists;
 mod manifests;
 pub(crate) mod site;

@@ -3,7 +3,8 @@
 //! Recovery makes metadata and files agree (nothing the metadata calls complete without its
 //! file; no file without a record). Eviction itself is [`crate::store::space`]'s: this module runs it on
 //! a timer, for what changes outside the daemon (such as the file system's free space), and
-//! after each round withdraws from discovery what is no longer held.
+//! after each round withdraws from discovery what is no longer held. Each round also ends the
+//! imported images whose time to live is over (see [`crate::store::imports`]).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -44,6 +45,8 @@ pub fn recover(paths: &Paths, meta: &dyn MetaStore) -> Result<u64, MetaError> {
         }
     }
     remove_unknown(&paths.partial_dir(), &partial);
+    // Blobs an import staged but never committed: nothing there is complete.
+    let _ = std::fs::remove_dir_all(paths.import_dir());
     if let Ok(dirs) = std::fs::read_dir(paths.blobs_dir()) {
         for dir in dirs.flatten() {
             remove_unknown(&dir.path(), &complete);
@@ -102,6 +105,17 @@ fn remove_unknown(dir: &Path, known: &HashSet<String>) {
 pub async fn run(space: Arc<Space>, metrics: Arc<Metrics>, holdings: Option<Arc<Holdings>>) {
     loop {
         tokio::time::sleep(GC_INTERVAL).await;
+        let expiring = space.clone();
+        let now = crate::download::tasks::now_millis();
+        match tokio::task::spawn_blocking(move || expire_images(&expiring, now)).await {
+            Ok(Ok((0, _))) => {}
+            Ok(Ok((images, blobs))) => {
+                tracing::info!(images, blobs, "imported images past their time to live removed");
+                metrics.evictions.inc_by(blobs as u64);
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot expire imported images"),
+            Err(e) => tracing::warn!(error = %e, "expiring imported images panicked"),
+        }
         let space = space.clone();
         match tokio::task::spawn_blocking(move || space.trim()).await {
             Ok(Ok((kept, evicted))) => {
@@ -121,12 +135,53 @@ pub async fn run(space: Arc<Space>, metrics: Arc<Metrics>, holdings: Option<Arc<
     }
 }
 
+/// Forgets the imported images whose time to live ended at `now` and removes the blobs no
+/// image still alive needs (unless pinned by themselves, or being read: those stay as ordinary
+/// cache entries). Returns (images forgotten, blobs removed).
+pub fn expire_images(space: &Space, now: u64) -> Result<(usize, usize), MetaError> {
+    let meta = space.meta();
+    let (keys, blobs) = crate::store::imports::expired(&meta.images()?, &meta.blob_pins()?, now);
+    for key in &keys {
+        meta.remove_image(key)?;
+    }
+    let removed = if keys.is_empty() { 0 } else { space.remove(&blobs)?.len() };
+    Ok((keys.len(), removed))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::meta::MemMeta;
     use crate::store::space::tests::put_complete;
     use shoal_core::PieceLayout;
+
+    #[test]
+    fn pinned_images_survive_trim_and_expired_ones_go() {
+        use crate::store::imports::tests::image;
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path());
+        paths.create().unwrap();
+        let meta = Arc::new(MemMeta::default());
+        let pinned = put_complete(&paths, &meta, b"pinned layer", 1);
+        let cached = put_complete(&paths, &meta, b"cached layer", 2);
+        let ttl = put_complete(&paths, &meta, b"ttl layer", 3);
+        meta.put_image(&image("pinned", &[b"pinned layer"], true, None)).unwrap();
+        meta.put_image(&image("ttl", &[b"ttl layer"], false, Some(100))).unwrap();
+        let limits = shoal_core::evict::Limits { quota: 0, min_free: 0 };
+        let space = Space::new(paths.clone(), meta.clone(), crate::store::pins::Pins::default(), limits, 0);
+        // A quota of 0: everything not pinned goes, the pinned image's layer stays.
+        space.trim().unwrap();
+        assert!(paths.blob(&pinned).exists() && meta.blob(&pinned).unwrap().is_some());
+        assert!(!paths.blob(&cached).exists() && !paths.blob(&ttl).exists());
+
+        let ttl = put_complete(&paths, &meta, b"ttl layer", 3);
+        let space = Space::new(paths.clone(), meta.clone(), crate::store::pins::Pins::default(), limits, 0);
+        assert_eq!(expire_images(&space, 99).unwrap(), (0, 0));
+        assert!(paths.blob(&ttl).exists());
+        assert_eq!(expire_images(&space, 100).unwrap(), (1, 1));
+        assert!(!paths.blob(&ttl).exists() && meta.blob(&ttl).unwrap().is_none());
+        assert_eq!(meta.images().unwrap().len(), 1);
+    }
 
     #[test]
     fn recovery_drops_orphans_both_ways() {

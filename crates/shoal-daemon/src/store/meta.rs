@@ -10,6 +10,8 @@ use std::sync::Mutex;
 
 use shoal_core::{Bitmap, Digest, PieceLayout};
 
+pub use crate::store::imports::ImageRecord;
+
 /// Why a metadata operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -153,6 +155,16 @@ pub trait MetaStore: Send + Sync + 'static {
     fn challenge(&self, key: &str) -> Result<Option<String>, MetaError>;
     /// Stores (or, with `None`, forgets) a challenge, durably.
     fn set_challenge(&self, key: &str, value: Option<&str>) -> Result<(), MetaError>;
+    /// Every imported image (see `store::imports`).
+    fn images(&self) -> Result<Vec<ImageRecord>, MetaError>;
+    /// Records an imported image under its key, durably (replacing one of the same key).
+    fn put_image(&self, record: &ImageRecord) -> Result<(), MetaError>;
+    /// Forgets an imported image (no error if absent).
+    fn remove_image(&self, key: &str) -> Result<(), MetaError>;
+    /// Blobs pinned by themselves (`shoal cache pin DIGEST`).
+    fn blob_pins(&self) -> Result<Vec<Digest>, MetaError>;
+    /// Pins or unpins a blob by itself, durably.
+    fn set_blob_pin(&self, digest: &Digest, pinned: bool) -> Result<(), MetaError>;
 }
 
 /// The key of a tag mapping.
@@ -169,6 +181,8 @@ pub struct MemMeta {
     tags: Mutex<BTreeMap<String, TagRecord>>,
     grants: Mutex<BTreeMap<String, u64>>,
     challenges: Mutex<BTreeMap<String, String>>,
+    images: Mutex<BTreeMap<String, ImageRecord>>,
+    blob_pins: Mutex<std::collections::BTreeSet<Digest>>,
 }
 
 #[cfg(test)]
@@ -232,6 +246,29 @@ impl MetaStore for MemMeta {
             Some(v) => c.insert(key.to_owned(), v.to_owned()),
             None => c.remove(key),
         };
+        Ok(())
+    }
+    fn images(&self) -> Result<Vec<ImageRecord>, MetaError> {
+        Ok(locked(&self.images).values().cloned().collect())
+    }
+    fn put_image(&self, record: &ImageRecord) -> Result<(), MetaError> {
+        locked(&self.images).insert(record.key(), record.clone());
+        Ok(())
+    }
+    fn remove_image(&self, key: &str) -> Result<(), MetaError> {
+        locked(&self.images).remove(key);
+        Ok(())
+    }
+    fn blob_pins(&self) -> Result<Vec<Digest>, MetaError> {
+        Ok(locked(&self.blob_pins).iter().copied().collect())
+    }
+    fn set_blob_pin(&self, digest: &Digest, pinned: bool) -> Result<(), MetaError> {
+        let mut p = locked(&self.blob_pins);
+        if pinned {
+            p.insert(*digest);
+        } else {
+            p.remove(digest);
+        }
         Ok(())
     }
 }
@@ -308,6 +345,26 @@ pub(crate) mod conformance {
         store.set_challenge("c", None).unwrap();
         store.set_challenge("c", None).unwrap();
         assert_eq!(store.challenge("c").unwrap(), None);
+
+        let image = crate::store::imports::tests::image("v1", &[b"config", b"layer"], true, Some(9));
+        assert_eq!(store.images().unwrap(), vec![]);
+        store.put_image(&image).unwrap();
+        let mut moved = image.clone();
+        moved.tag = "v2".into();
+        store.put_image(&moved).unwrap();
+        store.put_image(&image).unwrap();
+        assert_eq!(store.images().unwrap(), vec![image.clone(), moved]);
+        store.remove_image(&crate::store::meta::tag_key("r", "a/b", "v2")).unwrap();
+        store.remove_image("absent").unwrap();
+        assert_eq!(store.images().unwrap(), vec![image]);
+
+        assert_eq!(store.blob_pins().unwrap(), vec![]);
+        store.set_blob_pin(&d, true).unwrap();
+        store.set_blob_pin(&d, true).unwrap();
+        assert_eq!(store.blob_pins().unwrap(), vec![d]);
+        store.set_blob_pin(&d, false).unwrap();
+        store.set_blob_pin(&d, false).unwrap();
+        assert_eq!(store.blob_pins().unwrap(), vec![]);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::{RwLock, RwLockReadGuard};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use shoal_core::Digest;
 
-use crate::store::meta::{BlobRecord, Durability, ManifestRecord, MetaError, MetaStore, TagRecord};
+use crate::store::meta::{BlobRecord, Durability, ImageRecord, ManifestRecord, MetaError, MetaStore, TagRecord};
 
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs_v1");
 const MANIFESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("manifests_v1");
@@ -23,6 +23,10 @@ const TAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("tags_v1");
 const GRANTS: TableDefinition<&str, u64> = TableDefinition::new("grants_v1");
 /// The origins' last authentication challenges: key (see `mirror::grants`) → `WWW-Authenticate`.
 const CHALLENGES: TableDefinition<&str, &str> = TableDefinition::new("challenges_v1");
+/// Imported images: `registry/repository:tag` → JSON [`ImageRecord`].
+const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images_v1");
+/// Blobs pinned by themselves: digest → when pinned, unix milliseconds.
+const BLOB_PINS: TableDefinition<&str, u64> = TableDefinition::new("blob_pins_v1");
 
 /// Metadata in a redb database file.
 pub struct RedbMeta {
@@ -40,11 +44,12 @@ fn db_err(e: impl Into<redb::Error>) -> MetaError {
 fn create(path: &Path) -> Result<Database, MetaError> {
     let db = Database::create(path).map_err(db_err)?;
     let txn = db.begin_write().map_err(db_err)?;
-    for table in [BLOBS, MANIFESTS, TAGS] {
+    for table in [BLOBS, MANIFESTS, TAGS, IMAGES] {
         txn.open_table(table).map_err(db_err)?;
     }
     txn.open_table(GRANTS).map_err(db_err)?;
     txn.open_table(CHALLENGES).map_err(db_err)?;
+    txn.open_table(BLOB_PINS).map_err(db_err)?;
     txn.commit().map_err(db_err)?;
     Ok(db)
 }
@@ -242,6 +247,67 @@ impl MetaStore for RedbMeta {
                 match value {
                     Some(v) => drop(t.insert(key, v).map_err(db_err)?),
                     None => drop(t.remove(key).map_err(db_err)?),
+                }
+            }
+            txn.commit().map_err(db_err)
+        })
+    }
+
+    fn images(&self) -> Result<Vec<ImageRecord>, MetaError> {
+        self.with(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let t = txn.open_table(IMAGES).map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                let record = serde_json::from_slice(v.value())
+                    .map_err(|e| MetaError::Corrupt { key: k.value().to_owned(), message: e.to_string() })?;
+                out.push(record);
+            }
+            Ok(out)
+        })
+    }
+
+    fn put_image(&self, record: &ImageRecord) -> Result<(), MetaError> {
+        let bytes = serde_json::to_vec(record).map_err(|e| MetaError::Db(e.to_string()))?;
+        self.put(IMAGES, &record.key(), &bytes, Durability::Sync)
+    }
+
+    fn remove_image(&self, key: &str) -> Result<(), MetaError> {
+        self.with(|db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            txn.open_table(IMAGES).map_err(db_err)?.remove(key).map_err(db_err)?;
+            txn.commit().map_err(db_err)
+        })
+    }
+
+    fn blob_pins(&self) -> Result<Vec<Digest>, MetaError> {
+        self.with(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let t = txn.open_table(BLOB_PINS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(db_err)? {
+                let (k, _) = row.map_err(db_err)?;
+                let key = k.value();
+                out.push(key.parse().map_err(|e: shoal_core::digest::DigestError| MetaError::Corrupt {
+                    key: key.to_owned(),
+                    message: e.to_string(),
+                })?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn set_blob_pin(&self, digest: &Digest, pinned: bool) -> Result<(), MetaError> {
+        let key = digest.to_string();
+        self.with(|db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut t = txn.open_table(BLOB_PINS).map_err(db_err)?;
+                if pinned {
+                    t.insert(key.as_str(), crate::download::tasks::now_millis()).map_err(db_err)?;
+                } else {
+                    t.remove(key.as_str()).map_err(db_err)?;
                 }
             }
             txn.commit().map_err(db_err)

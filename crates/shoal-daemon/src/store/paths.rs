@@ -45,6 +45,22 @@ impl Paths {
         self.partial_dir().join(digest.hex())
     }
 
+    /// Directory where imports stage their blobs until every one is verified (emptied at
+    /// start-up: a staged blob is never complete).
+    pub fn import_dir(&self) -> PathBuf {
+        self.root.join("import")
+    }
+
+    /// The staging directory of import number `session`.
+    pub fn import_session(&self, session: u64) -> PathBuf {
+        self.import_dir().join(session.to_string())
+    }
+
+    /// A blob staged by an import: `import/<session>/<hex>`.
+    pub fn staged(&self, session: u64, digest: &Digest) -> PathBuf {
+        self.import_session(session).join(digest.hex())
+    }
+
     /// The redb metadata file.
     pub fn meta_db(&self) -> PathBuf {
         self.root.join("meta.redb")
@@ -58,12 +74,18 @@ impl Paths {
 
     /// Syncs the verified partial `file` of `digest` and moves it to its final path, durably.
     pub fn promote(&self, digest: &Digest, file: &std::fs::File) -> std::io::Result<()> {
+        self.promote_from(&self.partial(digest), digest, file)
+    }
+
+    /// Syncs the verified `file` of `digest` at `from` (its partial file, or a staged import)
+    /// and moves it to its final path, durably.
+    pub fn promote_from(&self, from: &Path, digest: &Digest, file: &std::fs::File) -> std::io::Result<()> {
         file.sync_all()?;
         let dest = self.blob(digest);
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        std::fs::rename(self.partial(digest), &dest)?;
+        std::fs::rename(from, &dest)?;
         if let Some(parent) = dest.parent() {
             std::fs::File::open(parent)?.sync_all()?;
         }

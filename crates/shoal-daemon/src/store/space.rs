@@ -14,6 +14,7 @@ use shoal_core::evict::{room, trim, Candidate, Limits, Room, Usage};
 use shoal_core::Digest;
 
 use crate::store::health::CacheHealth;
+use crate::store::imports::durable_pins;
 use crate::store::meta::{MetaError, MetaStore};
 use crate::store::paths::Paths;
 use crate::store::pins::Pins;
@@ -141,10 +142,14 @@ impl Space {
         (ledger.complete, ledger.reserved)
     }
 
+    /// Complete blobs as eviction sees them: in use while served or downloaded, and also while
+    /// durably pinned (pinned by the operator, or part of a pinned imported image).
     fn candidates(
         &self,
         pinned: &std::collections::HashMap<Digest, usize>,
     ) -> Result<Vec<Candidate<Digest>>, MetaError> {
+        let now = crate::download::tasks::now_millis();
+        let durable = durable_pins(&self.meta.images()?, &self.meta.blob_pins()?, now);
         Ok(self
             .meta
             .blobs()?
@@ -154,20 +159,39 @@ impl Space {
                 key,
                 size: r.layout.size,
                 last_access: r.last_access,
-                in_use: pinned.contains_key(&key),
+                in_use: pinned.contains_key(&key) || durable.contains(&key),
             })
             .collect())
+    }
+
+    /// Removes complete blobs no one is reading (the time to live of an imported image ended,
+    /// or the operator asked); blobs in use are skipped. Returns the blobs removed.
+    pub fn remove(&self, digests: &[Digest]) -> Result<Vec<Digest>, MetaError> {
+        let mut ledger = self.lock();
+        let removed = self.pins.with_locked(|in_use| -> Result<Vec<Digest>, MetaError> {
+            let free: Vec<Digest> = digests.iter().filter(|d| !in_use.contains_key(d)).copied().collect();
+            let freed = self.evict(&free)?;
+            ledger.complete = ledger.complete.saturating_sub(freed);
+            Ok(free)
+        })?;
+        Ok(removed)
+    }
+
+    /// The metadata store whose blobs this is the room of.
+    pub fn meta(&self) -> &Arc<dyn MetaStore> {
+        &self.meta
     }
 
     /// Removes blobs, record first so no new reader can open them; returns the bytes freed.
     fn evict(&self, digests: &[Digest]) -> Result<u64, MetaError> {
         let mut freed = 0;
         for digest in digests {
-            let size = self.meta.blob(digest)?.map_or(0, |r| r.layout.size);
+            let Some(record) = self.meta.blob(digest)?.filter(|r| r.is_complete()) else { continue };
+            let size = record.layout.size;
             self.meta.remove_blob(digest)?;
             let _ = std::fs::remove_file(self.paths.blob(digest));
             freed += size;
-            tracing::info!(%digest, size, "evicted to make room in the cache");
+            tracing::info!(%digest, size, "evicted from the cache");
         }
         Ok(freed)
     }
