@@ -118,6 +118,7 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
     let mut endpoint = None;
     let seeds = Arc::new(Seeds::new(SeedingConfig::default()));
     let mut holdings = None;
+    let mut preheat_schedulers = Vec::new();
     if let Some(swarm) = &settings.swarm {
         let ep = crate::peer::client::endpoint(swarm.peer_listen)?;
         let addr = ep.local_addr().map_err(|source| StartError::Bind {
@@ -134,6 +135,7 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
             .map_err(|e| StartError::Peer(e.to_string()))?
             .with_live_gauge(metrics.schedulers_live.clone());
         let schedulers = Arc::new(schedulers);
+        preheat_schedulers = schedulers.clients();
         if !swarm.schedulers.is_empty() {
             handles.push(tokio::spawn(schedulers.clone().announce_forever()));
         }
@@ -156,6 +158,7 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
     }
     let tasks = Arc::new(tasks);
     let tasks_for_status = tasks.clone();
+    let tasks_for_preheat = tasks.clone();
     if let (Some(swarm), Some(ep)) = (&settings.swarm, endpoint) {
         let ctx = ServerCtx {
             host_id: swarm.host_id.clone(),
@@ -200,6 +203,10 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
 
     let limits = HttpLimits { max_connections: settings.max_connections, ..HttpLimits::default() };
     let serve = |listener: TcpListener, router: Router| tokio::spawn(crate::listener::serve(listener, router, limits));
+    if let (Some(swarm), false) = (&settings.swarm, preheat_schedulers.is_empty()) {
+        let ctx = crate::preheat::Ctx { mirror: mirror::router(mirror.clone()), tasks: tasks_for_preheat };
+        handles.push(tokio::spawn(crate::preheat::serve(preheat_schedulers, swarm.host_id.clone(), ctx)));
+    }
     handles.push(serve(mirror_listener, mirror::router(mirror)));
     handles.push(serve(admin_listener, admin_router(metrics.clone(), tasks_for_status)));
     let dht_addr = holdings.as_ref().map(|(_, addr)| *addr);

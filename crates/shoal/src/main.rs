@@ -4,6 +4,7 @@
 mod client_config;
 mod daemon_args;
 mod fetch_cmd;
+mod preheat_cmd;
 mod scheduler_cmd;
 mod status_cmd;
 
@@ -32,6 +33,8 @@ enum Command {
     Fetch(fetch_cmd::FetchArgs),
     /// Show a daemon's downloads (sources, rates) and optionally a scheduler's tasks.
     Status(status_cmd::StatusArgs),
+    /// Have one daemon per site fetch every blob of an image, before a rollout (via the scheduler).
+    Preheat(preheat_cmd::PreheatArgs),
 }
 
 fn main() -> Result<()> {
@@ -47,5 +50,6 @@ fn main() -> Result<()> {
         Command::Config(args) => client_config::run(args),
         Command::Fetch(args) => fetch_cmd::run(args),
         Command::Status(args) => status_cmd::run(args),
+        Command::Preheat(args) => preheat_cmd::run(args),
     }
 }
