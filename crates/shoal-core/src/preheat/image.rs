@@ -114,7 +114,13 @@ fn validate_registry(s: &str) -> Result<String, RequestError> {
     let host_ok = if host.starts_with('[') {
         host.ends_with(']') && host[1..host.len() - 1].bytes().all(|b| b.is_ascii_hexdigit() || b == b':')
     } else {
-        !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        host.split('.').all(|label| {
+            let b = label.as_bytes();
+            !b.is_empty()
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+        })
     };
     if !host_ok {
         return Err(bad());
@@ -224,7 +230,7 @@ mod tests {
         let i = ImageRef::parse(&format!("ghcr.io/a/b@{d}")).unwrap();
         assert_eq!(i.reference, Reference::Digest(d));
         assert_eq!(i.to_string(), format!("ghcr.io/a/b@{d}"));
-        for bad in ["UPPER/x", "a/b:t@t", "ex ample.com/a", "host:99999/a", "a:/b", "", "a/b:-bad", "a/b@sha256:12"] {
+        for bad in ["UPPER/x", "a/b:t@t", "ex ample.com/a", "host:99999/a", "a:/b", "", "a/b:-bad", "a/b@sha256:12", "../etc/passwd", "a..b/c", ".x/y", "-a.b/c"] {
             assert!(ImageRef::parse(bad).is_err(), "{bad}");
         }
     }
