@@ -78,7 +78,8 @@ fn expect_one_per_site(swarm: &Swarm, image: &Image) -> Result<()> {
 /// Waits until every daemon has its preheat job stream open (the scheduler says so in its log).
 async fn wait_ready(scheduler: &Scheduler, n: usize) -> Result<()> {
     let ready = || async {
-        std::fs::read_to_string(scheduler.stderr_path()).unwrap_or_default().matches("ready for preheat jobs").count() >= n
+        std::fs::read_to_string(scheduler.stderr_path()).unwrap_or_default().matches("ready for preheat jobs").count()
+            >= n
     };
     if !wait_until(Duration::from_secs(30), Duration::from_millis(100), ready).await {
         bail!("not every daemon opened its preheat job stream:\n{}", scheduler.stderr_tail());

@@ -51,20 +51,24 @@ fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Res
     (status, Json(body)).into_response()
 }
 
-/// Refuses a caller without the preheat token.
-fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), Response> {
+/// The refusal of a caller without the preheat token; `None` lets it in.
+fn refusal(api: &Api, headers: &HeaderMap) -> Option<Response> {
     let presented = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
     match presented {
-        Some(t) if constant_time_eq(t.as_bytes(), &api.token) => Ok(()),
-        Some(_) => Err(error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "wrong preheat token")),
+        Some(t) if constant_time_eq(t.as_bytes(), &api.token) => None,
+        Some(_) => Some(error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "wrong preheat token")),
         None => {
-            let mut r = error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "Authorization: Bearer <preheat token> required");
-            r.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer realm=\"shoal-preheat\""));
-            Err(r)
+            let mut r =
+                error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "Authorization: Bearer <preheat token> required");
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"shoal-preheat\""),
+            );
+            Some(r)
         }
     }
 }
@@ -106,7 +110,7 @@ async fn create(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&api, &headers) {
+    if let Some(r) = refusal(&api, &headers) {
         return r;
     }
     let body = match body {
@@ -115,7 +119,13 @@ async fn create(
     };
     let create: Create = match serde_json::from_slice(&body) {
         Ok(c) => c,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "BODY_INVALID", format!("expected {{\"image\", \"platforms\", \"sites\"}}: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BODY_INVALID",
+                format!("expected {{\"image\", \"platforms\", \"sites\"}}: {e}"),
+            )
+        }
     };
     let request = match Request::parse(&create.image, &create.platforms, &create.sites) {
         Ok(r) => r,
@@ -131,7 +141,7 @@ async fn create(
 }
 
 async fn show(State(api): State<Arc<Api>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = authorize(&api, &headers) {
+    if let Some(r) = refusal(&api, &headers) {
         return r;
     }
     let Ok(id) = id.parse::<u64>() else {
@@ -139,7 +149,11 @@ async fn show(State(api): State<Arc<Api>>, headers: HeaderMap, Path(id): Path<St
     };
     match api.preheat.job(id) {
         Some(job) => Json(view(&job, false)).into_response(),
-        None => error(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no preheat job {id} (finished jobs are kept for a while)")),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no preheat job {id} (finished jobs are kept for a while)"),
+        ),
     }
 }
 
@@ -148,7 +162,7 @@ async fn notifications(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&api, &headers) {
+    if let Some(r) = refusal(&api, &headers) {
         return r;
     }
     let body = match body {

@@ -403,7 +403,8 @@ pub async fn serve(listeners: Listeners, config: ServeConfig) -> std::io::Result
         match preheat_listener {
             Some(p) => {
                 let api = crate::http_api::Api { preheat, token: p.token, registry: p.registry };
-                shoal_daemon::listener::serve(p.listener, crate::http_api::router(Arc::new(api)), preheat_limits()).await
+                shoal_daemon::listener::serve(p.listener, crate::http_api::router(Arc::new(api)), preheat_limits())
+                    .await
             }
             None => std::future::pending().await,
         }

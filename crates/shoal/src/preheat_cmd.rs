@@ -47,7 +47,9 @@ pub struct PreheatArgs {
 pub fn run(args: PreheatArgs) -> Result<()> {
     shoal_core::preheat::Request::parse(&args.image, &args.platforms, &args.sites)?;
     let token = shoal_daemon::config::load_token(args.cluster_token.as_deref(), args.cluster_token_file.as_deref())?
-        .context("shoal preheat needs the cluster token (--cluster-token, SHOAL_CLUSTER_TOKEN or --cluster-token-file)")?;
+        .context(
+            "shoal preheat needs the cluster token (--cluster-token, SHOAL_CLUSTER_TOKEN or --cluster-token-file)",
+        )?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(preheat(&args, token.into()))
 }
@@ -71,12 +73,19 @@ async fn preheat(args: &PreheatArgs, token: std::sync::Arc<[u8]>) -> Result<()> 
 }
 
 /// Polls the job until it is finished, drawing its progress.
-async fn follow(client: &mut SchedulerClient<tonic::transport::Channel>, mut status: pb::PreheatStatus) -> Result<pb::PreheatStatus> {
+async fn follow(
+    client: &mut SchedulerClient<tonic::transport::Channel>,
+    mut status: pb::PreheatStatus,
+) -> Result<pb::PreheatStatus> {
     let bar = ProgressBar::new(0);
     bar.set_style(ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}")?);
     let mut unreachable_since: Option<tokio::time::Instant> = None;
     loop {
-        let (done, total) = status.sites.iter().filter_map(|s| s.progress).fold((0, 0), |(d, t), p| (d + p.bytes_done, t + p.bytes_total));
+        let (done, total) = status
+            .sites
+            .iter()
+            .filter_map(|s| s.progress)
+            .fold((0, 0), |(d, t), p| (d + p.bytes_done, t + p.bytes_total));
         bar.set_length(total);
         bar.set_position(done);
         bar.set_message(sites_line(&status));
@@ -94,7 +103,11 @@ async fn follow(client: &mut SchedulerClient<tonic::transport::Channel>, mut sta
             Err(e) => {
                 let since = *unreachable_since.get_or_insert_with(tokio::time::Instant::now);
                 if since.elapsed() > UNREACHABLE_FOR {
-                    bail!("scheduler unreachable for {UNREACHABLE_FOR:?} while following job {}: {}", status.id, e.message());
+                    bail!(
+                        "scheduler unreachable for {UNREACHABLE_FOR:?} while following job {}: {}",
+                        status.id,
+                        e.message()
+                    );
                 }
             }
         }
@@ -148,7 +161,12 @@ fn summary(status: &pb::PreheatStatus) -> Result<()> {
     if pb::PreheatState::try_from(status.state) != Ok(pb::PreheatState::Done) {
         bail!("preheat job {} of {} failed", status.id, status.image);
     }
-    println!("preheat job {} done: {} on {} site(s), fetched {fetched} bytes", status.id, status.image, status.sites.len());
+    println!(
+        "preheat job {} done: {} on {} site(s), fetched {fetched} bytes",
+        status.id,
+        status.image,
+        status.sites.len()
+    );
     Ok(())
 }
 
@@ -157,8 +175,20 @@ mod tests {
     use super::*;
 
     fn site(name: &str, state: pb::PreheatState, fetched: u64, error: &str) -> pb::PreheatSite {
-        let progress = pb::PreheatProgress { blobs_done: 2, blobs_total: 3, bytes_done: 10, bytes_total: 20, bytes_fetched: fetched };
-        pb::PreheatSite { site: name.into(), host_id: "d1".into(), state: state as i32, progress: Some(progress), error: error.into() }
+        let progress = pb::PreheatProgress {
+            blobs_done: 2,
+            blobs_total: 3,
+            bytes_done: 10,
+            bytes_total: 20,
+            bytes_fetched: fetched,
+        };
+        pb::PreheatSite {
+            site: name.into(),
+            host_id: "d1".into(),
+            state: state as i32,
+            progress: Some(progress),
+            error: error.into(),
+        }
     }
 
     #[test]
@@ -167,7 +197,10 @@ mod tests {
             id: 7,
             image: "a/b:v1".into(),
             state: pb::PreheatState::Running as i32,
-            sites: vec![site("east", pb::PreheatState::Running, 0, ""), site("west", pb::PreheatState::Failed, 0, "boom")],
+            sites: vec![
+                site("east", pb::PreheatState::Running, 0, ""),
+                site("west", pb::PreheatState::Failed, 0, "boom"),
+            ],
             joined: false,
             platforms: vec![],
         };

@@ -35,7 +35,9 @@ async fn the_http_api_needs_the_preheat_token_and_joins_a_running_job() -> Resul
     ensure!(resp.headers().contains_key("www-authenticate"), "401 without a challenge");
     ensure!(code(resp).await? == (StatusCode::UNAUTHORIZED, "UNAUTHORIZED".into()));
     for token in ["wrong-token-0123456789", CLUSTER_TOKEN] {
-        ensure!(code(post().bearer_auth(token).send().await?).await? == (StatusCode::UNAUTHORIZED, "UNAUTHORIZED".into()));
+        ensure!(
+            code(post().bearer_auth(token).send().await?).await? == (StatusCode::UNAUTHORIZED, "UNAUTHORIZED".into())
+        );
         let notify = http.post(format!("{}/registry/notifications", api(port))).bearer_auth(token).body("{}");
         ensure!(notify.send().await?.status() == StatusCode::UNAUTHORIZED);
         let show = http.get(format!("{}/preheat/1", api(port))).bearer_auth(token);
@@ -45,7 +47,8 @@ async fn the_http_api_needs_the_preheat_token_and_joins_a_running_job() -> Resul
     ensure!(holdings(&swarm, &image).iter().all(|&n| n == 0), "a refused request fetched something");
 
     // Bad input.
-    let bad = |json: serde_json::Value| http.post(format!("{}/preheat", api(port))).bearer_auth(PREHEAT_TOKEN).json(&json);
+    let bad =
+        |json: serde_json::Value| http.post(format!("{}/preheat", api(port))).bearer_auth(PREHEAT_TOKEN).json(&json);
     for (json, want) in [
         (serde_json::json!({"image": "../etc/passwd"}), "NAME_INVALID"),
         (serde_json::json!({"image": "a/B"}), "NAME_INVALID"),

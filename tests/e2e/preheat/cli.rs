@@ -18,8 +18,9 @@ async fn preheat_then_rollout_takes_no_layer_from_the_origin() -> Result<()> {
 
     // a. One daemon per site fetches every blob.
     let mark = registry.mark();
+    let started = std::time::Instant::now();
     let out = shoal_preheat(&scheduler, &[&reference]).await?;
-    report("cli", &format!("first preheat:\n{out}"));
+    report("cli", &format!("first preheat in {:?}:\n{out}", started.elapsed()));
     ensure!(out.contains("done") && out.contains("site east: done") && out.contains("site west: done"), "{out}");
     expect_one_per_site(&swarm, &image)?;
     let preheat_bytes = registry.image_bytes_served_since(&image, mark).await;
@@ -31,8 +32,9 @@ async fn preheat_then_rollout_takes_no_layer_from_the_origin() -> Result<()> {
 
     // d. Again: done at once, no byte moves, still one holder per site.
     let mark = registry.mark();
+    let started = std::time::Instant::now();
     let out = shoal_preheat(&scheduler, &[&reference]).await?;
-    report("cli", &format!("second preheat:\n{out}"));
+    report("cli", &format!("second preheat in {:?}:\n{out}", started.elapsed()));
     ensure!(out.contains("fetched 0 bytes\n") || out.trim_end().ends_with("fetched 0 bytes"), "{out}");
     let again = registry.image_bytes_served_since(&image, mark).await;
     ensure!(again == 0, "the second preheat took {again} B of blobs from the origin");

@@ -230,7 +230,20 @@ mod tests {
         let i = ImageRef::parse(&format!("ghcr.io/a/b@{d}")).unwrap();
         assert_eq!(i.reference, Reference::Digest(d));
         assert_eq!(i.to_string(), format!("ghcr.io/a/b@{d}"));
-        for bad in ["UPPER/x", "a/b:t@t", "ex ample.com/a", "host:99999/a", "a:/b", "", "a/b:-bad", "a/b@sha256:12", "../etc/passwd", "a..b/c", ".x/y", "-a.b/c"] {
+        for bad in [
+            "UPPER/x",
+            "a/b:t@t",
+            "ex ample.com/a",
+            "host:99999/a",
+            "a:/b",
+            "",
+            "a/b:-bad",
+            "a/b@sha256:12",
+            "../etc/passwd",
+            "a..b/c",
+            ".x/y",
+            "-a.b/c",
+        ] {
             assert!(ImageRef::parse(bad).is_err(), "{bad}");
         }
     }

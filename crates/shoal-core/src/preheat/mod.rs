@@ -308,7 +308,8 @@ impl Preheats {
                         part.tried.insert(host.clone());
                         let why = if expired { "the job timed out" } else { "no progress reported in time" };
                         part.error = Some(format!("{host}: {why}"));
-                        part.state = if expired || part.attempts >= c.max_attempts { State::Failed } else { State::Waiting };
+                        part.state =
+                            if expired || part.attempts >= c.max_attempts { State::Failed } else { State::Waiting };
                         part.since = now;
                     }
                     State::Waiting if expired || idle >= c.wait_for_host_ms => {

@@ -153,7 +153,10 @@ fn a_named_site_without_workers_fails_after_the_wait_and_the_others_go_on() {
     p.tick(c.wait_for_host_ms);
     p.done(c.wait_for_host_ms + 1, "a1", id, progress(1, 1, 10));
     let view = p.job(id).unwrap();
-    assert_eq!((view.state, site(&view, "east").state, site(&view, "mars").state), (State::Failed, State::Done, State::Failed));
+    assert_eq!(
+        (view.state, site(&view, "east").state, site(&view, "mars").state),
+        (State::Failed, State::Done, State::Failed)
+    );
     assert!(site(&view, "mars").error.as_deref().unwrap().contains("no live host"), "{view:?}");
 }
 

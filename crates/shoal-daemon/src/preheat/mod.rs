@@ -53,7 +53,8 @@ async fn stream_forever(url: Url, mut client: SchedulerClient<Channel>, host_id:
             // Before the first announcement the scheduler does not know this host yet.
             Err(status) => {
                 refusals += 1;
-                if refusals % 30 == 0 {
+                if refusals >= 30 {
+                    refusals = 0;
                     tracing::warn!(scheduler = %url, error = %status.message(), "preheat job stream refused");
                 }
             }
@@ -80,7 +81,11 @@ async fn take_jobs(mut jobs: tonic::Streaming<pb::PreheatJob>, tx: &Reports, ctx
                     continue;
                 }
                 if map.len() >= MAX_JOBS {
-                    let failed = pb::PreheatFailed { job_id: id, message: "this daemon runs too many preheat jobs".into(), permanent: false };
+                    let failed = pb::PreheatFailed {
+                        job_id: id,
+                        message: "this daemon runs too many preheat jobs".into(),
+                        permanent: false,
+                    };
                     let _ = tx.send(report(pb::preheat_report::Report::Failed(failed)));
                     continue;
                 }
@@ -137,7 +142,11 @@ async fn run_job(start: pb::PreheatStart, tx: Reports, ctx: Ctx) {
         }
         Err(e) => {
             tracing::warn!(job = id, %image, error = %e, permanent = e.permanent, "preheat job failed");
-            pb::preheat_report::Report::Failed(pb::PreheatFailed { job_id: id, message: e.message, permanent: e.permanent })
+            pb::preheat_report::Report::Failed(pb::PreheatFailed {
+                job_id: id,
+                message: e.message,
+                permanent: e.permanent,
+            })
         }
     };
     let _ = tx.send(report(r));

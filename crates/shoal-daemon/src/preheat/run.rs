@@ -162,7 +162,11 @@ fn pick(list: &serde_json::Value, platforms: &[Platform]) -> Result<Vec<Entry>, 
     }
     let platform = |e: &serde_json::Value| {
         let p = &e["platform"];
-        (p["os"].as_str().unwrap_or("").to_owned(), p["architecture"].as_str().unwrap_or("").to_owned(), p["variant"].as_str().map(str::to_owned))
+        (
+            p["os"].as_str().unwrap_or("").to_owned(),
+            p["architecture"].as_str().unwrap_or("").to_owned(),
+            p["variant"].as_str().map(str::to_owned),
+        )
     };
     let mut out = Vec::new();
     for want in platforms {
@@ -250,4 +254,62 @@ async fn blob(ctx: &Ctx, image: &ImageRef, digest: Digest, size: u64) -> Result<
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     Err(JobError::transient(format!("blob {digest} was served but not cached (no room, or the store failed)")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn entry(os: &str, arch: &str, variant: Option<&str>, seed: &[u8]) -> serde_json::Value {
+        let mut platform = json!({"os": os, "architecture": arch});
+        if let Some(v) = variant {
+            platform["variant"] = v.into();
+        }
+        json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": Digest::of(seed).to_string(), "size": 500, "platform": platform})
+    }
+
+    fn digests(entries: Vec<Entry>) -> Vec<Digest> {
+        entries
+            .into_iter()
+            .map(|e| match e {
+                Entry::Digest(d) => d,
+                Entry::Manifest(_) => panic!("an index gives digests"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_index_gives_the_platforms_asked_for_or_every_real_one() {
+        let index = json!([
+            entry("linux", "amd64", None, b"amd64"),
+            entry("linux", "arm64", Some("v8"), b"arm64"),
+            entry("unknown", "unknown", None, b"attestation"),
+        ]);
+        assert_eq!(digests(pick(&index, &[]).unwrap()), [Digest::of(b"amd64"), Digest::of(b"arm64")]);
+        let arm = [Platform::parse("linux/arm64").unwrap()];
+        assert_eq!(digests(pick(&index, &arm).unwrap()), [Digest::of(b"arm64")]);
+        let missing = [Platform::parse("linux/s390x").unwrap()];
+        let e = pick(&index, &missing).err().unwrap();
+        assert!(e.permanent && e.message.contains("linux/s390x"), "{e}");
+        let many = serde_json::Value::Array(vec![entry("linux", "amd64", None, b"x"); MAX_MANIFESTS + 1]);
+        assert!(pick(&many, &[]).err().unwrap().permanent);
+    }
+
+    #[test]
+    fn descriptors_need_a_valid_digest_and_a_size() {
+        let d = Digest::of(b"layer");
+        assert_eq!(descriptor(&json!({"digest": d.to_string(), "size": 5})).unwrap(), (d, 5));
+        assert!(descriptor(&json!({"digest": "sha256:zz", "size": 5})).is_err());
+        assert!(descriptor(&json!({"digest": d.to_string(), "size": -1})).is_err());
+        assert!(descriptor(&json!({"digest": d.to_string()})).is_err());
+    }
+
+    #[test]
+    fn a_client_error_of_the_origin_is_about_the_image() {
+        assert!(JobError::status("m", StatusCode::NOT_FOUND, b"").permanent);
+        assert!(JobError::status("m", StatusCode::UNAUTHORIZED, b"").permanent);
+        assert!(!JobError::status("m", StatusCode::TOO_MANY_REQUESTS, b"").permanent);
+        assert!(!JobError::status("m", StatusCode::BAD_GATEWAY, b"").permanent);
+    }
 }
