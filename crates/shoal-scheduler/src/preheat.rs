@@ -99,6 +99,11 @@ impl Preheater {
         })
     }
 
+    /// Jobs running, and daemons with a job stream open.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.core().running(), self.workers().len())
+    }
+
     /// A job's status.
     pub fn job(&self, id: JobId) -> Option<JobView> {
         self.core().job(id)

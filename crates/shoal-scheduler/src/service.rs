@@ -396,6 +396,9 @@ pub async fn serve(listeners: Listeners, config: ServeConfig) -> std::io::Result
             });
             inner.metrics.hosts.set(hosts as i64);
             inner.metrics.tasks.set(tasks as i64);
+            let (jobs, workers) = inner.preheat.counts();
+            inner.metrics.preheat_jobs.set(jobs as i64);
+            inner.metrics.preheat_hosts.set(workers as i64);
         }
     });
     let preheat_listener = listeners.preheat;

@@ -29,7 +29,8 @@ impl NotifyingRegistry {
              storage:\n  filesystem:\n    rootdirectory: {}\n\
              http:\n  addr: 127.0.0.1:{port}\n  secret: shoal-e2e-secret\n\
              notifications:\n  endpoints:\n    - name: shoal\n      url: {endpoint}\n      headers:\n        \
-             Authorization: [\"Bearer {token}\"]\n      timeout: 2s\n      threshold: 3\n      backoff: 1s\n",
+             Authorization: [\"Bearer {token}\"]\n      timeout: 2s\n      threshold: 3\n      backoff: 1s\n      \
+             ignoredmediatypes: [application/octet-stream]\n",
             storage.display()
         );
         let path = dir.path().join("config.yml");

@@ -202,9 +202,17 @@ impl Preheats {
     }
 
     /// A host of `site` can run jobs now (its job stream opened). Waiting parts of its site
-    /// are given to it at once.
+    /// are given to it at once. A host that was a worker already (its stream was opened
+    /// again, which ends the jobs of the old one) is told to start its parts again.
     pub fn worker_joined(&mut self, now: u64, host: &str, site: &str) {
         let jobs = self.workers.remove(host).map(|w| w.jobs).unwrap_or_default();
+        for &id in &jobs {
+            let restart = self.part_of(id, host).map(|part| part.since = now).is_some();
+            if let (true, Some(job)) = (restart, self.jobs.get(&id)) {
+                let request = job.request.clone();
+                self.commands.push(Command::Start { host: host.to_owned(), job: id, request });
+            }
+        }
         self.workers.insert(host.to_owned(), Worker { site: site.to_owned(), jobs });
         self.assign(now);
     }

@@ -105,6 +105,17 @@ fn a_lone_worker_that_comes_back_gets_its_part_again() {
 }
 
 #[test]
+fn a_worker_whose_stream_reopens_is_told_to_start_its_parts_again() {
+    let mut p = machine(&[("a1", "east"), ("a2", "east")]);
+    let (id, _) = p.submit(0, request("app:v1", &[])).unwrap();
+    assert_eq!(starts(&p.take_commands(), id), ["a1"]);
+    p.worker_joined(500, "a1", "east");
+    assert_eq!(starts(&p.take_commands(), id), ["a1"], "the same worker, started again");
+    p.done(600, "a1", id, progress(1, 1, 0));
+    assert_eq!(p.job(id).unwrap().state, State::Done);
+}
+
+#[test]
 fn a_silent_worker_is_cancelled_and_replaced() {
     let c = Config::default();
     let mut p = machine(&[("a1", "east"), ("a2", "east")]);
