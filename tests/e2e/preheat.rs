@@ -5,6 +5,7 @@
 //!   byte; then every daemon pulls at once and the origin sends no layer byte.
 //! - `api`: the HTTP API refuses a missing or wrong token, validates its input, joins a running
 //!   job, and reports progress to done.
+//! - `failover`: a daemon killed while it preheats loses the job to the other daemon of its site.
 //! - `notify`: the real registry, configured with `notifications.endpoints` pointing at the
 //!   scheduler, has a `skopeo copy` push preheated on one daemon per site without any pull.
 
@@ -124,5 +125,7 @@ fn report(test: &str, text: &str) {
 mod api_tests;
 #[path = "preheat/cli.rs"]
 mod cli;
+#[path = "preheat/failover.rs"]
+mod failover;
 #[path = "preheat/notify.rs"]
 mod notify;

@@ -88,6 +88,9 @@ async fn the_http_api_needs_the_preheat_token_and_joins_a_running_job() -> Resul
     expect_one_per_site(&swarm, &image)?;
     // The scheduler exports the daemons ready for jobs (refreshed every 5 s).
     let four = || async { scheduler.metric("shoal_scheduler_preheat_hosts", "").await.ok().flatten() == Some(4.0) };
-    ensure!(wait_until(Duration::from_secs(12), Duration::from_millis(250), four).await, "shoal_scheduler_preheat_hosts != 4");
+    ensure!(
+        wait_until(Duration::from_secs(12), Duration::from_millis(250), four).await,
+        "shoal_scheduler_preheat_hosts != 4"
+    );
     Ok(())
 }

@@ -25,8 +25,10 @@ pub use run::Ctx;
 
 /// How often a running job reports its progress (also its heartbeat).
 pub const REPORT_EVERY: Duration = Duration::from_secs(1);
-/// Wait before opening a job stream again.
-const RETRY: Duration = Duration::from_secs(1);
+/// Wait before opening a job stream again; doubled after each refusal up to [`MAX_RETRY`].
+const RETRY: Duration = Duration::from_millis(500);
+/// Longest wait between two attempts to open a job stream.
+const MAX_RETRY: Duration = Duration::from_secs(10);
 /// Jobs this daemon runs at once; more are refused (the scheduler gives them to another).
 pub const MAX_JOBS: usize = 8;
 
@@ -39,27 +41,27 @@ pub async fn serve(schedulers: Vec<(Url, SchedulerClient<Channel>)>, host_id: St
 }
 
 async fn stream_forever(url: Url, mut client: SchedulerClient<Channel>, host_id: String, ctx: Ctx) {
-    let mut refusals = 0u32;
+    let mut wait = RETRY;
     loop {
         let (tx, rx) = mpsc::unbounded_channel();
         let hello = pb::PreheatHello { host_id: host_id.clone() };
         let _ = tx.send(report(pb::preheat_report::Report::Hello(hello)));
         match client.preheat_jobs(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)).await {
             Ok(resp) => {
-                refusals = 0;
+                wait = RETRY;
                 tracing::debug!(scheduler = %url, "preheat job stream open");
                 take_jobs(resp.into_inner(), &tx, &ctx).await;
             }
-            // Before the first announcement the scheduler does not know this host yet.
+            // Before its first announcement the scheduler does not know this host: the first
+            // refusals are expected, and a scheduler that keeps refusing is asked less often.
             Err(status) => {
-                refusals += 1;
-                if refusals >= 30 {
-                    refusals = 0;
+                if wait >= MAX_RETRY {
                     tracing::warn!(scheduler = %url, error = %status.message(), "preheat job stream refused");
                 }
+                wait = (wait * 2).min(MAX_RETRY);
             }
         }
-        tokio::time::sleep(RETRY).await;
+        tokio::time::sleep(wait).await;
     }
 }
 
