@@ -104,15 +104,23 @@ fn validate_registry(s: &str) -> Result<String, RequestError> {
     if s.is_empty() || s.len() > MAX_REGISTRY_LEN {
         return Err(bad());
     }
-    let (host, port) = match s.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(':') && !s.starts_with('[') => (h, Some(p)),
-        _ => (s, None),
+    let (host, port) = match s.find(']') {
+        Some(end) if s.starts_with('[') => match &s[end + 1..] {
+            "" => (s, None),
+            rest => (&s[..=end], Some(rest.strip_prefix(':').ok_or_else(bad)?)),
+        },
+        _ => match s.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        },
     };
     if let Some(p) = port {
         p.parse::<u16>().map_err(|_| bad())?;
     }
     let host_ok = if host.starts_with('[') {
-        host.ends_with(']') && host[1..host.len() - 1].bytes().all(|b| b.is_ascii_hexdigit() || b == b':')
+        host.len() > 2
+            && host.ends_with(']')
+            && host[1..host.len() - 1].bytes().all(|b| b.is_ascii_hexdigit() || b == b':')
     } else {
         host.split('.').all(|label| {
             let b = label.as_bytes();
@@ -230,7 +238,14 @@ mod tests {
         let i = ImageRef::parse(&format!("ghcr.io/a/b@{d}")).unwrap();
         assert_eq!(i.reference, Reference::Digest(d));
         assert_eq!(i.to_string(), format!("ghcr.io/a/b@{d}"));
+        for ok in ["[::1]:5000/a", "[fe80::1]/a", "localhost/a", "reg-1.example.com/a"] {
+            assert!(ImageRef::parse(ok).is_ok(), "{ok}");
+        }
         for bad in [
+            "[::1]x/a",
+            "[]/a",
+            "[::1]:x/a",
+            "a:1:2/b",
             "UPPER/x",
             "a/b:t@t",
             "ex ample.com/a",
