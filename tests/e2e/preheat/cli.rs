@@ -67,5 +67,12 @@ async fn preheat_then_rollout_takes_no_layer_from_the_origin() -> Result<()> {
     ensure!(layer_bytes == 0, "the origin sent {layer_bytes} B of layers during the rollout\n{traffic}");
     let clients = registry.client_blob_gets();
     ensure!(clients.is_empty(), "clients bypassed their daemons: {clients:#?}");
+
+    // --no-wait returns once the job is accepted; named sites and platforms are taken.
+    let out =
+        shoal_preheat(&scheduler, &[&reference, "--site", "west", "--platform", "linux/amd64", "--no-wait"]).await?;
+    ensure!(out.starts_with("preheat job ") && out.contains("on 1 site(s)") && !out.contains("done"), "{out}");
+    let refused = shoal_preheat(&scheduler, &[&reference, "--platform", "linux"]).await;
+    ensure!(format!("{:#}", refused.err().context("a bad platform was accepted")?).contains("os/architecture"));
     Ok(())
 }
