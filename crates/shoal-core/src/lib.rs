@@ -18,6 +18,7 @@ pub mod name;
 pub mod picker;
 pub mod piece;
 pub mod piece_digest;
+pub mod preheat;
 pub mod range;
 pub mod route;
 pub mod sched;

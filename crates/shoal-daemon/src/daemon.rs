@@ -120,6 +120,7 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
     let mut peer_client = None;
     let mut authz = Authz::open(paths.root(), meta.clone(), settings.offline_grace)
         .map_err(|source| StartError::DataDir { path: settings.data_dir.display().to_string(), source })?;
+    let mut preheat_schedulers = Vec::new();
     if let Some(swarm) = &settings.swarm {
         let ep = crate::peer::client::endpoint(swarm.peer_listen)?;
         let addr = ep.local_addr().map_err(|source| StartError::Bind {
@@ -136,6 +137,7 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
             .map_err(|e| StartError::Peer(e.to_string()))?
             .with_live_gauge(metrics.schedulers_live.clone());
         let schedulers = Arc::new(schedulers);
+        preheat_schedulers = schedulers.clients();
         if !swarm.schedulers.is_empty() {
             handles.push(tokio::spawn(schedulers.clone().announce_forever()));
         }
@@ -158,6 +160,7 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
         endpoint = Some(ep);
     }
     let tasks = Arc::new(tasks);
+    let tasks_for_preheat = tasks.clone();
     if let (Some(swarm), Some(ep)) = (&settings.swarm, endpoint) {
         let ctx = ServerCtx {
             host_id: swarm.host_id.clone(),
@@ -205,6 +208,10 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
     let limits = HttpLimits { max_connections: settings.max_connections, ..HttpLimits::default() };
     let serve = |listener: TcpListener, router: Router| tokio::spawn(crate::listener::serve(listener, router, limits));
     let admin = Arc::new(crate::admin::Admin::new(mirror.clone(), metrics.clone()));
+    if let (Some(swarm), false) = (&settings.swarm, preheat_schedulers.is_empty()) {
+        let ctx = crate::preheat::Ctx { mirror: mirror::router(mirror.clone()), tasks: tasks_for_preheat };
+        handles.push(tokio::spawn(crate::preheat::serve(preheat_schedulers, swarm.host_id.clone(), ctx)));
+    }
     handles.push(serve(mirror_listener, mirror::router(mirror)));
     handles.push(serve(admin_listener, crate::admin::router(admin)));
     let dht_addr = holdings.as_ref().map(|(_, addr)| *addr);

@@ -14,6 +14,7 @@
 //! - `discovery/` — finding holders: the scheduler client, the libp2p Kademlia DHT, in-memory;
 //! - `origin/` — the origin registries, their auth, and blob bytes straight from them;
 //! - `admin/` — the admin listener's API: health, status, metrics, import and cache management;
+//! - `preheat/` — preheat jobs the scheduler hands this daemon, fetched through the mirror;
 //! - `config`, `limits`, `listener` (the hardened HTTP accept loop), `metrics`, `hash`, `fault`
 //!   (test-only faults), `daemon` (wiring).
 //!
@@ -33,6 +34,7 @@ pub(crate) mod metrics;
 pub(crate) mod mirror;
 pub(crate) mod origin;
 pub mod peer;
+pub(crate) mod preheat;
 pub(crate) mod store;
 
 /// What the `shoal` binary and the end-to-end tests use besides `config` and `daemon`.

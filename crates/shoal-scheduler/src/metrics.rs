@@ -35,6 +35,10 @@ pub struct SchedulerMetrics {
     /// `bad_proof`, `over_cap` (too many connections), `host_taken` (a host id another
     /// session speaks for).
     pub refused: Family<KindLabels, Counter>,
+    /// Preheat jobs running (not yet done or failed).
+    pub preheat_jobs: Gauge,
+    /// Daemons with a preheat job stream open.
+    pub preheat_hosts: Gauge,
 }
 
 impl Default for SchedulerMetrics {
@@ -48,6 +52,7 @@ impl Default for SchedulerMetrics {
         let piece_failures = Family::default();
         let offers = Counter::default();
         let refused = Family::default();
+        let (preheat_jobs, preheat_hosts) = (Gauge::default(), Gauge::default());
         registry.register("hosts", "Hosts known", hosts.clone());
         registry.register("peers", "Peer streams open", peers.clone());
         registry.register("tasks", "Tasks known", tasks.clone());
@@ -56,7 +61,21 @@ impl Default for SchedulerMetrics {
         registry.register("piece_failures", "Piece failures reported by peers, by reason", piece_failures.clone());
         registry.register("offers", "Parents offered back to downloading peers that did not ask", offers.clone());
         registry.register("refused", "Connections and calls refused, by reason", refused.clone());
-        Self { registry, hosts, peers, tasks, decisions, decision_seconds, piece_failures, offers, refused }
+        registry.register("preheat_jobs", "Preheat jobs running", preheat_jobs.clone());
+        registry.register("preheat_hosts", "Daemons with a preheat job stream open", preheat_hosts.clone());
+        Self {
+            registry,
+            hosts,
+            peers,
+            tasks,
+            decisions,
+            decision_seconds,
+            piece_failures,
+            offers,
+            refused,
+            preheat_jobs,
+            preheat_hosts,
+        }
     }
 }
 

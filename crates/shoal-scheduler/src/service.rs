@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert;
 use crate::metrics::{KindLabels, SchedulerMetrics};
+use crate::preheat::Preheater;
 
 /// How often daemons re-announce their host.
 const REANNOUNCE_SECS: u32 = 10;
@@ -39,16 +40,23 @@ struct Inner {
     epoch: Instant,
     metrics: Arc<SchedulerMetrics>,
     outboxes: Mutex<HashMap<Digest, HashMap<HostId, Outbox>>>,
+    preheat: Arc<Preheater>,
 }
 
 impl SchedulerService {
-    /// A service with the given decision rules.
+    /// A service with the given decision rules (and default preheat bounds).
     pub fn new(config: Config, metrics: Arc<SchedulerMetrics>) -> Self {
+        Self::with_preheat(config, metrics, Arc::new(Preheater::new(Default::default())))
+    }
+
+    /// A service with the given decision rules whose preheat jobs are `preheat`'s.
+    pub fn with_preheat(config: Config, metrics: Arc<SchedulerMetrics>, preheat: Arc<Preheater>) -> Self {
         let inner = Inner {
             core: Mutex::new(Scheduler::new(config)),
             epoch: Instant::now(),
             metrics,
             outboxes: Mutex::new(HashMap::new()),
+            preheat,
         };
         Self { inner: Arc::new(inner) }
     }
@@ -284,6 +292,52 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         let hosts = self.inner.with_core(|c, _| c.hosts().count()) as u32;
         Ok(Response::new(pb::StatsReply { hosts, tasks: tasks.iter().map(convert::stats).collect() }))
     }
+
+    async fn preheat(&self, req: Request<pb::PreheatRequest>) -> Result<Response<pb::PreheatStatus>, Status> {
+        Inner::session(&req)?;
+        let r = req.into_inner();
+        let request = shoal_core::preheat::Request::parse(&r.image, &r.platforms, &r.sites)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (view, joined) = self.inner.preheat.submit(request).map_err(|e| crate::preheat::refused(&e))?;
+        Ok(Response::new(crate::preheat::status(&view, joined)))
+    }
+
+    async fn get_preheat(&self, req: Request<pb::PreheatQuery>) -> Result<Response<pb::PreheatStatus>, Status> {
+        Inner::session(&req)?;
+        let id = req.into_inner().id;
+        let view = self.inner.preheat.job(id).ok_or_else(|| Status::not_found(format!("no preheat job {id}")))?;
+        Ok(Response::new(crate::preheat::status(&view, false)))
+    }
+
+    type PreheatJobsStream = UnboundedReceiverStream<Result<pb::PreheatJob, Status>>;
+
+    async fn preheat_jobs(
+        &self,
+        req: Request<Streaming<pb::PreheatReport>>,
+    ) -> Result<Response<Self::PreheatJobsStream>, Status> {
+        let session = Inner::session(&req)?;
+        let mut inbound = req.into_inner();
+        let first = inbound.message().await?.and_then(|m| m.report);
+        let Some(pb::preheat_report::Report::Hello(hello)) = first else {
+            return Err(Status::invalid_argument("the first preheat report must be hello"));
+        };
+        let host = HostId(hello.host_id);
+        self.inner.check_speaker(session, &host)?;
+        let site = self.inner.with_core(|c, _| c.host(&host).map(|h| h.site.clone()));
+        let site = site.ok_or_else(|| Status::failed_precondition(format!("host {host} is not announced")))?;
+        let (outbox, rx) = mpsc::unbounded_channel();
+        let preheat = self.inner.preheat.clone();
+        let generation = preheat.worker_joined(&host.0, &site, outbox);
+        tokio::spawn(async move {
+            while let Ok(Some(msg)) = inbound.message().await {
+                if let Some(report) = msg.report {
+                    preheat.report(&host.0, report);
+                }
+            }
+            preheat.worker_left(&host.0, generation);
+        });
+        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+    }
 }
 
 /// The listeners of a scheduler and the cluster token its clients must prove.
@@ -294,12 +348,44 @@ pub struct Listeners {
     pub admin: tokio::net::TcpListener,
     /// The cluster token.
     pub token: Arc<[u8]>,
+    /// The preheat HTTP API, if it is served (see [`crate::http_api`]).
+    pub preheat: Option<PreheatListener>,
+}
+
+/// The preheat HTTP API's listener and what it needs.
+pub struct PreheatListener {
+    /// Plain HTTP.
+    pub listener: tokio::net::TcpListener,
+    /// The token its callers present (`Authorization: Bearer`); never the cluster token.
+    pub token: Arc<[u8]>,
+    /// Replaces the registry that registry notifications name (`notification_registry`).
+    pub registry: Option<String>,
+}
+
+/// What `shoal scheduler` decides by: the scheduler's rules and the preheat bounds.
+#[derive(Debug, Clone, Default)]
+pub struct ServeConfig {
+    /// Parent choice, origin budget, host TTL.
+    pub rules: Config,
+    /// Preheat jobs: bounds and time-outs.
+    pub preheat: shoal_core::preheat::Config,
+}
+
+/// Caps of the preheat HTTP listener: few callers (registries, Harbor, scripts).
+fn preheat_limits() -> shoal_daemon::listener::HttpLimits {
+    shoal_daemon::listener::HttpLimits {
+        max_connections: 64,
+        idle_timeout: Duration::from_secs(30),
+        ..Default::default()
+    }
 }
 
 /// Serves the scheduler until a listener fails.
-pub async fn serve(listeners: Listeners, config: Config) -> std::io::Result<()> {
+pub async fn serve(listeners: Listeners, config: ServeConfig) -> std::io::Result<()> {
     let metrics = Arc::new(SchedulerMetrics::default());
-    let service = SchedulerService::new(config, metrics.clone());
+    let preheat = Arc::new(Preheater::new(config.preheat));
+    tokio::spawn(preheat.clone().tick_forever());
+    let service = SchedulerService::with_preheat(config.rules, metrics.clone(), preheat.clone());
     let inner = service.inner.clone();
     tokio::spawn(async move {
         loop {
@@ -310,8 +396,22 @@ pub async fn serve(listeners: Listeners, config: Config) -> std::io::Result<()> 
             });
             inner.metrics.hosts.set(hosts as i64);
             inner.metrics.tasks.set(tasks as i64);
+            let (jobs, workers) = inner.preheat.counts();
+            inner.metrics.preheat_jobs.set(jobs as i64);
+            inner.metrics.preheat_hosts.set(workers as i64);
         }
     });
+    let preheat_listener = listeners.preheat;
+    let preheat_api = async move {
+        match preheat_listener {
+            Some(p) => {
+                let api = crate::http_api::Api { preheat, token: p.token, registry: p.registry };
+                shoal_daemon::listener::serve(p.listener, crate::http_api::router(Arc::new(api)), preheat_limits())
+                    .await
+            }
+            None => std::future::pending().await,
+        }
+    };
     let tls = crate::tls::server_config().map_err(std::io::Error::other)?;
     let inner = service.inner.clone();
     let grpc = crate::session::Listener {
@@ -332,5 +432,6 @@ pub async fn serve(listeners: Listeners, config: Config) -> std::io::Result<()> 
     tokio::select! {
         r = grpc.serve(listeners.grpc, router) => r,
         () = shoal_daemon::listener::serve(listeners.admin, admin, limits) => Ok(()),
+        () = preheat_api => Ok(()),
     }
 }

@@ -9,6 +9,7 @@ mod fetch_cmd;
 mod import_archive;
 mod import_cmd;
 mod import_layout;
+mod preheat_cmd;
 mod scheduler_cmd;
 mod status_cmd;
 
@@ -41,6 +42,8 @@ enum Command {
     Import(import_cmd::ImportArgs),
     /// Show and manage a daemon's cache: ls, rm, pin.
     Cache(cache_cmd::CacheArgs),
+    /// Have one daemon per site fetch every blob of an image, before a rollout (via the scheduler).
+    Preheat(preheat_cmd::PreheatArgs),
 }
 
 fn main() -> Result<()> {
@@ -58,5 +61,6 @@ fn main() -> Result<()> {
         Command::Status(args) => status_cmd::run(args),
         Command::Import(args) => import_cmd::run(args),
         Command::Cache(args) => cache_cmd::run(args),
+        Command::Preheat(args) => preheat_cmd::run(args),
     }
 }

@@ -160,6 +160,11 @@ impl Schedulers {
         !self.schedulers.is_empty()
     }
 
+    /// Every configured scheduler's URL and client (for the preheat job streams).
+    pub fn clients(&self) -> Vec<(Url, SchedulerClient<Channel>)> {
+        self.schedulers.iter().map(|s| (s.url.clone(), s.client.clone())).collect()
+    }
+
     /// This host's id.
     pub fn host_id(&self) -> String {
         self.host.host_id.clone()
