@@ -30,6 +30,8 @@ use url::Url;
 use crate::config::Swarm;
 use crate::discovery::sched_connect::Refusal;
 
+/// How long a registration at a scheduler known dead is tried (see [`Schedulers::open`]).
+const DEAD_ATTEMPT: Duration = Duration::from_millis(300);
 /// Bound on connecting to a scheduler and on one announcement or registration attempt.
 pub const SCHEDULER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bound on [`Schedulers::open`] over all the schedulers it tries.
@@ -241,8 +243,9 @@ impl Schedulers {
     }
 
     /// Registers this host for `task`, holding `have`, with the task's owner among the live
-    /// schedulers, else the next candidate (each attempt within [`SCHEDULER_TIMEOUT`], all
-    /// within [`OPEN_TIMEOUT`]). A refusal ends the search: the owner answered.
+    /// schedulers, else the next candidate (each attempt within [`SCHEDULER_TIMEOUT`], at one
+    /// known dead within [`DEAD_ATTEMPT`], all within [`OPEN_TIMEOUT`]). A refusal ends the
+    /// search: the owner answered.
     pub async fn open(&self, task: &Digest, layout: PieceLayout, have: &Bitmap) -> Result<Session, SchedError> {
         let deadline = Instant::now() + OPEN_TIMEOUT;
         let mut last = None;
@@ -253,7 +256,10 @@ impl Schedulers {
                 break;
             }
             let attempt = self.register_at(index, task, layout, have);
-            let result = match tokio::time::timeout(left.min(SCHEDULER_TIMEOUT), attempt).await {
+            // A scheduler known dead gets a short try: the announcements find its return, and a
+            // site cut off from every scheduler must not wait for each blob.
+            let bound = if scheduler.live.load(Ordering::Relaxed) { SCHEDULER_TIMEOUT } else { DEAD_ATTEMPT };
+            let result = match tokio::time::timeout(left.min(bound), attempt).await {
                 Ok(result) => result,
                 Err(_) => Err(SchedError::timed_out(&scheduler.url)),
             };

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use shoal_core::{Digest, RepoName};
 use shoal_proto::peer::{SiteAnswer, SiteRequest};
 
@@ -24,6 +25,8 @@ use crate::store::meta::{tag_key, ManifestRecord, MetaStore};
 
 /// How long one member has to answer.
 const ASK_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long the other members have once one has answered.
+const AFTER_FIRST: Duration = Duration::from_millis(200);
 /// Members asked at most per question.
 const MAX_ASKED: usize = 32;
 /// Largest manifest taken from a member (the mirror's own limit).
@@ -79,11 +82,27 @@ impl Site {
             digest: q.digest.map(|d| d.to_string()).unwrap_or_default(),
         };
         let members = self.holdings.discovery().members();
-        let asks = members.iter().filter(|m| m.addr != self.me).take(MAX_ASKED).map(|m| {
-            let (peers, req) = (self.peers.clone(), req.clone());
-            async move { tokio::time::timeout(ASK_TIMEOUT, peers.ask_site(m.addr, &req)).await.ok()?.ok() }
-        });
-        let answers: Vec<SiteAnswer> = futures::future::join_all(asks).await.into_iter().flatten().collect();
+        let mut asks: futures::stream::FuturesUnordered<_> = members
+            .iter()
+            .filter(|m| m.addr != self.me)
+            .take(MAX_ASKED)
+            .map(|m| {
+                let (peers, req) = (self.peers.clone(), req.clone());
+                async move { tokio::time::timeout(ASK_TIMEOUT, peers.ask_site(m.addr, &req)).await.ok()?.ok() }
+            })
+            .collect();
+        // Members cut off with the origin never answer: once one has, the others get
+        // `AFTER_FIRST` more, not the whole `ASK_TIMEOUT`.
+        let mut answers: Vec<SiteAnswer> = Vec::new();
+        let mut deadline = tokio::time::Instant::now() + ASK_TIMEOUT;
+        while let Ok(Some(answer)) = tokio::time::timeout_at(deadline, asks.next()).await {
+            if let Some(a) = answer {
+                if answers.is_empty() {
+                    deadline = deadline.min(tokio::time::Instant::now() + AFTER_FIRST);
+                }
+                answers.push(a);
+            }
+        }
         tracing::debug!(asked = members.len(), answered = answers.len(), repository = %q.name, "asked the site");
         merge(&answers, q.digest)
     }

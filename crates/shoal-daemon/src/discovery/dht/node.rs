@@ -23,6 +23,8 @@ use crate::discovery::{DiscoveryError, Holder, MAX_HOLDERS, QUERY_TIMEOUT};
 
 /// The most providers of one lookup asked "holds?" (others are ignored).
 const MAX_CANDIDATES: usize = 64;
+/// How long a lookup goes on once it found a holder.
+const AFTER_FIRST_HOLDER: std::time::Duration = std::time::Duration::from_millis(500);
 /// The most addresses of one member added to the routing table.
 const MAX_ADDRS_PER_MEMBER: usize = 4;
 
@@ -144,9 +146,14 @@ impl Node {
         let query = self.kad().get_providers(key(&blob));
         let lookup = Lookup { blob, reply, asked: HashSet::new(), pending: 0, found: Vec::new(), searching: true };
         self.lookups.insert(query, lookup);
+        self.expire_in(query, QUERY_TIMEOUT);
+    }
+
+    /// Ends lookup `query` (with what it found by then) after `after`.
+    fn expire_in(&self, query: QueryId, after: std::time::Duration) {
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(QUERY_TIMEOUT).await;
+            tokio::time::sleep(after).await;
             let _ = tx.send(Internal::Expire(query));
         });
     }
@@ -324,6 +331,11 @@ impl Node {
         if let Some(h) = holder {
             if !lookup.found.iter().any(|f| f.host_id == h.host_id) {
                 lookup.found.push(h);
+                if lookup.found.len() == 1 {
+                    // One holder is enough to start on: the query may still be waiting for
+                    // members that are gone (a site cut off), so it ends soon after.
+                    self.expire_in(query, AFTER_FIRST_HOLDER);
+                }
             }
         } else {
             tracing::trace!(%peer, "provider does not hold the blob (any more)");
