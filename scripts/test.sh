@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 source scripts/deps.sh
 need_commands docker-registry:docker-registry skopeo:skopeo podman:podman containerd:ctr \
   containerd:containerd openssl:openssl util-linux:setpriv util-linux:nsenter iproute2:ip curl:curl \
-  docker.io:dockerd systemd:systemd-analyze binutils:strip
+  docker.io:dockerd systemd:systemd-analyze binutils:strip iproute2:tc procps:sysctl coreutils:sha256sum
 
 # The e2e tests play bad members with test-only faults: only this build has them.
 cargo build -p shoal --bin shoal --features fault-injection

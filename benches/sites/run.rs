@@ -20,14 +20,48 @@ fn layer_sizes(total: u64) -> Vec<u64> {
     sizes
 }
 
+/// What one run measured, with its report (tables and the summary, ready to print).
+pub struct Outcome {
+    pub a: PartA,
+    pub b: PartB,
+    pub report: String,
+}
+
+/// The benchmark: the defaults above, every figure printed.
 pub async fn run() -> Result<()> {
+    let out = measure(env_u64("SHOAL_BENCH_MB", 48).max(1)).await?;
+    println!("{}", out.report);
+    Ok(())
+}
+
+/// The end-to-end test (`cargo test -p shoal-e2e --test sites`): a smaller image, and what the
+/// issue requires of the bytes checked: each site's WAN link carries at most 1.05× the image
+/// (headers included), every blob every node stored is correct, every pull of the cut-off site
+/// succeeds. Times are printed, not asserted.
+pub async fn check() -> Result<()> {
+    let out = measure(40).await?;
+    println!("{}", out.report);
+    for (s, (rx, _)) in out.a.wan.iter().enumerate() {
+        let ratio = *rx as f64 / out.a.s_bytes as f64;
+        ensure!(ratio <= 1.05, "site{s}'s WAN link carried {ratio:.3}× the image into the site (> 1.05×)");
+    }
+    ensure!(out.a.bad_stores.is_empty(), "wrong or missing blobs: {}", out.a.bad_stores.join(" "));
+    for (i, name, outcome, secs) in &out.b.pulls {
+        if let Err(e) = outcome {
+            bail!("node{i} could not pull the {name} image with its site cut off ({secs:.1} s): {e}");
+        }
+    }
+    Ok(())
+}
+
+/// Sets up the sites, runs parts A and B with an image of `s_mb` MB, tears everything down.
+async fn measure(s_mb: u64) -> Result<Outcome> {
     let bin = Daemon::bin_path();
     ensure!(bin.is_file(), "shoal binary not found at {} (set SHOAL_BIN)", bin.display());
     ensure!(sh(std::process::Command::new("id").arg("-u"))?.trim() == "0", "needs root (network namespaces)");
     let machine = Machine::measure();
     let (wan, lan) = (env_str("SHOAL_BENCH_WAN", "50mbit"), env_str("SHOAL_BENCH_LAN", "1gbit"));
     let (wan_bits, lan_bits) = (parse_rate(&wan)?, parse_rate(&lan)?);
-    let s_mb = env_u64("SHOAL_BENCH_MB", 48).max(1);
     netns::cleanup_stale();
     let dir = tempfile::Builder::new().prefix("shoal-bench-sites-").tempdir()?;
     let image = Image::build(7, &layer_sizes(s_mb * MB))?;
@@ -45,21 +79,22 @@ pub async fn run() -> Result<()> {
 
     let mut report = format!("\n# Shoal sites benchmark\n\n{}\n\n", machine.line());
     let mut summary = Summary::default();
-    let a = part_a(&sites, &origin, &image, wan_bits).await;
-    if let Err(e) = &a {
-        dump_logs(&daemons);
-        bail!("part A: {e:#}");
-    }
-    a?.report(&mut report, &mut summary, wan_bits);
+    let a = match part_a(&sites, &origin, &image, wan_bits).await {
+        Ok(a) => a,
+        Err(e) => {
+            dump_logs(&daemons);
+            bail!("part A: {e:#}");
+        }
+    };
+    a.report(&mut report, &mut summary, wan_bits);
     let _ = writeln!(report, "{}\n", scheduler_decisions());
     let b = part_b(&sites, &image, &second, &mut daemons).await?;
     b.report(&mut report, &mut summary);
-    println!("{report}");
-    println!("{}", summary.render("sites benchmark", &machine));
+    report.push_str(&summary.render("sites benchmark", &machine));
     if env_u64("SHOAL_BENCH_KEEP", 0) != 0 {
-        println!("Logs and data kept in {}.", dir.keep().display());
+        let _ = writeln!(report, "Logs and data kept in {}.", dir.keep().display());
     }
-    Ok(())
+    Ok(Outcome { a, b, report })
 }
 
 /// The scheduler's decision counts, as a sentence for the report.
@@ -151,13 +186,15 @@ async fn start_daemons(bin: &Path, dir: &Path) -> Result<Vec<Proc>> {
 }
 
 /// What part A measured.
-struct PartA {
-    s_bytes: u64,
+pub struct PartA {
+    pub s_bytes: u64,
     pulls: Vec<Pull>,
     /// Per site: (bytes into the site, bytes out of it) over its WAN link.
-    wan: Vec<(u64, u64)>,
+    pub wan: Vec<(u64, u64)>,
     origin_bytes: u64,
     stores: String,
+    /// `node:blob` of every stored blob that was missing or did not hash to its digest.
+    pub bad_stores: Vec<String>,
 }
 
 async fn part_a(sites: &Sites, origin: &Origin, image: &Image, wan_bits: f64) -> Result<PartA> {
@@ -177,12 +214,12 @@ async fn part_a(sites: &Sites, origin: &Origin, image: &Image, wan_bits: f64) ->
     origin.settle().await;
     let after: Vec<(u64, u64)> = (0..SITES).map(|s| sites.wan_bytes(s)).collect::<Result<_>>()?;
     let wan = before.iter().zip(&after).map(|(b, a)| (a.0 - b.0, a.1 - b.1)).collect();
-    let stores = verify_stores(&blobs).await;
-    Ok(PartA { s_bytes, pulls, wan, origin_bytes: origin.blob_bytes_since(mark), stores })
+    let (stores, bad_stores) = verify_stores(&blobs).await;
+    Ok(PartA { s_bytes, pulls, wan, origin_bytes: origin.blob_bytes_since(mark), stores, bad_stores })
 }
 
-/// Every node's stored copy of every blob, re-hashed.
-async fn verify_stores(blobs: &[Blob]) -> String {
+/// Every node's stored copy of every blob, re-hashed: a sentence, and the bad ones.
+async fn verify_stores(blobs: &[Blob]) -> (String, Vec<String>) {
     let (mut good, mut bad) = (0, Vec::new());
     for i in 0..SITES * PER_SITE {
         for blob in blobs {
@@ -194,11 +231,8 @@ async fn verify_stores(blobs: &[Blob]) -> String {
             }
         }
     }
-    format!(
-        "{good}/{} re-read through the mirrors with the right sha256 {}",
-        SITES * PER_SITE * blobs.len(),
-        bad.join(" ")
-    )
+    let total = SITES * PER_SITE * blobs.len();
+    (format!("{good}/{total} re-read through the mirrors with the right sha256 {}", bad.join(" ")), bad)
 }
 
 impl PartA {
@@ -242,8 +276,8 @@ impl PartA {
 }
 
 /// What part B measured: per pull, (node, image, outcome, seconds).
-struct PartB {
-    pulls: Vec<(usize, &'static str, Result<(), String>, f64)>,
+pub struct PartB {
+    pub pulls: Vec<(usize, &'static str, Result<(), String>, f64)>,
 }
 
 async fn part_b(sites: &Sites, first: &Image, second: &Image, _daemons: &mut [Proc]) -> Result<PartB> {
