@@ -13,6 +13,7 @@ pub mod digest;
 pub mod duration;
 pub mod error_code;
 pub mod evict;
+pub mod media;
 pub mod membership;
 pub mod name;
 pub mod picker;

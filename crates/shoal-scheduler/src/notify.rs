@@ -11,14 +11,6 @@ use shoal_core::preheat::{ImageRef, Request};
 /// Events one envelope may carry.
 pub const MAX_EVENTS: usize = 256;
 
-/// The manifest media types a push of which is preheated.
-const MANIFEST_TYPES: &[&str] = &[
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-];
-
 /// Why an envelope was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum EnvelopeError {
@@ -94,7 +86,7 @@ pub fn parse(body: &[u8], registry: Option<&str>) -> Result<Pushes, EnvelopeErro
     let mut pushes = Pushes::default();
     for (index, e) in envelope.events.iter().enumerate() {
         let t = &e.target;
-        let manifest = MANIFEST_TYPES.contains(&t.media_type.as_str());
+        let manifest = shoal_core::media::MANIFEST_TYPES.contains(&t.media_type.as_str());
         if e.action != "push" || !manifest || t.tag.is_empty() {
             pushes.ignored += 1;
             continue;

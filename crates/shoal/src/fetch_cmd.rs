@@ -15,7 +15,7 @@ use sha2::{Digest as _, Sha256};
 use shoal_core::Digest;
 use shoal_daemon::api::manifest::{self as mf, Refs};
 
-const MANIFEST_TYPES: &[&str] = &[mf::OCI_INDEX, mf::OCI_MANIFEST, mf::DOCKER_LIST, mf::DOCKER_MANIFEST];
+use shoal_core::media::MANIFEST_TYPES;
 
 /// Flags of `shoal fetch`.
 #[derive(Args, Debug)]

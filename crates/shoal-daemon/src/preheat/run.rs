@@ -32,13 +32,6 @@ pub const MAX_IMAGE_BYTES: u64 = 1 << 40;
 /// Blobs fetched at once (as a client pulling layers in parallel).
 const PARALLEL_BLOBS: usize = 4;
 
-const MANIFEST_TYPES: &[&str] = &[
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-];
-
 /// Why a job failed.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -204,7 +197,7 @@ fn ns(image: &ImageRef) -> String {
 async fn manifest(ctx: &Ctx, image: &ImageRef, reference: &Reference) -> Result<serde_json::Value, JobError> {
     let uri = format!("/v2/{}/manifests/{reference}{}", image.name, ns(image));
     let mut req = Request::get(&uri);
-    for t in MANIFEST_TYPES {
+    for t in shoal_core::media::MANIFEST_TYPES {
         req = req.header(http::header::ACCEPT, *t);
     }
     let req = req.body(Body::empty()).map_err(|e| JobError::permanent(format!("{uri}: {e}")))?;
