@@ -1,5 +1,6 @@
 //! a, d. `shoal preheat` through the CLI with two sites: one daemon per site fetches; a second
-//! preheat moves no byte; then all four daemons pull at once and the origin sends no layer.
+//! preheat moves no byte; then all four daemons pull at once and the origin sends no blob (no
+//! layer, no config).
 
 use super::*;
 use shoal_e2e::{Registry, Skopeo};
@@ -65,6 +66,8 @@ async fn preheat_then_rollout_takes_no_layer_from_the_origin() -> Result<()> {
         ),
     );
     ensure!(layer_bytes == 0, "the origin sent {layer_bytes} B of layers during the rollout\n{traffic}");
+    // Configs (single-piece blobs) go through the swarm too: the preheated node serves them.
+    ensure!(config_bytes == 0, "the origin sent {config_bytes} B of the config during the rollout\n{traffic}");
     let clients = registry.client_blob_gets();
     ensure!(clients.is_empty(), "clients bypassed their daemons: {clients:#?}");
 

@@ -139,7 +139,8 @@ async fn the_scheduler_killed_mid_pull_costs_no_origin_bytes_with_the_dht_on() -
     scheduler.kill9();
     let took = expect_pulls(pulls, PULL_LIMIT, &swarm).await?;
     origin.expect_no_client_bypass()?;
-    // Configs are single-piece blobs: each daemon fetches them from the origin.
+    // Configs (single-piece blobs) go through the swarm too; the bound leaves each daemon room
+    // for one config copy (a config pulled while steering passes from scheduler to DHT).
     let extra = origin.served_bytes().await - before;
     let config = origin.image_bytes() - origin.image.layers_size();
     let traffic = swarm.traffic_table().await;

@@ -32,8 +32,8 @@ async fn a_poisoning_member_never_fails_a_pull() -> Result<()> {
     ensure!(uploaded > 0.0, "d0 never served a piece: the fault was not exercised\n{traffic}");
     let caught = swarm.counters("shoal_blob_mismatches_total", "").await;
     ensure!(caught[1..].iter().any(|&c| c > 0.0), "no child caught a forged blob: {caught:?}\n{traffic}");
-    // Per layer (a blob of several pieces): d0's copy plus one honest copy at most. The
-    // config, a single-piece blob, is fetched from the origin by each node (not P2P).
+    // Per layer: d0's copy plus one honest copy at most (the config, a single piece, goes
+    // through the swarm too, but its bytes are not counted here).
     let image = origin.image_bytes() as f64;
     let served = origin.served_bytes().await as f64;
     report("poison", &format!("blob mismatches {caught:?}; origin served {:.3}x the image", served / image));
