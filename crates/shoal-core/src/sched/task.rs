@@ -230,6 +230,7 @@ impl Task {
             c.pieces = 0;
         }
         if epoch != self.epoch || self.digests.is_empty() {
+            self.forgive(child);
             return false;
         }
         self.digests.clear();
@@ -246,6 +247,24 @@ impl Task {
             peer.bad.retain(|h| distrusted.contains(h));
         }
         true
+    }
+
+    /// `child` checked pieces against a table that is dropped now (it reports the blob forged
+    /// late): the parents it found corrupt meanwhile may be honest — the new origin peer's
+    /// pieces fail the forged table. Its blames of anyone but the table's authors are withdrawn.
+    fn forgive(&mut self, child: &HostId) {
+        let distrusted = &self.distrusted;
+        if let Some(c) = self.peers.get_mut(child) {
+            c.bad.retain(|h| distrusted.contains(h));
+            c.failures.retain(|h, _| distrusted.contains(h));
+        }
+        for (parent, reporters) in &mut self.mismatch_reports {
+            if !distrusted.contains(parent) && reporters.remove(child) {
+                if let Some(p) = self.peers.get_mut(parent) {
+                    p.mismatch_reports = count(reporters.len());
+                }
+            }
+        }
     }
 
     /// Offers `parent` to every other peer of its site still downloading (not done, not

@@ -304,3 +304,23 @@ fn a_forged_digest_table_is_dropped_once_and_its_author_distrusted() {
     let Decision::Parents(ps) = d else { panic!("{d:?}") };
     assert_eq!(ps.iter().map(|p| p.host.clone()).collect::<Vec<_>>(), vec![h("a2")]);
 }
+
+#[test]
+fn a_late_reporter_of_a_dropped_table_forgives_the_new_origin_peer_it_blamed() {
+    let mut s = sched(Config::default(), &[("a1", "A"), ("a2", "A"), ("a3", "A")]);
+    assert_eq!(reg(&mut s, "a1"), Decision::BackToSource);
+    assert_eq!(finished(&mut s, "a1", 0, b"forged", true), Ok(PieceRecorded::DigestKept));
+    let _ = reg(&mut s, "a2");
+    let _ = reg(&mut s, "a3");
+    assert_eq!(s.blob_mismatch(6, task(), &h("a2"), 0, &[h("a1")]).unwrap(), Decision::BackToSource);
+    assert_eq!(finished(&mut s, "a2", 0, b"real", true), Ok(PieceRecorded::DigestKept));
+    // a3 still checks against the forged table: a2's honest piece fails it, a3 blames a2.
+    s.piece_failed(7, task(), &h("a3"), 0, &h("a2"), FailReason::DigestMismatch).unwrap();
+    s.check_invariants();
+    // Then a3 finds the blob forged: the blame was the forged table's doing, a2 is its parent.
+    let d = s.blob_mismatch(8, task(), &h("a3"), 0, &[h("a1")]).unwrap();
+    s.check_invariants();
+    let Decision::Parents(ps) = d else { panic!("{d:?}") };
+    assert_eq!(ps.iter().map(|p| p.host.clone()).collect::<Vec<_>>(), vec![h("a2")]);
+    assert_eq!(s.tasks[&task()].peers.get(&h("a2")).unwrap().mismatch_reports, 0);
+}
