@@ -91,13 +91,15 @@ impl Site {
                 async move { tokio::time::timeout(ASK_TIMEOUT, peers.ask_site(m.addr, &req)).await.ok()?.ok() }
             })
             .collect();
-        // Members cut off with the origin never answer: once one has, the others get
-        // `AFTER_FIRST` more, not the whole `ASK_TIMEOUT`.
+        // Members cut off with the origin never answer: once one has answered what was asked,
+        // the others get `AFTER_FIRST` more, not the whole `ASK_TIMEOUT`.
         let mut answers: Vec<SiteAnswer> = Vec::new();
         let mut deadline = tokio::time::Instant::now() + ASK_TIMEOUT;
+        let mut answered = false;
         while let Ok(Some(answer)) = tokio::time::timeout_at(deadline, asks.next()).await {
             if let Some(a) = answer {
-                if answers.is_empty() {
+                if !answered && knows(&a, q) {
+                    answered = true;
                     deadline = deadline.min(tokio::time::Instant::now() + AFTER_FIRST);
                 }
                 answers.push(a);
@@ -106,6 +108,13 @@ impl Site {
         tracing::debug!(asked = members.len(), answered = answers.len(), repository = %q.name, "asked the site");
         merge(&answers, q.digest)
     }
+}
+
+/// Whether `a` answers what `q` asks: where the tag points, or the object's manifest or size.
+fn knows(a: &SiteAnswer, q: &Question<'_>) -> bool {
+    let tag = q.tag.is_none() || !a.tag_digest.is_empty();
+    let object = q.digest.is_none() || a.blob_size > 0 || !a.manifest.is_empty();
+    tag && object
 }
 
 /// Merges members' answers: the latest public time (never in the future), the tag target most
