@@ -70,6 +70,18 @@ pub struct Remembered {
     pub in_repo: bool,
 }
 
+impl Remembered {
+    /// What this node remembers with what its site knows added (a cut-off site): a member's
+    /// sighting of an anonymous pull counts as this node's, and a member's knowledge that the
+    /// object belongs to the repository counts too. Never a credential's grant: a private
+    /// repository stays readable only by credentials this node saw accepted.
+    pub fn with_site(mut self, public_at: Option<u64>, in_repo: bool) -> Self {
+        self.anonymous = self.anonymous.max(public_at);
+        self.in_repo |= in_repo;
+        self
+    }
+}
+
 /// What to do with the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -127,6 +139,24 @@ mod tests {
 
     fn mem(credential: Option<u64>, anonymous: Option<u64>) -> Remembered {
         Remembered { credential, anonymous, in_repo: true }
+    }
+
+    #[test]
+    fn the_site_makes_a_public_repository_public_and_never_a_private_one_readable() {
+        let down = Answer::Unavailable(Unavailable::Timeout);
+        let nothing = Remembered::default();
+        // A member saw the repository public an hour ago, and the object in it: anyone.
+        let public = nothing.with_site(Some(NOW - H), true);
+        assert_eq!(decide(down, public, NOW, GRACE).0, Decision::Serve);
+        // The member's sighting is older than the grace: no.
+        assert_eq!(decide(down, nothing.with_site(Some(NOW - 2 * GRACE), true), NOW, GRACE).0, Decision::Refuse(504));
+        // The site knows the object but never saw the repository public: a credential this
+        // node never saw accepted is refused; one it saw accepted is served.
+        assert_eq!(decide(down, nothing.with_site(None, true), NOW, GRACE).0, Decision::Refuse(504));
+        let granted = Remembered { credential: Some(NOW - H), ..nothing }.with_site(None, true);
+        assert_eq!(decide(down, granted, NOW, GRACE).0, Decision::Serve);
+        // The latest sighting wins over this node's older one.
+        assert_eq!(Remembered { anonymous: Some(5), ..nothing }.with_site(Some(9), false).anonymous, Some(9));
     }
 
     #[test]

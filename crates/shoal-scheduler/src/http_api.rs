@@ -92,6 +92,19 @@ fn body_error(e: axum::extract::rejection::BytesRejection) -> Response {
     error(e.status(), "BODY_INVALID", e.body_text())
 }
 
+/// A POST's body, once the caller proved the token and the body arrived whole within its
+/// limit; otherwise the answer to send.
+fn admitted(
+    api: &Api,
+    headers: &HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Bytes, Box<Response>> {
+    if let Some(r) = refusal(api, headers) {
+        return Err(Box::new(r));
+    }
+    body.map_err(|e| Box::new(body_error(e)))
+}
+
 fn view(job: &JobView, joined: bool) -> serde_json::Value {
     let mut v = serde_json::to_value(job).unwrap_or_default();
     v["joined"] = joined.into();
@@ -110,12 +123,9 @@ async fn create(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    if let Some(r) = refusal(&api, &headers) {
-        return r;
-    }
-    let body = match body {
+    let body = match admitted(&api, &headers, body) {
         Ok(b) => b,
-        Err(e) => return body_error(e),
+        Err(r) => return *r,
     };
     let create: Create = match serde_json::from_slice(&body) {
         Ok(c) => c,
@@ -162,12 +172,9 @@ async fn notifications(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    if let Some(r) = refusal(&api, &headers) {
-        return r;
-    }
-    let body = match body {
+    let body = match admitted(&api, &headers, body) {
         Ok(b) => b,
-        Err(e) => return body_error(e),
+        Err(r) => return *r,
     };
     let pushes = match crate::notify::parse(&body, api.registry.as_deref()) {
         Ok(p) => p,

@@ -178,6 +178,12 @@ impl Tasks {
         Some(LocalBlob { file, size, pin })
     }
 
+    /// Whether this node has `digest` complete or downloading (a record read: no file is
+    /// opened, the access time is not touched).
+    pub fn holds(&self, digest: &Digest) -> bool {
+        self.running(digest).is_some() || self.meta.blob(digest).ok().flatten().is_some_and(|r| r.is_complete())
+    }
+
     /// The running download of `digest`, if any.
     pub fn running(&self, digest: &Digest) -> Option<Arc<Task>> {
         self.lock().get(digest).cloned()

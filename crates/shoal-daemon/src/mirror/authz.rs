@@ -247,9 +247,9 @@ impl Authz {
             return (local, None);
         };
         let known = site.ask(q).await;
-        let mut remembered = self.grants.remembered(origin.name(), q.name, credential, q.digest, held);
-        remembered.anonymous = remembered.anonymous.max(known.public_at);
-        remembered.in_repo |= known.in_repo || (q.digest.is_none() && known.tag.is_some());
+        let remembered = self.grants.remembered(origin.name(), q.name, credential, q.digest, held);
+        let in_repo = known.in_repo || (q.digest.is_none() && known.tag.is_some());
+        let remembered = remembered.with_site(known.public_at, in_repo);
         let grace = self.grants.grace().as_millis() as u64;
         let (decision, _) = access::decide(answer, remembered, now_ms(), grace);
         if decision == Decision::Serve && local != Decision::Serve {

@@ -28,7 +28,7 @@ pub(super) async fn serve(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let spec = range_spec(headers)?;
-    let held = m.tasks.local(digest).is_some() || m.tasks.running(digest).is_some();
+    let held = m.tasks.holds(digest);
     let size = match m.authz.check(origin, name, Kind::Blob, digest, headers, held).await {
         Access::Relay(resp) => return Ok(relay(resp).await),
         Access::Refused(e) if super::imported::allows(m, origin.name(), name, digest) => {
