@@ -38,6 +38,8 @@ const MAX_HOST_ID: usize = 255;
 pub const REPUBLISH: Duration = Duration::from_secs(5 * 60);
 /// Default interval between resolutions of the bootstrap addresses.
 pub const REBOOTSTRAP: Duration = Duration::from_secs(30);
+/// Connections with no stream open are kept this long, so members stay connected.
+pub const IDLE: Duration = Duration::from_secs(300);
 
 /// How to start a DHT node.
 #[derive(Debug, Clone)]
@@ -59,6 +61,10 @@ pub struct DhtConfig {
     /// (a Kademlia bootstrap) at the same interval, so members that joined at one moment
     /// find each other within it.
     pub rebootstrap: Duration,
+    /// How long a connection with no stream open is kept ([`IDLE`]). Closing an idle
+    /// connection keeps its member: only an I/O error, a failed dial or the routing table
+    /// drops one.
+    pub idle: Duration,
 }
 
 impl DhtConfig {
@@ -70,7 +76,7 @@ impl DhtConfig {
         token: Vec<u8>,
         me: Holder,
     ) -> Self {
-        Self { listen, advertise_ip, bootstrap, token, me, republish: REPUBLISH, rebootstrap: REBOOTSTRAP }
+        Self { listen, advertise_ip, bootstrap, token, me, republish: REPUBLISH, rebootstrap: REBOOTSTRAP, idle: IDLE }
     }
 }
 

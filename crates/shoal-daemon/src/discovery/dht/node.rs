@@ -27,6 +27,10 @@ const MAX_CANDIDATES: usize = 64;
 const AFTER_FIRST_HOLDER: std::time::Duration = std::time::Duration::from_millis(500);
 /// The most addresses of one member added to the routing table.
 const MAX_ADDRS_PER_MEMBER: usize = 4;
+/// While it knows no member, the node dials the bootstrap addresses again after this, doubling
+/// up to `rebootstrap`: members start in any order, and one that dialed the others before they
+/// listened must not stay alone for a whole `rebootstrap`.
+const ALONE_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// One `holders` lookup in flight.
 struct Lookup {
@@ -67,8 +71,9 @@ pub(super) struct Node {
 impl Node {
     /// Builds the swarm and binds; returns once the listener is up, with its address.
     pub(super) async fn start(config: DhtConfig, shared: Arc<Shared>) -> Result<(Self, SocketAddr), DhtError> {
-        let mut swarm = transport::swarm(&config.token, agent(&config.me), config.republish, config.rebootstrap)
-            .map_err(DhtError::Transport)?;
+        let mut swarm =
+            transport::swarm(&config.token, agent(&config.me), config.republish, config.rebootstrap, config.idle)
+                .map_err(DhtError::Transport)?;
         let bind_err = |message: String| DhtError::Bind { addr: config.listen, message };
         swarm.listen_on(transport::multiaddr(config.listen)).map_err(|e| bind_err(e.to_string()))?;
         let port = tokio::time::timeout(QUERY_TIMEOUT, listening_port(&mut swarm))
@@ -101,8 +106,22 @@ impl Node {
     pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut rebootstrap = tokio::time::interval(self.rebootstrap);
         rebootstrap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut alone_retry = ALONE_RETRY.min(self.rebootstrap);
+        let alone = tokio::time::sleep(alone_retry);
+        tokio::pin!(alone);
         loop {
             tokio::select! {
+                () = &mut alone => {
+                    let next = if self.shared.members().is_empty() {
+                        self.resolve_bootstrap();
+                        alone_retry = (alone_retry * 2).min(self.rebootstrap);
+                        alone_retry
+                    } else {
+                        alone_retry = ALONE_RETRY.min(self.rebootstrap);
+                        self.rebootstrap
+                    };
+                    alone.as_mut().reset(tokio::time::Instant::now() + next);
+                }
                 event = self.swarm.select_next_some() => self.on_swarm(event),
                 command = commands.recv() => match command {
                     Some(c) => self.on_command(c),
@@ -197,9 +216,10 @@ impl Node {
             }
             SwarmEvent::ConnectionClosed { peer_id, endpoint, num_established: 0, cause, .. } => {
                 self.dialed.remove(endpoint.get_remote_address());
-                // Closed by an error (reset, keep-alive timeout): the member is gone. An idle
-                // close keeps it: it is still a member, just quiet.
-                if cause.is_some() {
+                // Closed by an I/O error (reset, unreachable): the member is gone. An idle
+                // close (libp2p reports it as `KeepAliveTimeout`) keeps it: it is still a
+                // member, just quiet, and a site cut off later must still be able to ask it.
+                if matches!(cause, Some(libp2p::swarm::ConnectionError::IO(_))) {
                     self.shared.members().remove(&peer_id);
                 }
             }

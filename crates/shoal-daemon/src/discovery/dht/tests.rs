@@ -25,15 +25,20 @@ async fn node(i: u16, token: &[u8], bootstrap: &[SocketAddr]) -> Dht {
 
 /// A node listening on `listen`, joining through bootstrap names.
 async fn node_at(i: u16, token: &[u8], listen: SocketAddr, bootstrap: &[String]) -> Dht {
-    let mut config = DhtConfig::new(
+    let mut config = config_at(i, token, listen, bootstrap);
+    config.rebootstrap = Duration::from_millis(300);
+    Dht::start(config).await.unwrap()
+}
+
+/// The default configuration of node `i`.
+fn config_at(i: u16, token: &[u8], listen: SocketAddr, bootstrap: &[String]) -> DhtConfig {
+    DhtConfig::new(
         listen,
         [127, 0, 0, 1].into(),
         bootstrap.iter().map(|a| a.parse().unwrap()).collect(),
         token.to_vec(),
         member(i),
-    );
-    config.rebootstrap = Duration::from_millis(300);
-    Dht::start(config).await.unwrap()
+    )
 }
 
 /// Three members, the second and third bootstrapped from the first.
@@ -110,4 +115,38 @@ async fn bootstrap_names_are_resolved_again_until_a_member_answers() {
     let first = node_at(0, TOKEN, SocketAddr::from(([127, 0, 0, 1], port)), &[]).await;
     eventually("the joiner reaches the member behind the name", async || joiner.ready() && first.ready()).await;
     assert_eq!(joiner.members(), vec![member(0), member(1)]);
+}
+
+#[tokio::test]
+async fn a_member_that_dialed_too_early_joins_within_seconds_not_a_rebootstrap() {
+    // Daemons start in any order: this one dials its bootstrap before that listens, and its
+    // next regular re-bootstrap is a minute away.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut config = config_at(1, TOKEN, "127.0.0.1:0".parse().unwrap(), &[format!("127.0.0.1:{port}")]);
+    config.rebootstrap = Duration::from_secs(60);
+    let joiner = Dht::start(config).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!joiner.ready());
+    let mut config = config_at(0, TOKEN, SocketAddr::from(([127, 0, 0, 1], port)), &[]);
+    config.rebootstrap = Duration::from_secs(60);
+    let first = Dht::start(config).await.unwrap();
+    let started = Instant::now();
+    eventually("the early member joins", async || joiner.ready() && first.ready()).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "joined after {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn an_idle_connection_closing_keeps_its_member() {
+    // A site cut off after a quiet spell asks the members it knew: closing an idle
+    // connection must not forget them.
+    let mut config = config_at(0, TOKEN, "127.0.0.1:0".parse().unwrap(), &[]);
+    config.idle = Duration::from_millis(200);
+    let first = Dht::start(config).await.unwrap();
+    let mut config = config_at(1, TOKEN, "127.0.0.1:0".parse().unwrap(), &[first.local_addr().to_string()]);
+    (config.idle, config.rebootstrap) = (Duration::from_millis(200), Duration::from_secs(60));
+    let joiner = Dht::start(config).await.unwrap();
+    eventually("joined", async || joiner.ready() && first.ready()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(joiner.members(), vec![member(0), member(1)]);
+    assert_eq!(first.members(), vec![member(0), member(1)]);
 }

@@ -33,8 +33,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const PROVIDER_TTL: Duration = Duration::from_secs(30 * 60);
 /// Bound on one "holds?" exchange (dial included).
 pub const HOLDS_TIMEOUT: Duration = Duration::from_secs(1);
-/// Connections with no stream open are kept this long, so members stay connected.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Connections at once, and those still in their handshake (a stranger's never completes).
 const MAX_CONNECTIONS: u32 = crate::listener::DEFAULT_MAX_CONNECTIONS as u32;
 const MAX_PENDING: u32 = 64;
@@ -65,12 +63,13 @@ pub struct Behaviour {
 
 /// A libp2p swarm for the cluster of `token`, announcing `agent` (this member's host id and
 /// peer address) through identify, re-publishing its records every `republish` and refreshing
-/// its routing table every `rebootstrap`.
+/// its routing table every `rebootstrap`, closing connections idle for `idle`.
 pub fn swarm(
     token: &[u8],
     agent: String,
     republish: Duration,
     rebootstrap: Duration,
+    idle: Duration,
 ) -> Result<libp2p::Swarm<Behaviour>, String> {
     let psk = psk(token);
     let swarm = libp2p::SwarmBuilder::with_new_identity()
@@ -87,7 +86,7 @@ pub fn swarm(
         .map_err(|e| e.to_string())?
         .with_behaviour(|key| behaviour(key, agent, republish, rebootstrap))
         .map_err(|e| e.to_string())?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
         .build();
     Ok(swarm)
 }
