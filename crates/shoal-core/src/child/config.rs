@@ -35,6 +35,13 @@ pub struct ChildConfig {
     /// stalled) comes within this long. Default 500 (with the progress deadline: replaced by
     /// the origin within 2 s).
     pub orphan_ms: u64,
+    /// After the origin failed (unreachable, refusing, cut short), it is not asked again for
+    /// this long: the download goes back to parents meanwhile (a site cut off from the
+    /// origin still holds the blob). Default 2000.
+    pub origin_retry_ms: u64,
+    /// Origin failures in a row, with no piece from a parent between them, after which the
+    /// download gives up (the origin's last error goes to the readers). Default 2.
+    pub origin_failures: u32,
     /// A piece a parent refused as busy is not asked of it again for this long. Default: the
     /// parent's seeding window.
     pub busy_backoff_ms: u64,
@@ -55,6 +62,8 @@ impl Default for ChildConfig {
             stall_ms: 10_000,
             stalls_before_origin: 3,
             orphan_ms: 500,
+            origin_retry_ms: 2000,
+            origin_failures: 2,
             busy_backoff_ms: SeedingConfig::DEFAULT_WINDOW_MS,
             slow_after_lost_races: 2,
         }

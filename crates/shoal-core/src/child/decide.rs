@@ -43,13 +43,18 @@ impl Child {
             self.actions.push_back(Action::Verify);
             return;
         }
-        if self.origin.mode {
+        if self.origin.mode && now >= self.origin.retry_at {
             self.start_origin();
             return;
         }
+        // Parents go on while an origin that failed waits to be asked again.
         self.pick(now);
         self.hedge(now);
-        self.check_orphaned(now);
+        if self.origin.mode {
+            self.orphaned_since = None;
+        } else {
+            self.check_orphaned(now);
+        }
     }
 
     pub(super) fn start_origin(&mut self) {

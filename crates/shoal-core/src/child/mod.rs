@@ -16,6 +16,9 @@
 //! - with no live parent, the scheduler is asked at once (without one, the origin takes over
 //!   after [`ChildConfig::orphan_ms`]); without a new piece for [`ChildConfig::stall_ms`] the scheduler
 //!   is asked again, and after [`ChildConfig::stalls_before_origin`] stalls the origin takes over;
+//! - an origin fetch that fails sends the child back to parents, and the origin is asked again
+//!   after [`ChildConfig::origin_retry_ms`]; two failures with no parent's piece between them
+//!   end the download ([`Action::GiveUp`]);
 //! - when every piece is held the blob is verified; if it does not match, the pieces from
 //!   parents are dropped and the scheduler told (or the origin used).
 
@@ -57,7 +60,7 @@ pub enum Action {
     /// Drop the connection to a parent that failed (the next request dials again).
     Forget(ParentId),
     /// Fetch these runs of pieces from the origin, in this order; answer with
-    /// [`Child::origin_done`] when it ends.
+    /// [`Child::origin_done`] when it ends, or [`Child::origin_failed`].
     FetchOrigin(Vec<Range<u32>>),
     /// Tell the scheduler, if there is one.
     Report(Report),
@@ -68,6 +71,9 @@ pub enum Action {
     Verify,
     /// The blob is complete and verified: the download is over.
     Done,
+    /// Neither the origin nor any parent can deliver: the download is over without the blob
+    /// (fail it with the origin's last error).
+    GiveUp,
 }
 
 /// What the scheduler is told.
@@ -153,6 +159,10 @@ struct OriginState {
     /// Pieces the origin fetch took that the writer has not stored yet (it lags behind the
     /// fetch): not fetched again.
     pending: Bitmap,
+    /// Failures in a row, with no piece from a parent since the first.
+    failures: u32,
+    /// The origin is not asked again before this time (it failed moments ago).
+    retry_at: u64,
 }
 
 /// One child download. See the module documentation.
@@ -220,7 +230,14 @@ impl Child {
             forged_epoch: None,
             from_parent: HashMap::new(),
             mismatches: 0,
-            origin: OriginState { mode: false, running: false, pieces: Bitmap::new(n), pending: Bitmap::new(n) },
+            origin: OriginState {
+                mode: false,
+                running: false,
+                pieces: Bitmap::new(n),
+                pending: Bitmap::new(n),
+                failures: 0,
+                retry_at: 0,
+            },
             session,
             registering: false,
             last_progress: now,
@@ -252,6 +269,9 @@ impl Child {
         let c = &self.config;
         let mut next = vec![self.last_progress + c.stall_ms];
         next.extend(self.orphaned_since.map(|t| t + c.orphan_ms));
+        if self.origin.mode && !self.origin.running {
+            next.push(self.origin.retry_at);
+        }
         for p in self.parents.iter().filter(|p| p.in_flight > 0 && !p.bad) {
             next.push(p.last_bytes + c.progress_deadline_ms);
         }
@@ -475,14 +495,47 @@ impl Child {
         self.last_progress = now;
         self.stalls = 0;
         let from_origin = self.origin.pieces.get(index);
+        if !from_origin {
+            self.origin.failures = 0;
+        }
         self.report(Report::PieceFinished { index, digest, from_origin });
         self.decide(now);
     }
 
-    /// The origin fetch ended (successfully: its pieces were stored; a failing origin fails the
-    /// download in the driver).
+    /// The origin fetch ended, every piece sent to the writer.
     pub fn origin_done(&mut self, now: u64) {
         self.origin.running = false;
+        self.decide(now);
+    }
+
+    /// The origin fetch failed (unreachable, refusing, cut short): parents may still hold the
+    /// blob (a site cut off from the origin). The pieces it did not deliver are wanted again,
+    /// the scheduler (or the DHT) is asked for parents, and the origin is tried again only
+    /// after [`ChildConfig::origin_retry_ms`]. After [`ChildConfig::origin_failures`] failures
+    /// with no piece from a parent between them, [`Action::GiveUp`].
+    pub fn origin_failed(&mut self, now: u64) {
+        self.now = self.now.max(now);
+        (self.origin.running, self.origin.mode) = (false, false);
+        for i in self.held.missing().collect::<Vec<_>>() {
+            self.origin.pending.unset(i);
+            self.origin.pieces.unset(i);
+        }
+        self.origin.failures += 1;
+        if self.origin.failures >= self.config.origin_failures {
+            self.cancel_all();
+            self.done = true;
+            self.actions.push_back(Action::GiveUp);
+            return;
+        }
+        self.origin.retry_at = now + self.config.origin_retry_ms;
+        (self.last_progress, self.stalls) = (now, 0);
+        (self.orphaned_since, self.rescheduled_at) = (None, None);
+        if self.session {
+            self.report(Report::Reschedule);
+        } else if !self.registering {
+            self.registering = true;
+            self.actions.push_back(Action::Register);
+        }
         self.decide(now);
     }
 

@@ -622,3 +622,74 @@ fn a_single_piece_refused_as_busy_is_asked_again_after_the_backoff() {
     let again = requests(&drain(&mut c));
     assert_eq!(again.len(), 1, "asked again at {wake}");
 }
+
+fn origin_fetches(actions: &[Action]) -> usize {
+    actions.iter().filter(|a| matches!(a, Action::FetchOrigin(_))).count()
+}
+
+#[test]
+fn an_origin_that_fails_sends_the_child_back_to_parents() {
+    // A site cut off from the origin: the child was sent to the origin before the holder in
+    // its site was found. The origin's failure is not the download's.
+    let mut c = Child::new(ChildConfig::default(), layout(), Bitmap::new(8), 0, 0, true);
+    c.back_to_source(0);
+    assert_eq!(origin_fetches(&drain(&mut c)), 1);
+    c.piece_stored(50, 0, truth(0));
+    drain(&mut c);
+    c.origin_failed(5_000);
+    let a = drain(&mut c);
+    assert_eq!(reports(&a), vec![&Report::Reschedule], "parents are asked for at once");
+    assert_eq!(origin_fetches(&a), 0);
+    assert!(!c.at_origin());
+    // The holder is found: every piece the origin did not deliver comes from it.
+    c.digests(5_100, 1, (0..8).map(|i| (i, truth(i))));
+    c.parents_offered(5_100, vec![offered("holder", full())]);
+    let done = fetch_all(&mut c, 5_100);
+    assert!(c.held().is_full(), "complete by {done} ms");
+    c.verified(done, Checked::Complete);
+    assert_eq!(drain(&mut c).last(), Some(&Action::Done));
+}
+
+#[test]
+fn a_failed_origin_is_asked_again_only_after_the_retry_time_and_then_gives_up() {
+    let config = ChildConfig::default();
+    let mut c = Child::new(config, layout(), Bitmap::new(8), 0, 0, false);
+    assert_eq!(drain(&mut c), vec![Action::Register]);
+    c.register_failed(0);
+    assert_eq!(origin_fetches(&drain(&mut c)), 1);
+    c.origin_failed(100);
+    assert_eq!(drain(&mut c), vec![Action::Register], "no scheduler session: register again");
+    c.register_failed(200);
+    assert!(c.at_origin(), "no parent: the origin is next");
+    assert_eq!(origin_fetches(&drain(&mut c)), 0, "but not before the retry time");
+    let retry = 100 + config.origin_retry_ms;
+    assert_eq!(c.poll_timeout(), Some(retry));
+    c.handle_timeout(retry);
+    assert_eq!(origin_fetches(&drain(&mut c)), 1);
+    c.origin_failed(retry + 100);
+    assert_eq!(drain(&mut c), vec![Action::GiveUp], "twice in a row with no parent between");
+    assert_eq!(c.poll_timeout(), None);
+}
+
+#[test]
+fn a_piece_from_a_parent_between_two_origin_failures_keeps_the_download_going() {
+    let mut c = Child::new(ChildConfig::default(), layout(), Bitmap::new(8), 0, 0, true);
+    c.back_to_source(0);
+    drain(&mut c);
+    c.origin_failed(10);
+    drain(&mut c);
+    let mut one = Bitmap::new(8);
+    one.set(7);
+    c.digests(20, 1, [(7, truth(7))]);
+    c.parents_offered(20, vec![offered("partial", one)]);
+    let r = requests(&drain(&mut c));
+    assert_eq!(r.iter().map(|x| x.2).collect::<Vec<_>>(), vec![7]);
+    deliver(&mut c, 30, r[0].0, 7);
+    c.back_to_source(40);
+    let retry = 10 + ChildConfig::default().origin_retry_ms;
+    c.handle_timeout(retry);
+    let runs: Vec<Action> = drain(&mut c).into_iter().filter(|a| matches!(a, Action::FetchOrigin(_))).collect();
+    assert_eq!(runs, vec![Action::FetchOrigin(std::iter::once(0..7).collect())], "the parent's piece is not fetched");
+    c.origin_failed(retry + 10);
+    assert!(!drain(&mut c).contains(&Action::GiveUp), "a parent delivered since the last failure");
+}

@@ -599,6 +599,8 @@ impl<M: Meter> Sim<M> {
             Action::Verify => {
                 self.with_child(i, |c| c.verified(now, Checked::Complete));
             }
+            // The simulated origin never fails, and only an origin failure gives up.
+            Action::GiveUp => unreachable!("peer {i} gave up with a working origin"),
             Action::Done => {
                 self.peers[i].done_at = Some(now);
                 self.out.completion_ms[i] = Some(now - self.peers[i].arrive_at);

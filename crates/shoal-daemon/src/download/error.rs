@@ -33,6 +33,10 @@ pub enum DownloadError {
         /// How the last one failed.
         last: RunError,
     },
+    /// Neither the origin nor a parent could deliver the blob (the origin's own error is
+    /// reported instead whenever there is one).
+    #[error("neither the origin nor a parent could deliver the blob")]
+    NoSource,
     /// The blob did not hash to its digest even after the dropped pieces were fetched again
     /// from the origin.
     #[error("blob did not verify after fetching its pieces again from the origin")]

@@ -171,6 +171,8 @@ struct Driver<'a> {
     retry_scheduler_at: u64,
     /// Steered by the DHT, the blob did not verify: the origin has the last word.
     pending_origin: bool,
+    /// The origin's last failure: the download's error if the machine gives up.
+    origin_error: Option<DownloadError>,
 }
 
 /// Downloads the pieces the writer lacks; returns once the blob is complete and verified.
@@ -222,6 +224,7 @@ pub async fn download(
         epoch: 0,
         retry_scheduler_at: SCHEDULER_RETRY,
         pending_origin: false,
+        origin_error: None,
     };
     let result = d.run(&mut child, sink, readers).await;
     d.running.values().for_each(|r| r.abort.abort());
@@ -256,8 +259,7 @@ impl<'a> Driver<'a> {
                 Some((id, fetched)) = self.results.1.recv() => self.on_piece(child, id, fetched, sink.tx).await?,
                 done = async { self.origin_job.as_mut().expect("guarded").await }, if self.origin_job.is_some() => {
                     self.origin_job = None;
-                    done?;
-                    child.origin_done(self.now());
+                    self.on_origin(child, done)?;
                 }
                 opened = async { (&mut self.register_job.as_mut().expect("guarded").1).await }, if self.register_job.is_some() => {
                     let asked = self.register_job.take().is_some_and(|(asked, _)| asked);
@@ -351,6 +353,21 @@ impl<'a> Driver<'a> {
         self.rendezvous = false;
     }
 
+    /// The origin fetch ended. Its failure is the machine's to weigh (parents may hold the
+    /// blob); a writer that stopped ends the download.
+    fn on_origin(&mut self, child: &mut Child, done: Result<(), DownloadError>) -> Result<(), DownloadError> {
+        match done {
+            Ok(()) => child.origin_done(self.now()),
+            Err(e @ (DownloadError::Origin(_) | DownloadError::OriginRetries { .. })) => {
+                tracing::warn!(digest = %self.digest, error = %e, "origin fetch failed; looking for parents");
+                self.origin_error = Some(e);
+                child.origin_failed(self.now());
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
     fn register(&mut self, child: &Child, asked: bool) {
         let (schedulers, digest, layout, held) =
             (self.swarm.schedulers.clone(), self.digest, self.layout, child.held().clone());
@@ -402,6 +419,10 @@ impl<'a> Driver<'a> {
                     }
                 };
                 child.verified(self.now(), checked);
+            }
+            Action::GiveUp => {
+                tracing::warn!(digest = %self.digest, "neither the origin nor a parent can deliver this blob");
+                return Err(self.origin_error.take().unwrap_or(DownloadError::NoSource));
             }
             Action::Done => {
                 if let Some(dht) = &self.dht {
