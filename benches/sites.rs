@@ -40,6 +40,8 @@ mod procs;
 mod run;
 #[path = "summary.rs"]
 mod summary;
+#[path = "sites/tags.rs"]
+mod tags;
 #[path = "sites/topo.rs"]
 mod topo;
 

@@ -37,7 +37,8 @@ pub async fn run() -> Result<()> {
 /// The end-to-end test (`cargo test -p shoal-e2e --test sites`): a smaller image, and what the
 /// issue requires of the bytes checked: each site's WAN link carries at most 1.05× the image
 /// (headers included), every blob every node stored is correct, every pull of the cut-off site
-/// succeeds. Times are printed, not asserted.
+/// succeeds and resolves a tag that moved before the cut to its latest target. Times are
+/// printed, not asserted.
 pub async fn check() -> Result<()> {
     let out = measure(40).await?;
     println!("{}", out.report);
@@ -49,6 +50,11 @@ pub async fn check() -> Result<()> {
     for (i, name, outcome, secs) in &out.b.pulls {
         if let Err(e) = outcome {
             bail!("node{i} could not pull the {name} image with its site cut off ({secs:.1} s): {e}");
+        }
+    }
+    for (i, outcome, _) in &out.b.moved {
+        if let Err(e) = outcome {
+            bail!("node{i}, site cut off, tag moved before: {e}");
         }
     }
     Ok(())
@@ -275,15 +281,19 @@ impl PartA {
     }
 }
 
-/// What part B measured: per pull, (node, image, outcome, seconds).
+/// What part B measured: per pull, (node, image, outcome, seconds); per node, the moved tag's
+/// resolution (see `tags`).
 pub struct PartB {
     pub pulls: Vec<(usize, &'static str, Result<(), String>, f64)>,
+    pub moved: Vec<(usize, Result<(), String>, f64)>,
 }
 
 async fn part_b(sites: &Sites, first: &Image, second: &Image, _daemons: &mut [Proc]) -> Result<PartB> {
     let holder = PER_SITE; // node 4, the first of site 1
-    eprintln!("sites: part B — node{holder} pulls the second image, then site 1 is cut off…");
+    eprintln!("sites: part B — node{holder} pulls the second image, a tag moves, then site 1 is cut off…");
     pull(holder, second, "v2").await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Two members saw `moving` name the first image, then the holder saw it move to the second.
+    tags::sightings(first, second, &[holder + 1, holder + 2], holder).await?;
     sites.set_wan(1, false)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut pulls = Vec::new();
@@ -294,8 +304,14 @@ async fn part_b(sites: &Sites, first: &Image, second: &Image, _daemons: &mut [Pr
             pulls.push((i, name, outcome, start.elapsed().as_secs_f64()));
         }
     }
+    let mut moved = Vec::new();
+    for i in holder + 1..2 * PER_SITE {
+        let start = Instant::now();
+        let outcome = tags::check_cut_off(i, second).await;
+        moved.push((i, outcome, start.elapsed().as_secs_f64()));
+    }
     sites.set_wan(1, true)?;
-    Ok(PartB { pulls })
+    Ok(PartB { pulls, moved })
 }
 
 /// Node `i` pulls `image` by `tag`: the manifest by tag, then every blob with its sha256 checked.
@@ -326,6 +342,19 @@ impl PartB {
                 .map_or_else(|e| format!("failed: {}", e.lines().next().unwrap_or("")), |_| "ok".into());
             let _ = writeln!(out, "| node{i} | {name} | {what} | {secs:.2} |");
         }
+        let _ = writeln!(out, "\nThe tag `moving`, moved at the origin after two members saw its older target:\n");
+        let _ = writeln!(out, "| node | most recent target, with Warning | seconds |\n|---|---|---|");
+        for (i, outcome, secs) in &self.moved {
+            let what = outcome.as_ref().map_or_else(|e| format!("no: {e}"), |_| "yes".into());
+            let _ = writeln!(out, "| node{i} | {what} | {secs:.2} |");
+        }
+        let moved_ok = self.moved.iter().filter(|m| m.1.is_ok()).count();
+        summary.add(
+            "cut-off site: a moved tag resolves to its latest target",
+            format!("{moved_ok}/{}", self.moved.len()),
+            "all".into(),
+            Some(moved_ok == self.moved.len()),
+        );
         let ok = self.pulls.iter().filter(|p| p.2.is_ok()).count();
         let slowest = self.pulls.iter().map(|p| p.3).fold(0.0, f64::max);
         summary.add(

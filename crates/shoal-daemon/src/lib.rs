@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub(crate) mod admin;
+pub(crate) mod clock;
 pub mod config;
 pub mod daemon;
 pub mod discovery;
@@ -40,8 +41,9 @@ pub(crate) mod store;
 /// What the `shoal` binary and the end-to-end tests use besides `config` and `daemon`.
 pub mod api {
     pub use crate::admin::wire;
+    pub use crate::clock::now_ms;
     pub use crate::discovery::sched_connect;
-    pub use crate::download::tasks::{now_millis, TaskStatus};
+    pub use crate::download::tasks::TaskStatus;
     /// What a manifest refers to (shared with `shoal import` and `shoal fetch -o`).
     pub mod manifest {
         pub use crate::admin::manifest::*;

@@ -109,7 +109,7 @@ fn when(ms: u64, now: u64) -> String {
 }
 
 fn tables(l: &CacheListing) -> String {
-    let now = shoal_daemon::api::now_millis();
+    let now = shoal_daemon::api::now_ms();
     let mut out =
         format!("{:<48} {:<19} {:>10} {:>5} {:>6} {:>10}\n", "IMAGE", "DIGEST", "SIZE", "BLOBS", "PINNED", "EXPIRES");
     for i in &l.images {

@@ -14,7 +14,7 @@ use shoal_core::Digest;
 
 use super::wire::{CacheBlob, CacheChange, CacheImage, CacheListing, CacheTarget};
 use super::{Admin, AdminError};
-use crate::download::tasks::now_millis;
+use crate::clock::now_ms;
 use crate::store::imports::durable_pins;
 use crate::store::meta::{tag_key, BlobState, ImageRecord};
 
@@ -22,7 +22,7 @@ use crate::store::meta::{tag_key, BlobState, ImageRecord};
 pub(super) async fn list(State(admin): State<Arc<Admin>>) -> Result<Json<CacheListing>, AdminError> {
     let meta = &admin.mirror.meta;
     let images = meta.images()?;
-    let pinned = durable_pins(&images, &meta.blob_pins()?, now_millis());
+    let pinned = durable_pins(&images, &meta.blob_pins()?, now_ms());
     let in_use: HashSet<Digest> = admin.tasks().space().pins().with_locked(|m| m.keys().copied().collect());
     let mut blobs: Vec<CacheBlob> = meta
         .blobs()?
@@ -77,7 +77,7 @@ pub(super) async fn remove(
     let meta = admin.mirror.meta.clone();
     let images = meta.images()?;
     if let Ok(digest) = target.target.parse::<Digest>() {
-        if let Some(i) = images.iter().find(|i| i.pinned && !i.is_expired(now_millis()) && i.blobs.contains(&digest)) {
+        if let Some(i) = images.iter().find(|i| i.pinned && !i.is_expired(now_ms()) && i.blobs.contains(&digest)) {
             return Err(AdminError::InUse(format!("blob {digest} is pinned by image {}; unpin it first", i.key())));
         }
         if meta.blob_pins()?.contains(&digest) {

@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use super::manifest::{refs, Refs};
 use super::wire::{ImportBlob, ImportHeader, ImportReport, MAX_BLOBS, MAX_HEADER, MAX_IMAGES, MAX_MANIFESTS};
 use super::{Admin, AdminError};
-use crate::download::tasks::now_millis;
+use crate::clock::now_ms;
 use crate::hash::Hasher;
 use crate::store::meta::{tag_key, BlobRecord, BlobState, Durability, ImageRecord, ManifestRecord, TagRecord};
 use crate::store::paths::Paths;
@@ -56,7 +56,7 @@ pub(super) async fn handle(State(admin): State<Arc<Admin>>, body: Body) -> Resul
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let mut reader = tokio_util::io::StreamReader::new(stream);
     let header = read_header(&mut reader).await?;
-    let plan = plan(&admin, &header, now_millis())?;
+    let plan = plan(&admin, &header, now_ms())?;
     let space = admin.tasks().space().clone();
     let size = plan.new_bytes;
     let reservation = tokio::task::spawn_blocking(move || space.reserve(size))
@@ -356,7 +356,7 @@ fn commit(
             report.blobs_held += 1;
             continue;
         }
-        let mut record = BlobRecord::new(PieceLayout::for_size(blob.size), now_millis());
+        let mut record = BlobRecord::new(PieceLayout::for_size(blob.size), now_ms());
         record.piece_digests = piece_digests;
         record.state = BlobState::Verified;
         meta.put_blob(&blob.digest, &record, Durability::Sync)?;
@@ -375,7 +375,8 @@ fn commit(
     }
     for image in &plan.images {
         let key = tag_key(&image.registry, &image.repository, &image.tag);
-        meta.put_tag(&key, &TagRecord { digest: image.digest, media_type: image.media_type.clone() })?;
+        let tag = TagRecord { digest: image.digest, media_type: image.media_type.clone(), seen_at_ms: now_ms() };
+        meta.put_tag(&key, &tag)?;
         meta.put_image(image)?;
         report.images.push(format!("{key}@{}", image.digest));
     }

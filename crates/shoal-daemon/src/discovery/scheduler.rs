@@ -30,8 +30,6 @@ use url::Url;
 use crate::config::Swarm;
 use crate::discovery::sched_connect::Refusal;
 
-/// How long a registration at a scheduler known dead is tried (see [`Schedulers::open`]).
-const DEAD_ATTEMPT: Duration = Duration::from_millis(300);
 /// Bound on connecting to a scheduler and on one announcement or registration attempt.
 pub const SCHEDULER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bound on [`Schedulers::open`] over all the schedulers it tries.
@@ -243,8 +241,8 @@ impl Schedulers {
     }
 
     /// Registers this host for `task`, holding `have`, with the task's owner among the live
-    /// schedulers, else the next candidate (each attempt within [`SCHEDULER_TIMEOUT`], at one
-    /// known dead within [`DEAD_ATTEMPT`], all within [`OPEN_TIMEOUT`]). A refusal ends the
+    /// schedulers, else the next candidate (each attempt within [`SCHEDULER_TIMEOUT`], those known
+    /// dead skipped, all within [`OPEN_TIMEOUT`]). A refusal ends the
     /// search: the owner answered.
     pub async fn open(&self, task: &Digest, layout: PieceLayout, have: &Bitmap) -> Result<Session, SchedError> {
         let deadline = Instant::now() + OPEN_TIMEOUT;
@@ -255,11 +253,17 @@ impl Schedulers {
             if left.is_zero() {
                 break;
             }
+            // A scheduler known dead is skipped: the announcements (every `RETRY_DEAD`) find
+            // its return, and a site cut off from every scheduler must not wait for each blob.
+            if !scheduler.live.load(Ordering::Relaxed) {
+                last = Some(SchedError::Unreachable {
+                    url: scheduler.url.to_string(),
+                    message: "marked dead; announcements are retried until it answers".into(),
+                });
+                continue;
+            }
             let attempt = self.register_at(index, task, layout, have);
-            // A scheduler known dead gets a short try: the announcements find its return, and a
-            // site cut off from every scheduler must not wait for each blob.
-            let bound = if scheduler.live.load(Ordering::Relaxed) { SCHEDULER_TIMEOUT } else { DEAD_ATTEMPT };
-            let result = match tokio::time::timeout(left.min(bound), attempt).await {
+            let result = match tokio::time::timeout(left.min(SCHEDULER_TIMEOUT), attempt).await {
                 Ok(result) => result,
                 Err(_) => Err(SchedError::timed_out(&scheduler.url)),
             };

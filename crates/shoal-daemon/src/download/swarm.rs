@@ -45,8 +45,9 @@ const MAX_KEPT_SESSIONS: usize = 512;
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 /// Steered by the DHT: how often holders and their tables are looked up.
 const LOOKUP_EVERY: u64 = 500;
-/// Steered by the DHT: the first lookup waits this long, so that members starting the same
-/// blob at the same moment see each other's advertisements before agreeing who fetches it.
+/// Steered by the DHT: who fetches from the origin is agreed no sooner than this, so that
+/// members starting the same blob at the same moment see each other's advertisements first.
+/// The first lookup goes out at once: holders with pieces need no agreement.
 const RENDEZVOUS_SETTLE: u64 = 300;
 /// Steered by the DHT: how long to wait for the member that fetches from the origin to have
 /// pieces, before fetching from the origin here.
@@ -217,7 +218,7 @@ pub async fn download(
         register_job: None,
         dht,
         lookup_job: None,
-        next_lookup: RENDEZVOUS_SETTLE,
+        next_lookup: 0,
         rendezvous: by_dht,
         waiting_since: None,
         dht_digests: Default::default(),
@@ -335,6 +336,12 @@ impl<'a> Driver<'a> {
         self.dht_digests.extend(fresh.iter().map(|(i, _)| *i));
         child.digests(now, self.epoch, fresh);
         let has_pieces = found.has_pieces();
+        if self.rendezvous && !has_pieces && now < RENDEZVOUS_SETTLE {
+            // Too early to agree who fetches from the origin: look again once it has settled.
+            child.parents_offered(now, found.offered);
+            self.next_lookup = RENDEZVOUS_SETTLE;
+            return;
+        }
         let fetch_here =
             self.rendezvous && !has_pieces && self.dht.as_ref().is_some_and(|d| d.fetches_from_origin(&found));
         child.parents_offered(now, found.offered);

@@ -6,11 +6,12 @@
 //! its file as pieces land.
 //! Pins (`store::pins`) mark blobs in use so eviction never removes one being served or downloaded.
 
+use crate::clock::now_ms;
 use std::collections::HashMap;
 use std::fs::File;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use shoal_core::{Digest, PieceLayout};
 use tokio::sync::{mpsc, watch};
@@ -32,11 +33,6 @@ use crate::store::space::{NoRoom, Reservation, Space};
 
 /// Chunks queued between the network and the writer thread.
 const WRITER_QUEUE: usize = 64;
-
-/// Unix time in milliseconds.
-pub fn now_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Why a blob is not being cached: the caller serves it straight from the origin.
 #[derive(Debug, thiserror::Error)]
@@ -173,7 +169,7 @@ impl Tasks {
         if size != record.layout.size {
             return None;
         }
-        record.last_access = now_millis();
+        record.last_access = now_ms();
         let _ = self.meta.put_blob(digest, &record, Durability::Lazy);
         Some(LocalBlob { file, size, pin })
     }
@@ -247,7 +243,7 @@ impl Tasks {
             return Ok((task.clone(), pin));
         }
         let layout = PieceLayout::for_size(size);
-        let writer = PieceWriter::open(&self.paths, self.meta.clone(), digest, layout, now_millis())?;
+        let writer = PieceWriter::open(&self.paths, self.meta.clone(), digest, layout, now_ms())?;
         let file = Arc::new(File::open(self.paths.partial(&digest)).map_err(WriteError::from)?);
         let task = Arc::new(Task {
             digest,

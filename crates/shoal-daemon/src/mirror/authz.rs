@@ -21,8 +21,9 @@ use shoal_core::access::{self, Answer, Decision, Unavailable, Update};
 use shoal_core::{Digest, ErrorCode, RepoName};
 
 use super::error::ApiError;
-use super::grants::{now_ms, Challenged, Credential, Grants};
+use super::grants::{Challenged, Credential, Grants};
 use super::site::{Question, Site, SiteKnowledge};
+use crate::clock::now_ms;
 use crate::origin::{Origin, SMALL_REQUEST_TIMEOUT};
 use crate::store::meta::MetaStore;
 
@@ -229,7 +230,8 @@ impl Authz {
     }
 
     /// The origin cannot decide (`why`): the access rule on this node's grants; when that
-    /// refuses, or the object is not `held` here, on them and what the site knows (a member
+    /// refuses, the object is not `held` here, or a tag is asked (a member may have seen it
+    /// move since this node did), on them and what the site knows (a member
     /// that saw the repository public makes it public for the site; objects the site saw in the
     /// repository belong to it). The site's answer comes back for what it holds (sizes,
     /// manifests). Nothing from the site is remembered as a grant.
@@ -243,7 +245,8 @@ impl Authz {
     ) -> (Decision, Option<SiteKnowledge>) {
         let answer = Answer::Unavailable(why);
         let local = self.decide(origin, q.name, credential, answer, q.digest, held && q.digest.is_none());
-        let Some(site) = self.site.as_ref().filter(|_| local != Decision::Serve || !held) else {
+        let ask = local != Decision::Serve || !held || q.tag.is_some();
+        let Some(site) = self.site.as_ref().filter(|_| ask) else {
             return (local, None);
         };
         let known = site.ask(q).await;

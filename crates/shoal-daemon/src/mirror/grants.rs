@@ -14,11 +14,12 @@
 //! `/v2/` and on a repository, so that offline the daemon still asks such clients to authenticate
 //! as the origin did: clients send credentials only after a challenge.
 
+use crate::clock::now_ms;
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use http::header::AUTHORIZATION;
@@ -204,11 +205,6 @@ fn challenge_key(registry: &str, at: Challenged) -> String {
         Challenged::Base => format!("{registry} /v2/"),
         Challenged::Repository => format!("{registry} repositories"),
     }
-}
-
-/// Unix milliseconds now.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn grant_key(registry: &str, name: &RepoName, cred: &Credential) -> String {

@@ -18,7 +18,7 @@ use crate::store::meta::{tag_key, ImageRecord, ManifestRecord};
 /// The live, unrestricted imported images of `registry/name`. A metadata error reads as none
 /// (fail closed).
 fn images(m: &Mirror, registry: &str, name: &RepoName) -> Vec<ImageRecord> {
-    let now = crate::download::tasks::now_millis();
+    let now = crate::clock::now_ms();
     match m.meta.images() {
         Ok(all) => all
             .into_iter()

@@ -13,8 +13,9 @@ use shoal_core::access::{Answer, Decision, Unavailable};
 use super::authz::{refusal, Access, Asked, Kind};
 use super::error::ApiError;
 use super::grants::Credential;
-use super::site::Question;
+use super::site::{Question, SiteTag};
 use super::{read_limited, relay, Mirror};
+use crate::clock::now_ms;
 use crate::origin::Origin;
 use crate::store::meta::{tag_key, ManifestRecord, TagRecord};
 
@@ -53,12 +54,10 @@ async fn by_tag(
             if let Some((digest, record)) = super::imported::tag(m, origin.name(), name, tag) {
                 return Ok(respond(&digest, record, true));
             }
-            let mut cached = cached_tag(m, &key);
+            let local = m.meta.tag(&key).ok().flatten();
             let q = Question { registry: origin.name(), name, tag: Some(tag), digest: None };
-            let (decision, site) = m.authz.decide_offline(origin, &cred, why, &q, cached.is_some()).await;
-            if cached.is_none() {
-                cached = site.and_then(|s| from_site(m, s.tag?, &key));
-            }
+            let (decision, site) = m.authz.decide_offline(origin, &cred, why, &q, local.is_some()).await;
+            let cached = latest_tag(m, &key, local, site.and_then(|s| s.tag));
             return match decision {
                 Decision::Serve => stale(m, &key, cached, why),
                 Decision::Refuse(status) => Err(m.authz.refuse(origin, &cred, status, why)),
@@ -86,7 +85,7 @@ async fn by_tag(
         ));
     }
     let record = ManifestRecord { media_type, body };
-    store(m, &digest, &record, Some(&key));
+    store(m, &digest, &record, Some((&key, now_ms())));
     m.authz.grants.member(origin.name(), name, &digest);
     Ok(respond(&digest, record, false))
 }
@@ -99,7 +98,7 @@ fn head_through(m: &Mirror, origin: &Origin, name: &RepoName, key: &str, resp: &
     if let Some(d) = digest {
         m.authz.grants.member(origin.name(), name, &d);
         if let Ok(Some(cached)) = m.meta.manifest(&d) {
-            let _ = m.meta.put_tag(key, &TagRecord { digest: d, media_type: cached.media_type });
+            let _ = m.meta.put_tag(key, &TagRecord { digest: d, media_type: cached.media_type, seen_at_ms: now_ms() });
         }
     }
     let mut out = StatusCode::OK.into_response();
@@ -115,17 +114,28 @@ fn head_through(m: &Mirror, origin: &Origin, name: &RepoName, key: &str, resp: &
 }
 
 /// The last manifest seen for a tag, if cached.
-fn cached_tag(m: &Mirror, key: &str) -> Option<(Digest, ManifestRecord)> {
-    m.meta.tag(key).ok().flatten().and_then(|t| Some((t.digest, m.meta.manifest(&t.digest).ok().flatten()?)))
+/// Where the tag pointed at its most recent sighting, this node's (`local`) or the site's,
+/// with the manifest; a newer sighting from the site is cached here with its time.
+fn latest_tag(
+    m: &Mirror,
+    key: &str,
+    local: Option<TagRecord>,
+    site: Option<SiteTag>,
+) -> Option<(Digest, ManifestRecord)> {
+    let newer = site.filter(|s| local.as_ref().is_none_or(|l| s.seen_at_ms > l.seen_at_ms));
+    newer.and_then(|s| from_site(m, s, key)).or_else(|| {
+        let t = local?;
+        Some((t.digest, m.meta.manifest(&t.digest).ok().flatten()?))
+    })
 }
 
-/// The manifest a tag named when a site member last saw it (`tag`), from this node's cache or
-/// as the member sent it (checked against its digest); cached here with the tag's mapping.
-fn from_site(m: &Mirror, tag: (Digest, Option<ManifestRecord>), key: &str) -> Option<(Digest, ManifestRecord)> {
-    let (digest, sent) = tag;
-    let record = m.meta.manifest(&digest).ok().flatten().or(sent)?;
-    store(m, &digest, &record, Some(key));
-    Some((digest, record))
+/// The manifest a tag named when a site member last saw it, from this node's cache or as the
+/// member sent it (checked against its digest); cached here with the tag's mapping and the
+/// member's time of the sighting (not this node's: it did not see the origin say so).
+fn from_site(m: &Mirror, tag: SiteTag, key: &str) -> Option<(Digest, ManifestRecord)> {
+    let record = m.meta.manifest(&tag.digest).ok().flatten().or(tag.record)?;
+    store(m, &tag.digest, &record, Some((key, tag.seen_at_ms)));
+    Some((tag.digest, record))
 }
 
 /// The origin cannot decide, and this client may read the repository: serve the last manifest
@@ -211,9 +221,13 @@ async fn from_site_by_digest(
     }
 }
 
-fn store(m: &Mirror, digest: &Digest, record: &ManifestRecord, tag: Option<&str>) {
+/// Caches a manifest, and the tag (key, when seen) that named it.
+fn store(m: &Mirror, digest: &Digest, record: &ManifestRecord, tag: Option<(&str, u64)>) {
     let stored = m.meta.put_manifest(digest, record).and_then(|()| match tag {
-        Some(key) => m.meta.put_tag(key, &TagRecord { digest: *digest, media_type: record.media_type.clone() }),
+        Some((key, seen_at_ms)) => {
+            let media_type = record.media_type.clone();
+            m.meta.put_tag(key, &TagRecord { digest: *digest, media_type, seen_at_ms })
+        }
         None => Ok(()),
     });
     if let Err(e) = stored {

@@ -18,7 +18,8 @@ use futures::StreamExt;
 use shoal_core::{Digest, RepoName};
 use shoal_proto::peer::{SiteAnswer, SiteRequest};
 
-use super::grants::{now_ms, Grants};
+use super::grants::Grants;
+use crate::clock::now_ms;
 use crate::discovery::Holdings;
 use crate::peer::client::PeerClient;
 use crate::store::meta::{tag_key, ManifestRecord, MetaStore};
@@ -51,14 +52,25 @@ pub struct Question<'a> {
 pub struct SiteKnowledge {
     /// The latest time a member saw the origin let anonymous clients pull the repository.
     pub public_at: Option<u64>,
-    /// The manifest the tag named (most members' answer), with its record when one sent it.
-    pub tag: Option<(Digest, Option<ManifestRecord>)>,
+    /// Where the tag pointed at its most recent sighting in the site.
+    pub tag: Option<SiteTag>,
     /// A member saw the asked object (or the tag's manifest) served under the repository.
     pub in_repo: bool,
     /// The asked digest's manifest, checked against it.
     pub manifest: Option<ManifestRecord>,
     /// The asked blob's size, as most holders give it.
     pub blob_size: Option<u64>,
+}
+
+/// A tag's target as the site knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteTag {
+    /// The manifest the tag named.
+    pub digest: Digest,
+    /// That manifest, when a member sent it (checked against the digest).
+    pub record: Option<ManifestRecord>,
+    /// When the origin said so, unix ms (0: a member that did not record it).
+    pub seen_at_ms: u64,
 }
 
 /// Asks the other members of the cluster (those the DHT knows).
@@ -117,20 +129,27 @@ fn knows(a: &SiteAnswer, q: &Question<'_>) -> bool {
     tag && object
 }
 
-/// Merges members' answers: the latest public time (never in the future), the tag target most
-/// members give, any membership, the first manifest that hashes to its digest, the size most
-/// holders give.
+/// Merges members' answers: the latest public time (never in the future), the tag target of
+/// the most recent sighting (most members' among equally recent ones), any membership, the
+/// first manifest that hashes to its digest, the size most holders give.
 fn merge(answers: &[SiteAnswer], digest: Option<&Digest>) -> SiteKnowledge {
     let now = now_ms();
+    let past = |t: u64| t <= now + 60_000;
     let mut out = SiteKnowledge {
-        public_at: answers.iter().map(|a| a.public_at_ms).filter(|t| *t > 0 && *t <= now + 60_000).max(),
+        public_at: answers.iter().map(|a| a.public_at_ms).filter(|t| *t > 0 && past(*t)).max(),
         in_repo: answers.iter().any(|a| a.in_repo),
         ..SiteKnowledge::default()
     };
-    let tag = most(answers.iter().filter_map(|a| a.tag_digest.parse::<Digest>().ok()));
-    if let Some(t) = tag {
+    let tags: Vec<(Digest, u64)> = answers
+        .iter()
+        .filter_map(|a| Some((a.tag_digest.parse::<Digest>().ok()?, a.tag_seen_at_ms)))
+        .filter(|(_, seen)| past(*seen))
+        .collect();
+    let latest = tags.iter().map(|(_, seen)| *seen).max();
+    let tag = latest.and_then(|l| most(tags.iter().filter(|(_, seen)| *seen == l).map(|(d, _)| *d)));
+    if let (Some(t), Some(seen_at_ms)) = (tag, latest) {
         let record = if digest.is_none() { answers.iter().find_map(|a| checked(&t, a)) } else { None };
-        out.tag = Some((t, record));
+        out.tag = Some(SiteTag { digest: t, record, seen_at_ms });
     }
     if let Some(d) = digest {
         out.manifest = answers.iter().find_map(|a| checked(d, a));
@@ -177,6 +196,7 @@ impl crate::peer::server::SiteKnowledge for Knowledge {
         if let Some(t) = &tagged {
             out.tag_digest = t.digest.to_string();
             out.tag_media_type.clone_from(&t.media_type);
+            out.tag_seen_at_ms = t.seen_at_ms;
         }
         let object = req.digest.parse::<Digest>().ok().or(tagged.map(|t| t.digest));
         let Some(object) = object else { return out };
@@ -200,14 +220,23 @@ mod tests {
         SiteAnswer { public_at_ms: public_at, tag_digest: tag.to_string(), ..SiteAnswer::default() }
     }
 
+    fn sighting(tag: &Digest, seen: u64) -> SiteAnswer {
+        SiteAnswer { tag_digest: tag.to_string(), tag_seen_at_ms: seen, ..SiteAnswer::default() }
+    }
+
     #[test]
-    fn merging_takes_the_majority_tag_the_latest_past_time_and_only_checked_manifests() {
+    fn merging_takes_the_most_recent_tag_the_latest_past_time_and_only_checked_manifests() {
         let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
         let future = now_ms() + 3_600_000;
         let answers = [answer(&a, 10), answer(&b, 20), answer(&b, future)];
         let k = merge(&answers, None);
-        assert_eq!(k.tag.map(|t| t.0), Some(b));
+        assert_eq!(k.tag.map(|t| t.digest), Some(b), "equally recent (unknown): most members");
         assert_eq!(k.public_at, Some(20), "a time in the future is not taken");
+        // One member saw the tag move after the others last looked: it wins, however few.
+        let k = merge(&[sighting(&a, 100), sighting(&a, 100), sighting(&b, 200)], None);
+        assert_eq!(k.tag.map(|t| (t.digest, t.seen_at_ms)), Some((b, 200)));
+        let k = merge(&[sighting(&a, 100), sighting(&b, future)], None);
+        assert_eq!(k.tag.map(|t| t.digest), Some(a), "a sighting in the future is not taken");
 
         let body = b"{\"schemaVersion\":2}".to_vec();
         let d = Digest::of(&body);

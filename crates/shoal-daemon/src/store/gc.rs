@@ -106,7 +106,7 @@ pub async fn run(space: Arc<Space>, metrics: Arc<Metrics>, holdings: Option<Arc<
     loop {
         tokio::time::sleep(GC_INTERVAL).await;
         let expiring = space.clone();
-        let now = crate::download::tasks::now_millis();
+        let now = crate::clock::now_ms();
         match tokio::task::spawn_blocking(move || expire_images(&expiring, now)).await {
             Ok(Ok((0, _))) => {}
             Ok(Ok((images, blobs))) => {

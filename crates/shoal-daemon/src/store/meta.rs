@@ -114,6 +114,9 @@ pub struct TagRecord {
     pub digest: Digest,
     /// Media type of that manifest.
     pub media_type: String,
+    /// When the origin (or an import) last said so, unix ms; 0 for a record older than this
+    /// field. A site cut off from the origin resolves a tag to its most recent sighting.
+    pub seen_at_ms: u64,
 }
 
 /// How durable a write must be.
@@ -320,10 +323,10 @@ pub(crate) mod conformance {
 
         let key = tag_key("docker.io", "library/alpine", "3");
         assert_eq!(store.tag(&key).unwrap(), None);
-        let t = TagRecord { digest: md, media_type: m.media_type.clone() };
+        let t = TagRecord { digest: md, media_type: m.media_type.clone(), seen_at_ms: 1_700_000_000_000 };
         store.put_tag(&key, &t).unwrap();
         assert_eq!(store.tag(&key).unwrap(), Some(t));
-        let t2 = TagRecord { digest: d, media_type: "x".into() };
+        let t2 = TagRecord { digest: d, media_type: "x".into(), seen_at_ms: 0 };
         store.put_tag(&key, &t2).unwrap();
         assert_eq!(store.tag(&key).unwrap(), Some(t2));
 

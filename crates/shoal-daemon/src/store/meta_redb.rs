@@ -18,7 +18,11 @@ use crate::store::meta::{BlobRecord, Durability, ImageRecord, ManifestRecord, Me
 
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs_v1");
 const MANIFESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("manifests_v1");
-const TAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("tags_v1");
+/// Tags: key (see `tag_key`) → `<digest> <seen at, unix ms> <media type>`.
+const TAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("tags_v2");
+/// Tags as written before their seen time was kept: `<digest> <media type>`; read when
+/// `TAGS` has no record (a site cut off right after an upgrade keeps its tags), never written.
+const TAGS_V1: TableDefinition<&str, &[u8]> = TableDefinition::new("tags_v1");
 /// Access grants: key (see `mirror::grants`) → when, unix milliseconds.
 const GRANTS: TableDefinition<&str, u64> = TableDefinition::new("grants_v1");
 /// The origins' last authentication challenges: key (see `mirror::grants`) → `WWW-Authenticate`.
@@ -44,7 +48,7 @@ fn db_err(e: impl Into<redb::Error>) -> MetaError {
 fn create(path: &Path) -> Result<Database, MetaError> {
     let db = Database::create(path).map_err(db_err)?;
     let txn = db.begin_write().map_err(db_err)?;
-    for table in [BLOBS, MANIFESTS, TAGS, IMAGES] {
+    for table in [BLOBS, MANIFESTS, TAGS, TAGS_V1, IMAGES] {
         txn.open_table(table).map_err(db_err)?;
     }
     txn.open_table(GRANTS).map_err(db_err)?;
@@ -180,20 +184,31 @@ impl MetaStore for RedbMeta {
     }
 
     fn tag(&self, key: &str) -> Result<Option<TagRecord>, MetaError> {
-        let Some(bytes) = self.get(TAGS, key)? else {
-            return Ok(None);
-        };
         let corrupt = |m: &str| MetaError::Corrupt { key: key.to_owned(), message: m.to_owned() };
+        let (bytes, v2) = match self.get(TAGS, key)? {
+            Some(b) => (b, true),
+            None => match self.get(TAGS_V1, key)? {
+                Some(b) => (b, false),
+                None => return Ok(None),
+            },
+        };
         let text = std::str::from_utf8(&bytes).map_err(|_| corrupt("not utf-8"))?;
-        let (digest, media_type) = text.split_once(' ').ok_or_else(|| corrupt("no media type"))?;
+        let (digest, rest) = text.split_once(' ').ok_or_else(|| corrupt("no media type"))?;
+        let (seen_at_ms, media_type) = if v2 {
+            let (seen, media_type) = rest.split_once(' ').ok_or_else(|| corrupt("no seen time"))?;
+            (seen.parse().map_err(|_| corrupt("bad seen time"))?, media_type)
+        } else {
+            (0, rest)
+        };
         Ok(Some(TagRecord {
             digest: digest.parse().map_err(|_| corrupt("bad digest"))?,
             media_type: media_type.to_owned(),
+            seen_at_ms,
         }))
     }
 
     fn put_tag(&self, key: &str, record: &TagRecord) -> Result<(), MetaError> {
-        let value = format!("{} {}", record.digest, record.media_type);
+        let value = format!("{} {} {}", record.digest, record.seen_at_ms, record.media_type);
         self.put(TAGS, key, value.as_bytes(), Durability::Sync)
     }
 
@@ -305,7 +320,7 @@ impl MetaStore for RedbMeta {
             {
                 let mut t = txn.open_table(BLOB_PINS).map_err(db_err)?;
                 if pinned {
-                    t.insert(key.as_str(), crate::download::tasks::now_millis()).map_err(db_err)?;
+                    t.insert(key.as_str(), crate::clock::now_ms()).map_err(db_err)?;
                 } else {
                     t.remove(key.as_str()).map_err(db_err)?;
                 }
@@ -348,5 +363,20 @@ mod tests {
             m.put_blob(&d, &rec, Durability::Sync).unwrap();
         }
         assert!(RedbMeta::open(&path).unwrap().blob(&d).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_tag_written_before_seen_times_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = RedbMeta::open(&dir.path().join("m.redb")).unwrap();
+        let d = Digest::of(b"manifest");
+        let old = format!("{d} application/vnd.oci.image.manifest.v1+json");
+        m.put(TAGS_V1, "r/n:t", old.as_bytes(), Durability::Sync).unwrap();
+        let read = m.tag("r/n:t").unwrap().unwrap();
+        assert_eq!((read.digest, read.seen_at_ms), (d, 0));
+        assert_eq!(read.media_type, "application/vnd.oci.image.manifest.v1+json");
+        let newer = TagRecord { digest: Digest::of(b"newer"), media_type: "m t".into(), seen_at_ms: 42 };
+        m.put_tag("r/n:t", &newer).unwrap();
+        assert_eq!(m.tag("r/n:t").unwrap(), Some(newer), "the new record wins");
     }
 }

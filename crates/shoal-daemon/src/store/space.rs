@@ -148,7 +148,7 @@ impl Space {
         &self,
         pinned: &std::collections::HashMap<Digest, usize>,
     ) -> Result<Vec<Candidate<Digest>>, MetaError> {
-        let now = crate::download::tasks::now_millis();
+        let now = crate::clock::now_ms();
         let durable = durable_pins(&self.meta.images()?, &self.meta.blob_pins()?, now);
         Ok(self
             .meta

@@ -24,7 +24,7 @@ use crate::discovery::{DiscoveryError, Holder, MAX_HOLDERS, QUERY_TIMEOUT};
 /// The most providers of one lookup asked "holds?" (others are ignored).
 const MAX_CANDIDATES: usize = 64;
 /// How long a lookup goes on once it found a holder.
-const AFTER_FIRST_HOLDER: std::time::Duration = std::time::Duration::from_millis(500);
+const AFTER_FIRST_HOLDER: std::time::Duration = std::time::Duration::from_millis(250);
 /// The most addresses of one member added to the routing table.
 const MAX_ADDRS_PER_MEMBER: usize = 4;
 /// While it knows no member, the node dials the bootstrap addresses again after this, doubling
