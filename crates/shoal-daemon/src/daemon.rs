@@ -130,7 +130,9 @@ pub async fn start(settings: &Settings) -> Result<Running, StartError> {
         })?;
         if let Some(dht) = &swarm.dht {
             let me = Holder { host_id: swarm.host_id.clone(), addr: SocketAddr::new(swarm.advertise_ip, addr.port()) };
-            let config = DhtConfig::new(dht.listen, swarm.advertise_ip, dht.bootstrap.clone(), swarm.token.clone(), me);
+            let mut config =
+                DhtConfig::new(dht.listen, swarm.advertise_ip, dht.bootstrap.clone(), swarm.token.clone(), me);
+            config.members_gauge = metrics.dht_members.clone();
             holdings = Some(start_dht(config, meta.clone()).await?);
         }
         let schedulers = Schedulers::new(swarm, addr, settings.limits.upload)

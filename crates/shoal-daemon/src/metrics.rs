@@ -75,6 +75,8 @@ pub struct Metrics {
     pub cache_bytes: Gauge,
     /// Configured schedulers that answered their last announcement or registration.
     pub schedulers_live: Gauge,
+    /// Other DHT members this node knows (0: alone, or the DHT is off).
+    pub dht_members: Gauge,
     /// Blobs evicted to stay under the quota.
     pub evictions: Counter,
     /// Bytes uploaded to peers.
@@ -112,6 +114,7 @@ impl Default for Metrics {
         let downloads_running = Gauge::default();
         let cache_bytes = Gauge::default();
         let schedulers_live = Gauge::default();
+        let dht_members = Gauge::default();
         let evictions = Counter::default();
         let uploaded_bytes = Counter::default();
         let piece_failures = Family::default();
@@ -157,6 +160,7 @@ impl Default for Metrics {
             "Configured schedulers that answered their last announcement or registration",
             schedulers_live.clone(),
         );
+        registry.register("dht_members", "Other DHT members this node knows (0: alone)", dht_members.clone());
         registry.register("cache_evictions", "Blobs evicted to stay under the cache quota", evictions.clone());
         Self {
             registry,
@@ -168,6 +172,7 @@ impl Default for Metrics {
             downloads_running,
             cache_bytes,
             schedulers_live,
+            dht_members,
             evictions,
             uploaded_bytes,
             piece_failures,

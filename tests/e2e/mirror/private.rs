@@ -1,6 +1,6 @@
 //! Private images stay private, also while the origin misbehaves: an ACL front before the real
 //! registry lets only alice read `priv/*` (bob reads `team/*`, anyone `pub/*`), and is switched
-//! to answer 503, to be slow, and to be gone.
+//! to answer 503, to be slow, and to be gone; and in a site cut off from it (`site.rs`).
 
 use shoal_e2e::{AclFront, AclMode, AclUser};
 
@@ -39,6 +39,8 @@ enum Want {
     Challenged,
     /// 200 (or 206 for a range) with exactly these bytes (HEAD: their length).
     Bytes(Vec<u8>),
+    /// Any error status (4xx or 5xx) with an OCI error body: no bytes.
+    Nothing,
 }
 
 struct Probe {
@@ -92,6 +94,12 @@ impl Probe {
             Want::Challenged => {
                 ensure!(status == 401, "{}: status {status}, want 401; body {:?}", self.what, lossy(&body));
                 ensure!(challenge.is_some(), "{}: 401 without WWW-Authenticate", self.what);
+                if !head {
+                    oci_error_codes(&body).with_context(|| format!("{}: not an OCI error", self.what))?;
+                }
+            }
+            Want::Nothing => {
+                ensure!(status >= 400, "{}: status {status}, want an error; body {:?}", self.what, lossy(&body));
                 if !head {
                     oci_error_codes(&body).with_context(|| format!("{}: not an OCI error", self.what))?;
                 }
@@ -521,3 +529,6 @@ async fn skopeo_with_the_accepted_credential_pulls_a_private_image_offline() -> 
     .await;
     with_log(result, "skopeo offline", &daemon)
 }
+
+#[path = "site.rs"]
+mod site;

@@ -65,6 +65,8 @@ pub struct DhtConfig {
     /// connection keeps its member: only an I/O error, a failed dial or the routing table
     /// drops one.
     pub idle: Duration,
+    /// Kept at the number of other members known (the daemon's `dht_members`).
+    pub members_gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl DhtConfig {
@@ -76,7 +78,17 @@ impl DhtConfig {
         token: Vec<u8>,
         me: Holder,
     ) -> Self {
-        Self { listen, advertise_ip, bootstrap, token, me, republish: REPUBLISH, rebootstrap: REBOOTSTRAP, idle: IDLE }
+        Self {
+            listen,
+            advertise_ip,
+            bootstrap,
+            token,
+            me,
+            republish: REPUBLISH,
+            rebootstrap: REBOOTSTRAP,
+            idle: IDLE,
+            members_gauge: Default::default(),
+        }
     }
 }
 
@@ -123,6 +135,7 @@ enum Command {
 struct Shared {
     me: Holder,
     members: Mutex<BTreeMap<PeerId, Holder>>,
+    gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Shared {
@@ -143,7 +156,11 @@ impl Dht {
     /// Binds `config.listen`, starts the node's task in the current runtime and begins joining
     /// through `config.bootstrap` (an unreachable or empty list leaves it the first member).
     pub async fn start(config: DhtConfig) -> Result<Self, DhtError> {
-        let shared = Arc::new(Shared { me: config.me.clone(), members: Mutex::new(BTreeMap::new()) });
+        let shared = Arc::new(Shared {
+            me: config.me.clone(),
+            members: Mutex::new(BTreeMap::new()),
+            gauge: config.members_gauge.clone(),
+        });
         let (commands, rx) = mpsc::channel(1024);
         let (node, local_addr) = node::Node::start(config, shared.clone()).await?;
         let task = tokio::spawn(node.run(rx));
