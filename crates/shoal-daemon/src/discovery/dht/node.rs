@@ -11,6 +11,7 @@ use libp2p::kad::store::RecordStore as _;
 use libp2p::kad::{self, GetProvidersOk, QueryId, QueryResult, RecordKey};
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::DialError;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{identify, Multiaddr, PeerId};
 use shoal_core::Digest;
@@ -220,22 +221,29 @@ impl Node {
             SwarmEvent::ConnectionEstablished { endpoint, .. } if endpoint.is_dialer() => {
                 self.dialed.insert(endpoint.get_remote_address().clone());
             }
-            SwarmEvent::ConnectionClosed { peer_id, endpoint, num_established: 0, cause, .. } => {
+            // A closed connection keeps its member: an idle close looks like an error on the
+            // other side (the remote hung up), and a site cut off later must still be able to
+            // ask a member that was merely quiet. A member that is gone is dropped when a dial
+            // to it fails (Kademlia's refreshes dial it, as do lookups and re-bootstraps).
+            SwarmEvent::ConnectionClosed { endpoint, num_established: 0, .. } => {
                 self.dialed.remove(endpoint.get_remote_address());
-                // Closed by an I/O error (reset, unreachable): the member is gone. An idle
-                // close (libp2p reports it as `KeepAliveTimeout`) keeps it: it is still a
-                // member, just quiet, and a site cut off later must still be able to ask it.
-                if matches!(cause, Some(libp2p::swarm::ConnectionError::IO(_))) {
-                    self.shared.members().remove(&peer_id);
-                }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                if let libp2p::swarm::DialError::LocalPeerId { address } = &error {
-                    self.own.insert(address.clone());
-                } else if let Some(peer) = peer_id {
-                    self.shared.members().remove(&peer);
-                }
                 tracing::debug!(?peer_id, error = %error, "DHT dial failed");
+                match (&error, peer_id) {
+                    (DialError::LocalPeerId { address }, _) => {
+                        self.own.insert(address.clone());
+                    }
+                    // Unreachable, and no connection to it left: the member is gone. A dial
+                    // denied by a limit (a third connection to a member already connected
+                    // twice), cancelled or aborted says nothing about the member.
+                    (DialError::Transport(_) | DialError::WrongPeerId { .. } | DialError::NoAddresses, Some(peer))
+                        if !self.swarm.is_connected(&peer) =>
+                    {
+                        self.shared.members().remove(&peer);
+                    }
+                    _ => {}
+                }
             }
             _ => {}
         }
