@@ -21,6 +21,7 @@ pub mod piece;
 pub mod piece_digest;
 pub mod preheat;
 pub mod range;
+pub mod rendezvous;
 pub mod route;
 pub mod sched;
 pub mod sched_owner;

@@ -17,6 +17,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use shoal_core::child::{Action, Checked, Child, ChildConfig, Failure, Offered, ParentId, Report, RequestId, Verdict};
 use shoal_core::picker::PickerConfig;
+use shoal_core::rendezvous::{Rendezvous, RendezvousConfig, Step, WhyOrigin};
 use shoal_core::sched::FailReason as CoreReason;
 use shoal_core::{Bitmap, Digest, PieceDigest, PieceLayout};
 use shoal_proto::scheduler::{
@@ -45,13 +46,6 @@ const MAX_KEPT_SESSIONS: usize = 512;
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 /// Steered by the DHT: how often holders and their tables are looked up.
 const LOOKUP_EVERY: u64 = 500;
-/// Steered by the DHT: who fetches from the origin is agreed no sooner than this, so that
-/// members starting the same blob at the same moment see each other's advertisements first.
-/// The first lookup goes out at once: holders with pieces need no agreement.
-const RENDEZVOUS_SETTLE: u64 = 300;
-/// Steered by the DHT: how long to wait for the member that fetches from the origin to have
-/// pieces, before fetching from the origin here.
-const RENDEZVOUS_WAIT: u64 = 3000;
 /// With no scheduler session: how often the schedulers are tried again.
 const SCHEDULER_RETRY: u64 = 5000;
 
@@ -161,10 +155,8 @@ struct Driver<'a> {
     dht: Option<Arc<DhtSource>>,
     lookup_job: Option<BoxFuture<'a, Found>>,
     next_lookup: u64,
-    /// Steered by the DHT: whether who fetches from the origin is still to be agreed.
-    rendezvous: bool,
-    /// Steered by the DHT: since when we wait for the origin fetcher's first pieces.
-    waiting_since: Option<u64>,
+    /// Steered by the DHT: who fetches from the origin (see `shoal_core::rendezvous`).
+    rendezvous: Rendezvous,
     /// Pieces whose DHT digests the machine has.
     dht_digests: std::collections::HashSet<u32>,
     /// The scheduler's last digest table generation (DHT digests extend it).
@@ -219,8 +211,11 @@ pub async fn download(
         dht,
         lookup_job: None,
         next_lookup: 0,
-        rendezvous: by_dht,
-        waiting_since: None,
+        rendezvous: if by_dht {
+            Rendezvous::new(RendezvousConfig::default())
+        } else {
+            Rendezvous::agreed(RendezvousConfig::default())
+        },
         dht_digests: Default::default(),
         epoch: 0,
         retry_scheduler_at: SCHEDULER_RETRY,
@@ -336,28 +331,23 @@ impl<'a> Driver<'a> {
         self.dht_digests.extend(fresh.iter().map(|(i, _)| *i));
         child.digests(now, self.epoch, fresh);
         let has_pieces = found.has_pieces();
-        if self.rendezvous && !has_pieces && now < RENDEZVOUS_SETTLE {
-            // Too early to agree who fetches from the origin: look again once it has settled.
-            child.parents_offered(now, found.offered);
-            self.next_lookup = RENDEZVOUS_SETTLE;
-            return;
-        }
-        let fetch_here =
-            self.rendezvous && !has_pieces && self.dht.as_ref().is_some_and(|d| d.fetches_from_origin(&found));
+        let picked = !has_pieces && self.dht.as_ref().is_some_and(|d| d.fetches_from_origin(&found));
         child.parents_offered(now, found.offered);
-        if has_pieces {
-            self.waiting_since = None;
-        } else if fetch_here {
-            tracing::info!(digest = %self.digest, "no member holds this blob and the rendezvous picked this one: fetching it from the origin");
-            child.back_to_source(now);
-        } else {
-            let since = *self.waiting_since.get_or_insert(now);
-            if now >= since + RENDEZVOUS_WAIT {
-                tracing::info!(digest = %self.digest, "the member picked to fetch this blob has no piece yet; fetching from the origin");
+        match self.rendezvous.found(now, has_pieces, picked) {
+            Step::Go => {}
+            Step::LookAgainAt(at) => self.next_lookup = at,
+            Step::Origin(why) => {
+                match why {
+                    WhyOrigin::Picked => {
+                        tracing::info!(digest = %self.digest, "no member holds this blob and the rendezvous picked this one: fetching it from the origin")
+                    }
+                    WhyOrigin::NoPiecesInTime => {
+                        tracing::info!(digest = %self.digest, "the member picked to fetch this blob has no piece yet; fetching from the origin")
+                    }
+                }
                 child.back_to_source(now);
             }
         }
-        self.rendezvous = false;
     }
 
     /// The origin fetch ended. Its failure is the machine's to weigh (parents may hold the
