@@ -19,7 +19,7 @@ mod tests;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use shoal_core::Digest;
@@ -32,6 +32,9 @@ use super::{Discovery, DiscoveryError, Holder, QUERY_TIMEOUT};
 pub const MAX_PROVIDED: usize = 1 << 16;
 /// The most members one node keeps track of.
 pub const MAX_MEMBERS: usize = 4096;
+/// A member this node has had no connection with for this long is forgotten (a restarted
+/// daemon comes back under a new peer id; the old one would linger otherwise).
+pub const MEMBER_TTL: Duration = Duration::from_secs(60 * 60);
 /// The longest host id accepted from a member.
 const MAX_HOST_ID: usize = 255;
 /// Default interval between re-publications of what this node holds.
@@ -134,12 +137,13 @@ enum Command {
 /// What the handle and the node both see.
 struct Shared {
     me: Holder,
-    members: Mutex<BTreeMap<PeerId, Holder>>,
+    /// Members, with when this node last had a connection to each.
+    members: Mutex<BTreeMap<PeerId, (Holder, Instant)>>,
     gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Shared {
-    fn members(&self) -> MutexGuard<'_, BTreeMap<PeerId, Holder>> {
+    fn members(&self) -> MutexGuard<'_, BTreeMap<PeerId, (Holder, Instant)>> {
         self.members.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -211,7 +215,7 @@ impl Discovery for Dht {
     }
 
     fn members(&self) -> Vec<Holder> {
-        let mut all: Vec<Holder> = self.shared.members().values().cloned().collect();
+        let mut all: Vec<Holder> = self.shared.members().values().map(|(h, _)| h.clone()).collect();
         all.push(self.shared.me.clone());
         all.sort();
         all.dedup();

@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::StreamExt;
 use libp2p::kad::store::RecordStore as _;
@@ -18,7 +19,9 @@ use shoal_core::Digest;
 use tokio::sync::{mpsc, oneshot};
 
 use super::transport::{self, Behaviour, BehaviourEvent, PROTOCOL_VERSION};
-use super::{agent, parse_agent, Command, DhtConfig, DhtError, HoldsRequest, HoldsResponse, Shared, MAX_MEMBERS};
+use super::{
+    agent, parse_agent, Command, DhtConfig, DhtError, HoldsRequest, HoldsResponse, Shared, MAX_MEMBERS, MEMBER_TTL,
+};
 use crate::discovery::bootstrap::{self, BootstrapAddr};
 use crate::discovery::{DiscoveryError, Holder, MAX_HOLDERS, QUERY_TIMEOUT};
 
@@ -129,7 +132,10 @@ impl Node {
                     None => return,
                 },
                 Some(internal) = self.internal.recv() => self.on_internal(internal),
-                _ = rebootstrap.tick() => self.resolve_bootstrap(),
+                _ = rebootstrap.tick() => {
+                    self.forget_unseen();
+                    self.resolve_bootstrap();
+                }
             }
         }
     }
@@ -218,15 +224,19 @@ impl Node {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.on_identify(e),
             SwarmEvent::Behaviour(BehaviourEvent::Holds(e)) => self.on_holds(e),
-            SwarmEvent::ConnectionEstablished { endpoint, .. } if endpoint.is_dialer() => {
-                self.dialed.insert(endpoint.get_remote_address().clone());
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                if endpoint.is_dialer() {
+                    self.dialed.insert(endpoint.get_remote_address().clone());
+                }
+                self.seen(&peer_id);
             }
             // A closed connection keeps its member: an idle close looks like an error on the
             // other side (the remote hung up), and a site cut off later must still be able to
             // ask a member that was merely quiet. A member that is gone is dropped when a dial
             // to it fails (Kademlia's refreshes dial it, as do lookups and re-bootstraps).
-            SwarmEvent::ConnectionClosed { endpoint, num_established: 0, .. } => {
+            SwarmEvent::ConnectionClosed { peer_id, endpoint, num_established: 0, .. } => {
                 self.dialed.remove(endpoint.get_remote_address());
+                self.seen(&peer_id);
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(?peer_id, error = %error, "DHT dial failed");
@@ -264,12 +274,29 @@ impl Node {
             let mut members = self.shared.members();
             let first = members.is_empty();
             if members.len() < MAX_MEMBERS || members.contains_key(&peer_id) {
-                members.insert(peer_id, member);
+                members.insert(peer_id, (member, Instant::now()));
             }
             first
         };
         if first {
             self.joined();
+        }
+    }
+
+    /// A connection to `peer` opened or closed: a member was there until now.
+    fn seen(&self, peer: &PeerId) {
+        if let Some((_, at)) = self.shared.members().get_mut(peer) {
+            *at = Instant::now();
+        }
+    }
+
+    /// Forgets members with no connection for [`MEMBER_TTL`].
+    fn forget_unseen(&mut self) {
+        let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
+        let mut members = self.shared.members();
+        for peer in unseen(&members, &connected, Instant::now(), MEMBER_TTL) {
+            tracing::debug!(%peer, "forgetting a member not seen for an hour");
+            members.remove(&peer);
         }
     }
 
@@ -415,5 +442,36 @@ async fn listening_port(swarm: &mut libp2p::Swarm<Behaviour>) -> Result<u16, Str
             SwarmEvent::ListenerClosed { reason: Err(e), .. } => return Err(e.to_string()),
             _ => {}
         }
+    }
+}
+
+/// Members with no connection now and none for `ttl`.
+fn unseen(
+    members: &std::collections::BTreeMap<PeerId, (Holder, Instant)>,
+    connected: &HashSet<PeerId>,
+    now: Instant,
+    ttl: std::time::Duration,
+) -> Vec<PeerId> {
+    members
+        .iter()
+        .filter(|(peer, (_, at))| !connected.contains(peer) && now.saturating_duration_since(*at) >= ttl)
+        .map(|(peer, _)| *peer)
+        .collect()
+}
+
+#[cfg(test)]
+mod unseen_tests {
+    use super::*;
+
+    #[test]
+    fn only_members_with_no_connection_for_the_ttl_are_forgotten() {
+        let ttl = std::time::Duration::from_secs(3600);
+        let start = Instant::now();
+        let now = start + ttl + std::time::Duration::from_secs(1);
+        let holder = |i: u16| Holder { host_id: format!("m{i}"), addr: ([10, 0, 0, 1], i).into() };
+        let (old, old_connected, recent) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let members = [(old, (holder(1), start)), (old_connected, (holder(2), start)), (recent, (holder(3), now))];
+        let members = members.into_iter().collect();
+        assert_eq!(unseen(&members, &HashSet::from([old_connected]), now, ttl), vec![old]);
     }
 }
