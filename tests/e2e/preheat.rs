@@ -37,7 +37,7 @@ async fn scheduler(preheat_port: u16) -> Result<Scheduler> {
 
 /// Four daemons of `base`, d0 and d1 in site `east`, d2 and d3 in `west`.
 async fn two_sites(base: DaemonConfig) -> Result<Swarm> {
-    Swarm::start(4, base, |i, c| c.site(if i < 2 { "east" } else { "west" })).await
+    Swarm::start(4, base, |i, c| c.site(site_of(i))).await
 }
 
 /// The site of daemon `i` of [`two_sites`].

@@ -51,7 +51,7 @@ async fn a_private_repository_in_a_cut_off_site_goes_only_to_credentials_the_nod
         let joined = wait_until(Duration::from_secs(20), every, async || {
             let mut all = true;
             for d in daemons {
-                all &= dht_members(d).await >= 2.0;
+                all &= d.metric("shoal_dht_members", "").await.ok().flatten().is_some_and(|n| n >= 2.0);
             }
             all
         })
@@ -85,11 +85,4 @@ async fn a_private_repository_in_a_cut_off_site_goes_only_to_credentials_the_nod
     .await;
     let result = with_log(result, "d1", &d1);
     with_log(result, "d2", &d2)
-}
-
-/// Other DHT members `d` knows, from its metrics (0 when it cannot say).
-async fn dht_members(d: &Daemon) -> f64 {
-    let Ok(resp) = http().get(format!("{}/metrics", d.admin_url())).send().await else { return 0.0 };
-    let text = resp.text().await.unwrap_or_default();
-    metric_value(&text, "shoal_dht_members", "").unwrap_or(0.0)
 }

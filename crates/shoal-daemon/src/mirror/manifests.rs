@@ -54,7 +54,7 @@ async fn by_tag(
             if let Some((digest, record)) = super::imported::tag(m, origin.name(), name, tag) {
                 return Ok(respond(&digest, record, true));
             }
-            let local = m.meta.tag(&key).ok().flatten();
+            let local = cached_tag(m, &key);
             let q = Question { registry: origin.name(), name, tag: Some(tag), digest: None };
             let (decision, site) = m.authz.decide_offline(origin, &cred, why, &q, local.is_some()).await;
             let cached = latest_tag(m, &key, local, site.and_then(|s| s.tag));
@@ -113,20 +113,23 @@ fn head_through(m: &Mirror, origin: &Origin, name: &RepoName, key: &str, resp: &
     out
 }
 
-/// The last manifest seen for a tag, if cached.
 /// Where the tag pointed at its most recent sighting, this node's (`local`) or the site's,
 /// with the manifest; a newer sighting from the site is cached here with its time.
 fn latest_tag(
     m: &Mirror,
     key: &str,
-    local: Option<TagRecord>,
+    local: Option<(TagRecord, ManifestRecord)>,
     site: Option<SiteTag>,
 ) -> Option<(Digest, ManifestRecord)> {
-    let newer = site.filter(|s| local.as_ref().is_none_or(|l| s.seen_at_ms > l.seen_at_ms));
-    newer.and_then(|s| from_site(m, s, key)).or_else(|| {
-        let t = local?;
-        Some((t.digest, m.meta.manifest(&t.digest).ok().flatten()?))
-    })
+    let newer = site.filter(|s| local.as_ref().is_none_or(|(l, _)| s.seen_at_ms > l.seen_at_ms));
+    newer.and_then(|s| from_site(m, s, key)).or_else(|| local.map(|(t, record)| (t.digest, record)))
+}
+
+/// The tag's record here, when its manifest is cached too.
+fn cached_tag(m: &Mirror, key: &str) -> Option<(TagRecord, ManifestRecord)> {
+    let t = m.meta.tag(key).ok().flatten()?;
+    let record = m.meta.manifest(&t.digest).ok().flatten()?;
+    Some((t, record))
 }
 
 /// The manifest a tag named when a site member last saw it, from this node's cache or as the

@@ -146,6 +146,14 @@ impl Shared {
     fn members(&self) -> MutexGuard<'_, BTreeMap<PeerId, (Holder, Instant)>> {
         self.members.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Drops a member (and counts the others in the gauge).
+    fn forget(&self, peer: &PeerId) {
+        let mut members = self.members();
+        if members.remove(peer).is_some() {
+            self.gauge.set(members.len() as i64);
+        }
+    }
 }
 
 /// A running DHT node; dropping the last handle stops it.

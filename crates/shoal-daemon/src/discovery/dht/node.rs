@@ -214,12 +214,6 @@ impl Node {
     }
 
     fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>) {
-        self.on_event(event);
-        let known = self.shared.members().len();
-        self.shared.gauge.set(known as i64);
-    }
-
-    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.on_identify(e),
@@ -250,7 +244,7 @@ impl Node {
                     (DialError::Transport(_) | DialError::WrongPeerId { .. } | DialError::NoAddresses, Some(peer))
                         if !self.swarm.is_connected(&peer) =>
                     {
-                        self.shared.members().remove(&peer);
+                        self.shared.forget(&peer);
                     }
                     _ => {}
                 }
@@ -275,6 +269,7 @@ impl Node {
             let first = members.is_empty();
             if members.len() < MAX_MEMBERS || members.contains_key(&peer_id) {
                 members.insert(peer_id, (member, Instant::now()));
+                self.shared.gauge.set(members.len() as i64);
             }
             first
         };
@@ -293,10 +288,10 @@ impl Node {
     /// Forgets members with no connection for [`MEMBER_TTL`].
     fn forget_unseen(&mut self) {
         let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
-        let mut members = self.shared.members();
-        for peer in unseen(&members, &connected, Instant::now(), MEMBER_TTL) {
+        let gone = unseen(&self.shared.members(), &connected, Instant::now(), MEMBER_TTL);
+        for peer in gone {
             tracing::debug!(%peer, "forgetting a member not seen for an hour");
-            members.remove(&peer);
+            self.shared.forget(&peer);
         }
     }
 
@@ -336,7 +331,7 @@ impl Node {
                 }
             }
             kad::Event::RoutingUpdated { old_peer: Some(old), .. } => {
-                self.shared.members().remove(&old);
+                self.shared.forget(&old);
             }
             _ => {}
         }
