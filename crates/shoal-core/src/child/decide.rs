@@ -148,7 +148,7 @@ impl Child {
         }
         p.in_flight += 1;
         let len = self.layout.piece(piece).len();
-        let id = self.requests.insert(parent, piece, now, hard_limit_ms(len));
+        let id = self.requests.insert(parent, piece, now, hard_limit_ms(len), self.digest_epoch);
         self.actions.push_back(Action::Request { id, parent, piece });
     }
 

@@ -432,6 +432,10 @@ impl Child {
             // The table was dropped while the piece was in flight: nothing to check it
             // against, nothing to blame the parent for. It is fetched again.
             None => Verdict::Discard,
+            // Asked under a table found forged since: the parent served what that table
+            // expected, or a piece it was rewriting from the origin meanwhile. Fetched again,
+            // nobody blamed (a blame would cost the new origin peer its children).
+            Some(_) if r.epoch != self.digest_epoch => Verdict::Discard,
             Some(_) => {
                 let p = &mut self.parents[r.parent.0];
                 p.bad_digest = !p.bad;

@@ -18,6 +18,8 @@ pub(super) struct Request {
     pub bytes: u64,
     /// Cancelled as failed after this time, however it moves.
     pub hard_deadline: u64,
+    /// The digest table generation it was asked under.
+    pub epoch: u32,
 }
 
 /// Every request in flight; at most two per piece (the first and one hedge).
@@ -29,10 +31,10 @@ pub(super) struct Requests {
 }
 
 impl Requests {
-    pub fn insert(&mut self, parent: ParentId, piece: u32, now: u64, limit_ms: u64) -> RequestId {
+    pub fn insert(&mut self, parent: ParentId, piece: u32, now: u64, limit_ms: u64, epoch: u32) -> RequestId {
         let id = RequestId(self.next);
         self.next += 1;
-        let r = Request { parent, piece, started: now, bytes: 0, hard_deadline: now + limit_ms };
+        let r = Request { parent, piece, started: now, bytes: 0, hard_deadline: now + limit_ms, epoch };
         self.by_id.insert(id, r);
         self.by_piece.entry(piece).or_default().push(id);
         id

@@ -693,3 +693,19 @@ fn a_piece_from_a_parent_between_two_origin_failures_keeps_the_download_going() 
     c.origin_failed(retry + 10);
     assert!(!drain(&mut c).contains(&Action::GiveUp), "a parent delivered since the last failure");
 }
+
+#[test]
+fn a_piece_asked_under_a_table_dropped_since_is_fetched_again_and_nobody_is_blamed() {
+    // The poison race: a piece asked of the new origin peer while the forged table was still
+    // current arrives after the new table, matching neither; the parent is honest.
+    let mut c = child_with(&["honest"]);
+    let r = requests(&drain(&mut c));
+    let (id, _, piece) = r[0];
+    c.digests(10, 2, (0..8u32).map(|i| (i, PieceDigest::of(&[b"new".as_slice(), &i.to_le_bytes()].concat()))));
+    drain(&mut c);
+    assert_eq!(c.piece_received(20, id, PieceDigest::of(b"torn")), Verdict::Discard);
+    let a = drain(&mut c);
+    assert!(reports(&a).is_empty(), "no blame: {a:?}");
+    assert!(!c.parent(ParentId(0)).is_bad());
+    assert!(requests(&a).iter().any(|x| x.2 == piece && x.1 == ParentId(0)), "asked again: {a:?}");
+}
